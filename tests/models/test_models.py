@@ -1,0 +1,109 @@
+"""Contract tests run over every registered architecture."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeseg.errors import EdgesegError
+from edgeseg.models import create_model, list_models
+from edgeseg.models.complexity import count_gflops, count_params
+
+NUM_CLASSES = 5
+H, W = 64, 96
+
+
+def _build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, NUM_CLASSES)
+
+
+def _as_list(out: torch.Tensor | tuple) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    logits, aux = out
+    return [logits, *aux]
+
+
+@pytest.mark.parametrize("name", list_models())
+class TestModel:
+    def test_eval_forward_shape(self, name: str) -> None:
+        model = _build(name).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, H, W))
+        assert isinstance(out, torch.Tensor)
+        assert out.shape == (1, NUM_CLASSES, H, W)
+        assert model.output_stride == 1
+
+    def test_train_forward_backward(self, name: str) -> None:
+        model = _build(name).train()
+        x = torch.randn(2, 3, H, W)  # batch 2: BN after global pooling needs > 1 value
+        target = torch.randint(0, NUM_CLASSES, (2, H, W))
+        out = model(x)
+        if name == "bisenetv2":
+            assert isinstance(out, tuple) and len(out) == 2
+            assert isinstance(out[1], list) and len(out[1]) == 4
+        else:
+            assert isinstance(out, torch.Tensor)
+        outputs = _as_list(out)
+        for o in outputs:
+            assert o.shape == (2, NUM_CLASSES, H, W)
+        loss = sum(F.cross_entropy(o, target) for o in outputs)
+        loss.backward()
+        for pname, p in model.named_parameters():
+            assert p.grad is not None, f"{pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+
+    def test_onnx_matches_pytorch(self, name: str, tmp_path) -> None:
+        ort = pytest.importorskip("onnxruntime")
+        model = _build(name)
+        # A few training steps' worth of BN statistics makes eval activations realistic.
+        with torch.no_grad():
+            model.train()
+            model(torch.randn(2, 3, H, W))
+        model.eval()
+        x = torch.randn(1, 3, H, W)
+        path = tmp_path / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                x,
+                str(path),
+                opset_version=17,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+            )
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (got,) = sess.run(["logits"], {"input": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == want.shape == (1, NUM_CLASSES, H, W)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+    def test_rejects_non_multiple_of_32(self, name: str) -> None:
+        model = _build(name).eval()
+        with pytest.raises(EdgesegError, match="multiples of 32"):
+            model(torch.zeros(1, 3, 64, 90))
+
+    def test_complexity_positive(self, name: str) -> None:
+        model = _build(name).train()
+        assert count_params(model) > 0
+        assert count_gflops(model, (H, W)) > 0
+        assert model.training, "count_gflops must restore train mode"
+
+
+def test_large_is_bigger_than_small() -> None:
+    small, large = _build("mbv3_unet_small"), _build("mbv3_unet_large")
+    assert count_params(large) > count_params(small)
+    assert count_gflops(large, (H, W)) > count_gflops(small, (H, W))
+
+
+def test_unknown_model_suggests_close_name() -> None:
+    with pytest.raises(EdgesegError, match="did you mean 'mbv3_unet_small'"):
+        create_model("mbv3_unet_smal", 3)
