@@ -1,0 +1,7 @@
+"""``python -m edgeseg`` (and ``torchrun ... -m edgeseg train ...``)."""
+
+import sys
+
+from edgeseg.cli import main
+
+sys.exit(main())

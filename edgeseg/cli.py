@@ -1,0 +1,254 @@
+"""The ``edgeseg`` command: one sub-command a function, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"352x480"`` -> (352, 480)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 352x480, got '{text}'") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got '{text}'")
+    return h, w
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r))
+    from rich.console import Console
+
+    Console().print(t)
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        from edgeseg._io import write_text_atomic
+
+        write_text_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------- sub-commands
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from edgeseg.train.trainer import TrainConfig, train
+
+    cfg = TrainConfig(data=a.data, model=a.model, out=a.out, epochs=a.epochs, minutes=a.minutes,
+                      batch_size=a.batch_size, crop=a.crop, input_size=a.input_size, lr=a.lr, loss=a.loss,
+                      class_weights=a.class_weights, device=a.device, workers=a.workers, seed=a.seed,
+                      val_every=a.val_every, resume=a.resume, scale=tuple(a.scale))
+    res = train(cfg)
+    if res:
+        rows = [[name, iou] for name, iou in res["per_class_iou"].items()]
+        rows.append(["mIoU (best)", res["val_miou"]])
+        _table(f"{a.model} on {a.data}: {res['epochs']} epochs, {res['train_time_s']:.0f} s", ["class", "val IoU"], rows)
+        print(f"wrote {a.out}/best.pt, last.pt, metrics.json, curves.png")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from edgeseg.train.evaluate import evaluate
+
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task("evaluating", total=None)
+        res = evaluate(a.model, a.data, a.split, a.backend, a.device, a.hd95, a.limit,
+                       progress=lambda i, n: bar.update(task, completed=i, total=n))
+    rows = [[c, iou, res["per_class_dice"][c]] + ([res["per_class_hd95"][c]] if a.hd95 else [])
+            for c, iou in res["per_class_iou"].items()]
+    rows.append(["mean", res["miou"], res["mean_dice"]] + ([""] if a.hd95 else []))
+    _table(f"{Path(a.model).name} on {a.data} [{a.split}, {res['images']} images, {res['backend']}]",
+           ["class", "IoU", "Dice"] + (["HD95 px"] if a.hd95 else []), rows)
+    print(f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice {res['mean_dice']:.4f}")
+    _write_json(a.json, res)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from edgeseg.export.onnx import export_onnx
+
+    res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify)
+    _table("export", ["field", "value"], [[k, v] for k, v in res.items()])
+    _write_json(a.json, res)
+    return 0
+
+
+def _collect_images(inputs: list[str]) -> list[Path]:
+    import glob
+
+    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.suffix.lower() in exts)
+        elif p.is_file():
+            found.append(p)
+        elif any(ch in item for ch in "*?["):
+            found += sorted(Path(q) for q in glob.glob(item) if Path(q).suffix.lower() in exts)
+        else:
+            raise EdgesegError(f"input not found: {item}; pass image files, folders or quoted globs")
+    if not found:
+        raise EdgesegError(f"no images found in {' '.join(inputs)} (looked for {', '.join(sorted(exts))})")
+    return found
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from edgeseg._io import atomic_path
+    from edgeseg.runtime import Segmenter
+
+    images = _collect_images(a.inputs)
+    seg = Segmenter(a.model, backend=a.backend, device=a.device)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times = []
+    for path in images:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise EdgesegError(f"cannot read image {path}: the file is missing, empty or not an image")
+        res = seg(frame)
+        times.append(sum(res.timings_ms.values()))
+        for name, img in [(f"{path.stem}.png", res.labels)] + (
+                [(f"{path.stem}_overlay.jpg", res.overlay(a.alpha))] if a.overlay else []):
+            with atomic_path(out / name) as tmp:
+                if not cv2.imwrite(str(tmp), img):
+                    raise EdgesegError(f"could not write {out / name}; check the folder is writable")
+    print(f"{len(images)} images -> {out}/ (labels as class-index PNG{', overlays as JPEG' if a.overlay else ''}); "
+          f"{seg.backend.name} on {seg.backend.device}, {float(np.mean(times)):.1f} ms/image")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from edgeseg.models import create_model, list_models
+    from edgeseg.models.complexity import count_gflops, count_params
+
+    names = list_models() if a.name == "all" else [a.name]
+    rows = []
+    for name in names:
+        model = create_model(name, a.num_classes)
+        rows.append([name, f"{count_params(model) / 1e6:.3f}", f"{count_gflops(model, a.input_size):.3f}"])
+    _table(f"{a.num_classes} classes at {a.input_size[0]}x{a.input_size[1]}", ["model", "params (M)", "GFLOPs"], rows)
+    _write_json(a.json, {r[0]: {"params_m": float(r[1]), "gflops": float(r[2])} for r in rows})
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from edgeseg.demo import run_demo
+
+    run_demo(a.out, seconds=a.seconds)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgeseg.models import list_models
+    from edgeseg.train.losses import LOSSES
+
+    p = argparse.ArgumentParser(prog="edgeseg", description="Real-time semantic segmentation for the edge.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on a dataset")
+    t.add_argument("--data", required=True, help="camvid:PATH, cityscapes:PATH, folder:PATH or synthetic[:N]")
+    t.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    t.add_argument("--out", required=True, help="folder for best.pt, last.pt, metrics.json, curves.png")
+    budget = t.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=int)
+    budget.add_argument("--minutes", type=float, help="wall-clock budget; the LR schedule fits it")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=parse_hw, help="training crop HxW (default: the input size)")
+    t.add_argument("--input-size", type=parse_hw, help="model input HxW (default: dataset size rounded to 32)")
+    t.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    t.add_argument("--lr", type=float, default=4e-3)
+    t.add_argument("--loss", choices=LOSSES, default="ce")
+    t.add_argument("--class-weights", choices=("auto", "none"), default="auto")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and always at the end)")
+    t.add_argument("--resume", help="continue from a last.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy of a .pt or .onnx on a dataset split")
+    e.add_argument("model")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="val", choices=("train", "val", "test"))
+    e.add_argument("--backend", default="auto")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--hd95", action="store_true", help="also per-class 95%% Hausdorff distance")
+    e.add_argument("--limit", type=int, help="evaluate only the first N images")
+    e.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="checkpoint -> ONNX carrying its ModelSpec")
+    x.add_argument("checkpoint")
+    x.add_argument("--out", required=True, help="folder for model.onnx")
+    x.add_argument("--input-size", type=parse_hw, help="HxW baked into the graph (default: the training size)")
+    x.add_argument("--simplify", action="store_true", help="fold and fuse the graph with onnxslim")
+    x.add_argument("--json", metavar="OUT")
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("predict", help="segment images; write label PNGs (and overlays)")
+    r.add_argument("model")
+    r.add_argument("inputs", nargs="+", help="image files, folders or quoted globs")
+    r.add_argument("--out", required=True)
+    r.add_argument("--overlay", action="store_true")
+    r.add_argument("--alpha", type=float, default=0.5)
+    r.add_argument("--backend", default="auto")
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
+    i.add_argument("name", help="a model name, or 'all'")
+    i.add_argument("--num-classes", type=int, default=11)
+    i.add_argument("--input-size", type=parse_hw, default=(352, 480))
+    i.add_argument("--json", metavar="OUT")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="train on synthetic scenes, export, segment a clip (about 2 min on CPU)")
+    d.add_argument("--out", default="edgeseg_demo")
+    d.add_argument("--seconds", type=float, default=60.0, help="training budget")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgesegError as e:
+        print(f"edgeseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

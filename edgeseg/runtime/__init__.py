@@ -1,0 +1,6 @@
+"""Runtime: backends, pre/post-processing kernels and the Segmenter."""
+
+from edgeseg.runtime.backends import load_backend
+from edgeseg.runtime.segmenter import Segmenter, SegResult
+
+__all__ = ["SegResult", "Segmenter", "load_backend"]

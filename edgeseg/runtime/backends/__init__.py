@@ -1,0 +1,36 @@
+"""Backends: one module each, chosen by file type with ``backend="auto"``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError, did_you_mean
+from edgeseg.runtime.backends.base import Backend
+
+BACKENDS = ("auto", "ort", "torch")
+_SUFFIXES = {".onnx": "ort", ".pt": "torch", ".pth": "torch"}
+
+
+def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "auto") -> Backend:
+    """Load ``path`` (.onnx or .pt) with the named backend, or the natural one for its type."""
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise EdgesegError(f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; choose one of: {', '.join(BACKENDS)}")
+    if not path.is_file():
+        raise EdgesegError(f"model not found: {path}; pass a .onnx from 'edgeseg export' or a .pt from 'edgeseg train'")
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise EdgesegError(f"{path}: unsupported model type '{path.suffix}'; use a .onnx or a .pt file")
+    if backend != "auto" and backend != kind:
+        raise EdgesegError(f"backend '{backend}' cannot run a {path.suffix} file; use --backend {kind} or auto")
+    if kind == "ort":
+        from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, device)
+    from edgeseg.runtime.backends.torch import TorchBackend
+
+    return TorchBackend(path, device)
+
+
+__all__ = ["BACKENDS", "Backend", "load_backend"]

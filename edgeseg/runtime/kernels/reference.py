@@ -1,0 +1,124 @@
+"""Pre- and post-processing in plain NumPy: the specification the fast kernels must match.
+
+Conventions (shared by every implementation):
+- Bilinear resampling uses half-pixel centres, ``src = (dst + 0.5) * in / out - 0.5`` clamped at
+  the borders (OpenCV's INTER_LINEAR, without its fixed-point rounding).
+- Nearest resampling of labels also uses centres: ``src = floor((dst + 0.5) * in / out)``, in
+  exact integer arithmetic so every implementation agrees bit for bit. This is OpenCV's
+  INTER_NEAREST_EXACT except where a sample falls exactly on a pixel edge: there we take the
+  pixel after the edge, OpenCV's fixed-point maths the one before.
+- Argmax over classes: the first maximum wins.
+- Overlay: ``round(frame * (1 - alpha) + colour * alpha)`` per channel, in BGR order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise TypeError(f"frame must be uint8 BGR (H, W, 3), got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ValueError(f"frame must be uint8 BGR with shape (H, W, 3), got shape {frame.shape}")
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index and upper weight of each output sample along one axis."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _nearest_taps(n_in: int, n_out: int) -> np.ndarray:
+    # Integer arithmetic: floor((2 * dst + 1) * in / (2 * out)) is exact where floats round down.
+    idx = ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in) // (2 * n_out)
+    return np.minimum(idx, n_in - 1)
+
+
+def resize_bilinear(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (H, W, ...) array to ``size_hw``, computed in float32."""
+    h, w = img.shape[:2]
+    y0, y1, wy = _linear_taps(h, size_hw[0])
+    x0, x1, wx = _linear_taps(w, size_hw[1])
+    img = img.astype(np.float32, copy=False)
+    extra = (1,) * (img.ndim - 2)
+    wy = wy.reshape(-1, 1, *extra)
+    wx = wx.reshape(1, -1, *extra)
+    rows = img[y0] * (1 - wy) + img[y1] * wy
+    return rows[:, x0] * (1 - wx) + rows[:, x1] * wx
+
+
+def resize_nearest(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest resize (centre sampling) of an (H, W) label map."""
+    h, w = labels.shape[:2]
+    return labels[_nearest_taps(h, size_hw[0])][:, _nearest_taps(w, size_hw[1])]
+
+
+def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: np.ndarray | None = None,
+               dtype=np.float32) -> np.ndarray:
+    """uint8 BGR (H, W, 3) frame -> (1, 3, h, w) RGB tensor ``(x - mean) / std`` at ``size_hw``."""
+    _check_frame(frame_bgr)
+    rgb = resize_bilinear(frame_bgr, size_hw)[..., ::-1]
+    mean = np.asarray(mean, np.float32)
+    inv_std = 1.0 / np.asarray(std, np.float32)
+    chw = ((rgb - mean) * inv_std).transpose(2, 0, 1)[None]
+    if out is None:
+        return np.ascontiguousarray(chw, dtype=dtype)
+    if out.shape != chw.shape or out.dtype != np.dtype(dtype):
+        raise ValueError(f"out must be {np.dtype(dtype)} {chw.shape}, got {out.dtype} {out.shape}")
+    out[...] = chw
+    return out
+
+
+def scores_to_labels(scores: np.ndarray) -> np.ndarray:
+    """(1, C, h, w) logits -> (h, w) uint8 labels; (1, h, w) integer labels pass through."""
+    scores = np.asarray(scores)
+    if scores.ndim == 4 and scores.shape[0] == 1 and np.issubdtype(scores.dtype, np.floating):
+        if scores.shape[1] > 256:
+            raise ValueError(f"at most 256 classes fit uint8 labels, got {scores.shape[1]}")
+        return scores[0].argmax(0).astype(np.uint8)
+    if scores.ndim == 3 and scores.shape[0] == 1 and np.issubdtype(scores.dtype, np.integer):
+        return scores[0].astype(np.uint8)
+    raise ValueError("scores must be (1, C, h, w) float logits or (1, h, w) integer labels, "
+                     f"got {scores.dtype} {scores.shape}")
+
+
+def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float = 0.5) -> np.ndarray:
+    """Blend the palette colour of each label onto the frame."""
+    _check_frame(frame_bgr)
+    if labels.shape != frame_bgr.shape[:2]:
+        raise ValueError(f"labels {labels.shape} and frame {frame_bgr.shape[:2]} differ in size")
+    lut = np.zeros((256, 3), np.float32)
+    pal = np.asarray(palette_rgb, np.float32)[:, ::-1]  # RGB palette onto a BGR frame
+    lut[: len(pal)] = pal
+    blended = frame_bgr.astype(np.float32) * (1 - alpha) + lut[labels] * alpha
+    return np.floor(blended + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, frame: np.ndarray | None = None,
+                alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest"):
+    """Model output -> uint8 labels at ``frame_hw`` (and the overlay when ``frame`` is given).
+
+    ``mode="nearest"`` takes the argmax at model size and upsamples labels (fast);
+    ``mode="bilinear"`` upsamples logits first, then takes the argmax (what accuracy metrics use).
+    """
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    scores = np.asarray(scores)
+    if mode == "bilinear" and scores.ndim == 4 and np.issubdtype(scores.dtype, np.floating):
+        labels = resize_bilinear(scores[0].transpose(1, 2, 0), frame_hw).argmax(-1).astype(np.uint8)
+    else:
+        labels = resize_nearest(scores_to_labels(scores), frame_hw)
+    if out is not None:
+        out[...] = labels
+        labels = out
+    if frame is None:
+        return labels
+    if palette is None:
+        raise ValueError("an overlay needs a palette")
+    return labels, overlay(frame, labels, palette, alpha)

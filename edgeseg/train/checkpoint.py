@@ -1,0 +1,71 @@
+"""Checkpoints: model weights + ModelSpec + training state in one ``.pt`` file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgeseg._io import atomic_path
+from edgeseg.errors import EdgesegError
+from edgeseg.export.spec import ModelSpec
+
+CHECKPOINT_FORMAT = "edgeseg-checkpoint-v1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
+                    model_kwargs: dict[str, Any] | None = None, **state: Any) -> None:
+    """Write ``path`` atomically; ``state`` holds resumable training state (optimizer, epoch...)."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": spec.arch,
+        "model_kwargs": model_kwargs or {},
+        "spec": spec.to_dict(),
+        "state_dict": model.state_dict(),
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict, turning every way it can be wrong into one clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgesegError(f"checkpoint not found: {path}; pass the path of a .pt written by 'edgeseg train'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise EdgesegError(f"{path} is not a readable edgeseg checkpoint ({type(e).__name__}); "
+                           "re-run 'edgeseg train' or pass the right file") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise EdgesegError(f"{path} is a PyTorch file but not an edgeseg checkpoint; "
+                           "pass a best.pt or last.pt written by 'edgeseg train'")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               arch: str | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the model of a checkpoint in eval mode; returns ``(model, spec, checkpoint)``.
+
+    ``arch``, when given, must match the checkpoint's architecture.
+    """
+    from edgeseg.models import create_model
+
+    ckpt = read_checkpoint(path)
+    spec = ModelSpec.from_dict(ckpt["spec"], origin=str(path))
+    if arch is not None and arch != ckpt["arch"]:
+        raise EdgesegError(f"{path} holds a '{ckpt['arch']}' model, not '{arch}'; "
+                           f"pass --model {ckpt['arch']} or a checkpoint of '{arch}'")
+    model = create_model(ckpt["arch"], spec.num_classes, **ckpt.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise EdgesegError(f"{path}: weights do not fit architecture '{ckpt['arch']}' ({first[:200]}); "
+                           "the file was written by a different model definition") from None
+    return model.to(device).eval(), spec, ckpt

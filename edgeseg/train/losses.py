@@ -1,0 +1,82 @@
+"""Losses: cross-entropy, OHEM cross-entropy, and cross-entropy + Dice; all honour ignore_index."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeseg.errors import EdgesegError, did_you_mean
+
+LOSSES = ("ce", "ohem", "ce+dice")
+
+
+class OhemCrossEntropy(nn.Module):
+    """Cross-entropy over the hardest pixels only.
+
+    Keeps pixels whose true-class probability is below ``thresh``, but at least ``min_kept`` of
+    them, so the loss never collapses onto a handful of pixels late in training.
+    """
+
+    def __init__(self, ignore_index: int, weight: torch.Tensor | None = None,
+                 thresh: float = 0.7, min_kept: int = 100_000) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight)
+        self.loss_thresh = -torch.log(torch.tensor(thresh)).item()
+        self.min_kept = min_kept
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction="none").flatten()
+        valid = (target.flatten() != self.ignore_index)
+        loss = loss[valid]
+        if loss.numel() == 0:
+            return logits.sum() * 0
+        n_min = min(self.min_kept, loss.numel())
+        hard = loss[loss > self.loss_thresh]
+        if hard.numel() < n_min:
+            hard = loss.topk(n_min).values
+        return hard.mean()
+
+
+class DiceLoss(nn.Module):
+    """Soft multi-class Dice over valid pixels, averaged over the classes present in the batch."""
+
+    def __init__(self, ignore_index: int, eps: float = 1.0) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.eps = eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        c = logits.shape[1]
+        valid = (target != self.ignore_index).unsqueeze(1)
+        prob = logits.softmax(1) * valid
+        onehot = F.one_hot(target.clamp(0, c - 1), c).permute(0, 3, 1, 2) * valid
+        inter = (prob * onehot).sum((0, 2, 3))
+        denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        present = onehot.sum((0, 2, 3)) > 0
+        dice = (2 * inter + self.eps) / (denom + self.eps)
+        return 1 - dice[present].mean() if present.any() else logits.sum() * 0
+
+
+class CEDice(nn.Module):
+    def __init__(self, ignore_index: int, weight: torch.Tensor | None = None, dice_weight: float = 0.5) -> None:
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.dice = DiceLoss(ignore_index)
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
+
+
+def build_loss(name: str, ignore_index: int, weight: torch.Tensor | None = None) -> nn.Module:
+    """``ce`` | ``ohem`` | ``ce+dice``."""
+    if name == "ce":
+        return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+    if name == "ohem":
+        return OhemCrossEntropy(ignore_index, weight)
+    if name == "ce+dice":
+        return CEDice(ignore_index, weight)
+    raise EdgesegError(f"unknown loss '{name}'{did_you_mean(name, LOSSES)}; choose one of: {', '.join(LOSSES)}")

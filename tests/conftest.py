@@ -1,0 +1,48 @@
+"""Shared fixtures: the shared data folder, and one tiny trained model reused by many tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CAMVID = SHARED_DATA / "camvid"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    if not (CAMVID / "val").is_dir():
+        pytest.skip(f"CamVid not found at {CAMVID} (see ../shared/data/README.md)")
+    return CAMVID
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A mbv3_unet_small trained for one short epoch on synthetic scenes at 64x128."""
+    from edgeseg.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(TrainConfig(data="synthetic:16", model="mbv3_unet_small", out=str(out), epochs=2, batch_size=4,
+                      input_size=(64, 128), crop=(64, 128), workers=0, quiet=True))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory) -> Path:
+    from edgeseg.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny_onnx")
+    export_onnx(tiny_run / "best.pt", out)
+    return out / "model.onnx"

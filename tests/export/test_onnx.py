@@ -1,0 +1,58 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeseg.errors import EdgesegError
+from edgeseg.export.onnx import export_onnx
+from edgeseg.export.spec import METADATA_KEY, ModelSpec
+from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+from edgeseg.train.evaluate import evaluate
+
+
+def test_export_embeds_spec_and_matches_torch(tiny_run, tmp_path):
+    rep = export_onnx(tiny_run / "best.pt", tmp_path, simplify=True)
+    path = tmp_path / "model.onnx"
+    assert rep["path"] == str(path) and rep["max_abs_diff"] <= rep["tolerance"]
+    assert rep["label_agreement"] > 0.999
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    spec = ModelSpec.from_json(meta[METADATA_KEY])
+    assert spec.arch == "mbv3_unet_small" and spec.input_hw == (64, 128)
+    assert read_onnx_spec(path) == spec
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp files left
+
+
+def test_export_at_another_input_size(tiny_run, tmp_path):
+    rep = export_onnx(tiny_run / "best.pt", tmp_path, input_size=(96, 160))
+    assert read_onnx_spec(rep["path"]).input_hw == (96, 160)
+
+
+def test_export_rejects_size_not_multiple_of_32(tiny_run, tmp_path):
+    with pytest.raises(EdgesegError, match="multiples of 32"):
+        export_onnx(tiny_run / "best.pt", tmp_path, input_size=(100, 128))
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_of_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgesegError, match="not a readable edgeseg checkpoint"):
+        export_onnx(bad, tmp_path / "out")
+
+
+def test_export_of_foreign_torch_file(tmp_path):
+    foreign = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(EdgesegError, match="not an edgeseg checkpoint"):
+        export_onnx(foreign, tmp_path / "out")
+
+
+def test_onnx_eval_equals_checkpoint_eval(tiny_run, tiny_onnx):
+    """The exported model scores what the checkpoint scores (same runtime path, other backend)."""
+    a = evaluate(tiny_run / "best.pt", "synthetic:16", "val", device="cpu")
+    b = evaluate(tiny_onnx, "synthetic:16", "val")
+    assert a["backend"] == "torch" and b["backend"] == "onnxruntime"
+    assert abs(a["miou"] - b["miou"]) <= 0.002
+    assert set(a) >= {"miou", "per_class_iou", "pixel_acc", "mean_dice"}
+    assert np.isfinite(a["miou"])

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from edgeseg import Segmenter
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime import kernels
+from edgeseg.runtime.backends import load_backend
+
+
+@pytest.fixture(scope="module")
+def frame():
+    from edgeseg.data.synthetic import render_scene
+
+    rgb, _ = render_scene(3, (120, 200))
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def test_onnx_and_checkpoint_give_the_same_labels(tiny_run, tiny_onnx, frame):
+    a = Segmenter(tiny_onnx)(frame)
+    b = Segmenter(tiny_run / "best.pt", device="cpu")(frame)
+    assert a.labels.shape == frame.shape[:2] and a.labels.dtype == np.uint8
+    assert (a.labels == b.labels).mean() > 0.999
+    assert set(a.timings_ms) == {"pre", "infer", "post"}
+
+
+def test_result_overlay_and_colorize(tiny_onnx, frame):
+    seg = Segmenter(tiny_onnx)
+    res = seg(frame)
+    vis = res.overlay(alpha=0.4)
+    assert vis.shape == frame.shape and vis.dtype == np.uint8
+    np.testing.assert_array_equal(vis, kernels.overlay(frame, res.labels, seg.spec.palette, 0.4))
+    assert res.colorize().shape == frame.shape
+
+
+def test_backend_auto_picks_by_suffix(tiny_run, tiny_onnx):
+    assert load_backend(tiny_onnx).name == "onnxruntime"
+    assert load_backend(tiny_run / "best.pt", device="cpu").name == "torch"
+    with pytest.raises(EdgesegError, match="cannot run a .onnx"):
+        load_backend(tiny_onnx, backend="torch")
+
+
+@pytest.mark.parametrize("name,content,msg", [
+    ("missing.onnx", None, "model not found"),
+    ("corrupt.onnx", b"\x00garbage", "could not be loaded by ONNX Runtime"),
+    ("model.tflite", b"x", "unsupported model type"),
+])
+def test_bad_model_files(tmp_path, name, content, msg):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(EdgesegError, match=msg):
+        Segmenter(path)
+
+
+def test_onnx_without_spec_is_refused(tmp_path):
+    import torch
+
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 32, 32),), str(plain), dynamo=False)
+    with pytest.raises(EdgesegError, match="no edgeseg model spec"):
+        Segmenter(plain)
+
+
+def test_unknown_backend(tiny_onnx):
+    with pytest.raises(EdgesegError, match="unknown backend 'onnx'"):
+        Segmenter(tiny_onnx, backend="onnx")

@@ -1,0 +1,78 @@
+"""The CLI as a user meets it: real subprocesses, one-line errors, no tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["eval", "nope.onnx", "--data", "synthetic:4"], ["model not found: nope.onnx"]),
+    (["train", "--data", "camvd:/x", "--model", "mbv3_unet_small", "--out", "o", "--epochs", "1"], ["camvid"]),
+    (["train", "--data", "synthetic:4", "--model", "mbv3_unet_smal", "--out", "o", "--epochs", "1"],
+     ["did you mean 'mbv3_unet_small'"]),
+    (["info", "unet"], ["unknown model 'unet'"]),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, args, fragments):
+    assert_one_line_error(run(*args), *fragments)
+
+
+def test_wrong_architecture_checkpoint(tiny_run, tmp_path):
+    proc = run("train", "--data", "synthetic:8", "--model", "bisenetv2", "--out", tmp_path, "--epochs", "1",
+               "--resume", tiny_run / "last.pt")
+    assert_one_line_error(proc, "holds a 'mbv3_unet_small' model, not 'bisenetv2'")
+
+
+def test_predict_writes_labels_and_overlays(tiny_onnx, tmp_path):
+    from edgeseg.data.synthetic import render_scene
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(imgs / f"f{i}.png"), render_scene(i, (90, 160))[0][..., ::-1])
+    proc = run("predict", tiny_onnx, imgs, "--out", tmp_path / "pred", "--overlay")
+    assert proc.returncode == 0, proc.stderr
+    lab = cv2.imread(str(tmp_path / "pred" / "f0.png"), cv2.IMREAD_UNCHANGED)
+    assert lab.shape == (90, 160) and lab.dtype == np.uint8 and lab.max() < 16
+    assert cv2.imread(str(tmp_path / "pred" / "f1_overlay.jpg")).shape == (90, 160, 3)
+
+
+def test_predict_unreadable_image(tiny_onnx, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    assert_one_line_error(run("predict", tiny_onnx, bad, "--out", tmp_path / "o"), "cannot read image", "broken.png")
+
+
+def test_eval_json_and_export(tiny_run, tmp_path):
+    proc = run("export", tiny_run / "best.pt", "--out", tmp_path, "--json", tmp_path / "export.json")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("eval", tmp_path / "model.onnx", "--data", "synthetic:16", "--json", tmp_path / "m.json", "--hd95")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert {"miou", "per_class_iou", "pixel_acc", "mean_dice", "per_class_hd95"} <= set(m)
+    assert "mIoU" in proc.stdout
+
+
+def test_info_lists_params_and_gflops(tmp_path):
+    proc = run("info", "all", "--input-size", "256x512", "--json", tmp_path / "i.json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert set(info) == {"bisenetv2", "mbv3_unet_large", "mbv3_unet_small"}
+    assert all(v["params_m"] > 0 and v["gflops"] > 0 for v in info.values())

@@ -1,0 +1,86 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgeseg.errors import EdgesegError
+from edgeseg.train.checkpoint import load_model, read_checkpoint
+from edgeseg.train.trainer import TrainConfig, default_input_size, lr_at, train
+
+TINY = dict(data="synthetic:16", model="mbv3_unet_small", batch_size=4, input_size=(64, 128), crop=(64, 128),
+            workers=0, quiet=True)
+
+
+def test_training_writes_checkpoints_metrics_and_curves(tiny_run):
+    for name in ("best.pt", "last.pt", "metrics.json", "curves.png"):
+        assert (tiny_run / name).is_file(), name
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert 0.0 <= m["val_miou"] <= 1.0
+    assert set(m["per_class_iou"]) == set(read_checkpoint(tiny_run / "best.pt")["spec"]["classes"])
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, spec, ckpt = load_model(tiny_run / "best.pt")
+    assert spec.input_hw == (64, 128) and spec.source["val_miou"] == pytest.approx(m["val_miou"], abs=1e-4)
+    assert not model.training
+
+
+def test_training_learns_something(tmp_path):
+    """A few epochs on synthetic scenes must beat chance clearly: the loop really optimises."""
+    res = train(TrainConfig(out=str(tmp_path), epochs=4, lr=5e-3, **{**TINY, "data": "synthetic:48"}))
+    first, last = res["history"][0]["train_loss"], res["history"][-1]["train_loss"]
+    assert last < 0.7 * first
+    assert res["val_miou"] > 0.15
+
+
+def test_resume_continues_from_last(tiny_run, tmp_path):
+    res = train(TrainConfig(out=str(tmp_path), epochs=3, resume=str(tiny_run / "last.pt"), **TINY))
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+
+
+def test_resume_from_another_architecture_is_refused(tiny_run, tmp_path):
+    with pytest.raises(EdgesegError, match="holds a 'mbv3_unet_small' model, not 'bisenetv2'"):
+        train(TrainConfig(out=str(tmp_path), epochs=1, resume=str(tiny_run / "last.pt"), **{**TINY, "model": "bisenetv2"}))
+
+
+def test_minutes_budget_stops_on_time(tmp_path):
+    res = train(TrainConfig(out=str(tmp_path), minutes=0.1, **TINY))
+    assert res["train_time_s"] < 6 + 10  # budget plus one iteration and the final validation
+
+
+def test_budget_arguments_are_checked(tmp_path):
+    with pytest.raises(EdgesegError, match="exactly one of --epochs or --minutes"):
+        train(TrainConfig(out=str(tmp_path), **TINY))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    assert lr_at(0.0, 0.1) == pytest.approx(0.05)
+    assert lr_at(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_at(0.5, 0.1) > lr_at(0.9, 0.1) > lr_at(1.0, 0.1) == 0.0
+
+
+def test_default_input_size_rounds_to_32():
+    assert default_input_size((360, 480)) == (352, 480)
+    assert default_input_size((10, 1000)) == (32, 992)
+
+
+def test_distributed_training_two_cpu_processes(tmp_path):
+    """torchrun with 2 gloo processes: DDP trains and rank 0 alone writes the checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "edgeseg", "train", "--data", "synthetic:8", "--model", "mbv3_unet_small", "--out", str(tmp_path),
+           "--epochs", "1", "--batch-size", "4", "--input-size", "64x128", "--workers", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1
+    # Both ranks trained on disjoint halves: 8 images / 2 processes / 2 per process = 2 steps each.
+    assert "2 processes" in proc.stderr
+    assert torch.isfinite(torch.tensor(json.loads((tmp_path / "metrics.json").read_text())["val_miou"]))
+
+
+def test_resume_from_best_is_refused_with_a_pointer_to_last(tiny_run, tmp_path):
+    with pytest.raises(EdgesegError, match="resume from last.pt"):
+        train(TrainConfig(out=str(tmp_path), epochs=3, resume=str(tiny_run / "best.pt"), **TINY))
