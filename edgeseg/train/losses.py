@@ -52,10 +52,16 @@ class DiceLoss(nn.Module):
         c = logits.shape[1]
         valid = (target != self.ignore_index).unsqueeze(1)
         prob = logits.softmax(1) * valid
-        onehot = F.one_hot(target.clamp(0, c - 1), c).permute(0, 3, 1, 2) * valid
-        inter = (prob * onehot).sum((0, 2, 3))
-        denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-        present = onehot.sum((0, 2, 3)) > 0
+        # Per-class sums without materialising a one-hot tensor (C x pixels of int64 is slow on
+        # CPU): the true-class probability is gathered, then binned by class.
+        t = target.clamp(0, c - 1).unsqueeze(1)
+        p_true = prob.gather(1, t).flatten()
+        keep = valid.flatten()
+        cls = t.flatten()[keep]
+        inter = torch.zeros(c, dtype=prob.dtype, device=prob.device).index_add_(0, cls, p_true[keep])
+        count = torch.bincount(cls, minlength=c).to(prob.dtype)
+        denom = prob.sum((0, 2, 3)) + count
+        present = count > 0
         dice = (2 * inter + self.eps) / (denom + self.eps)
         return 1 - dice[present].mean() if present.any() else logits.sum() * 0
 

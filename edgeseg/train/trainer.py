@@ -239,6 +239,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.load_state_dict(ckpt["state_dict"])
     ddp_model: nn.Module = model
     if dinfo.world > 1:
+        if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     weight = _class_weights(cfg.class_weights, info, num_classes)
     criterion = build_loss(cfg.loss, info.ignore_index, weight.to(device) if weight is not None else None).to(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
@@ -52,15 +51,6 @@ def test_regions_look_like_their_class() -> None:
     road = img[mask == SYNTHETIC_CLASSES.index("road")].astype(float).mean(0)
     sky = img[mask == SYNTHETIC_CLASSES.index("sky")].astype(float).mean(0)
     assert np.abs(road - sky).max() > 15
-
-
-def test_rendering_is_fast() -> None:
-    render_scene(0)
-    start = time.perf_counter()
-    for seed in range(10):
-        render_scene(seed)
-    # A few ms per frame normally; the bound is loose because CPUs here are shared.
-    assert (time.perf_counter() - start) / 10 < 0.1
 
 
 def test_clip_is_smooth_and_deterministic() -> None:
