@@ -35,7 +35,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for c in columns:
         t.add_column(c, justify="left" if c == columns[0] else "right")
     for r in rows:
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r))
+        t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     from rich.console import Console
 
     Console().print(t)
