@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
     t.add_argument("--lr", type=float, default=4e-3)
     t.add_argument("--loss", choices=LOSSES, default="ce")
-    t.add_argument("--class-weights", choices=("auto", "none"), default="auto")
+    t.add_argument("--class-weights", choices=("auto", "full", "none"), default="auto",
+                   help="dataset class weights: auto = their square root, full = as given, none")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)

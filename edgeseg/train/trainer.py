@@ -100,14 +100,15 @@ def default_input_size(image_hw: tuple[int, int]) -> tuple[int, int]:
 def _class_weights(mode: str, info, num_classes: int) -> torch.Tensor | None:
     if mode == "none":
         return None
-    if mode != "auto":
-        raise EdgesegError(f"--class-weights must be 'auto' or 'none', got '{mode}'")
+    if mode not in ("auto", "full"):
+        raise EdgesegError(f"--class-weights must be 'auto', 'full' or 'none', got '{mode}'")
     if not info.class_weights:
         return None
     w = torch.tensor(info.class_weights[:num_classes], dtype=torch.float32)
-    # Median-frequency weights span 0.14..9.6 on CamVid; their square root keeps rare classes
-    # (poles, signs, cyclists) visible without flooding large classes with false positives.
-    w = w.sqrt()
+    if mode == "auto":
+        # Median-frequency weights span 0.14..9.6 on CamVid; their square root keeps rare classes
+        # (poles, signs, cyclists) visible without flooding large classes with false positives.
+        w = w.sqrt()
     return w / w.mean()
 
 

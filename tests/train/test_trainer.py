@@ -84,3 +84,20 @@ def test_distributed_training_two_cpu_processes(tmp_path):
 def test_resume_from_best_is_refused_with_a_pointer_to_last(tiny_run, tmp_path):
     with pytest.raises(EdgesegError, match="resume from last.pt"):
         train(TrainConfig(out=str(tmp_path), epochs=3, resume=str(tiny_run / "best.pt"), **TINY))
+
+
+def test_class_weight_modes():
+    from types import SimpleNamespace
+
+    from edgeseg.train.trainer import _class_weights
+
+    info = SimpleNamespace(class_weights=[1.0, 4.0, 16.0])
+    assert _class_weights("none", info, 3) is None
+    full = _class_weights("full", info, 3)
+    soft = _class_weights("auto", info, 3)
+    assert full.mean().item() == pytest.approx(1.0) and soft.mean().item() == pytest.approx(1.0)
+    assert (full[2] / full[0]).item() == pytest.approx(16.0)
+    assert (soft[2] / soft[0]).item() == pytest.approx(4.0)  # square root
+    assert _class_weights("auto", SimpleNamespace(class_weights=None), 3) is None
+    with pytest.raises(EdgesegError, match="'auto', 'full' or 'none'"):
+        _class_weights("sqrt", info, 3)
