@@ -30,9 +30,7 @@ class SegResult:
 
     def colorize(self) -> np.ndarray:
         """The label map painted in the palette (BGR uint8)."""
-        lut = np.zeros((256, 3), np.uint8)
-        lut[: len(self.spec.palette)] = np.asarray(self.spec.palette, np.uint8)[:, ::-1]
-        return lut[self.labels]
+        return kernels.reference.palette_lut_bgr(self.spec.palette)[self.labels]
 
 
 class Segmenter:

@@ -88,14 +88,20 @@ def scores_to_labels(scores: np.ndarray) -> np.ndarray:
                      f"got {scores.dtype} {scores.shape}")
 
 
+def palette_lut_bgr(palette_rgb) -> np.ndarray:
+    """(256, 3) uint8 table: label -> BGR colour (RGB palette flipped; unlisted labels black)."""
+    lut = np.zeros((256, 3), np.uint8)
+    pal = np.asarray(palette_rgb, np.uint8)[:256, ::-1]
+    lut[: len(pal)] = pal
+    return lut
+
+
 def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float = 0.5) -> np.ndarray:
     """Blend the palette colour of each label onto the frame."""
     _check_frame(frame_bgr)
     if labels.shape != frame_bgr.shape[:2]:
         raise ValueError(f"labels {labels.shape} and frame {frame_bgr.shape[:2]} differ in size")
-    lut = np.zeros((256, 3), np.float32)
-    pal = np.asarray(palette_rgb, np.float32)[:, ::-1]  # RGB palette onto a BGR frame
-    lut[: len(pal)] = pal
+    lut = palette_lut_bgr(palette_rgb).astype(np.float32)
     blended = frame_bgr.astype(np.float32) * (1 - alpha) + lut[labels] * alpha
     return np.floor(blended + 0.5).clip(0, 255).astype(np.uint8)
 
