@@ -54,6 +54,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     val_every: int = 1
+    ema: float = 0.999
     resume: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
@@ -125,6 +126,26 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _ema_update(decay: float):
+    """``multi_avg_fn`` for AveragedModel: EMA whose decay ramps up over the first steps.
+
+    The ramp (timm's ModelEmaV2 schedule) stops the average from clinging to the random
+    initialisation when a run is short.
+    """
+
+    def update(ema_params, params, num_averaged) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - d)
+        for e, p in zip(ema_params, params):  # integer buffers (BN's num_batches_tracked)
+            if not e.is_floating_point():
+                e.copy_(p)
+
+    return update
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -237,7 +258,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     model = create_model(cfg.model, num_classes, **cfg.model_kwargs).to(device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt.get("raw_state_dict", ckpt["state_dict"]))
     ddp_model: nn.Module = model
     if dinfo.world > 1:
         if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
@@ -246,6 +267,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     weight = _class_weights(cfg.class_weights, info, num_classes)
     criterion = build_loss(cfg.loss, info.ignore_index, weight.to(device) if weight is not None else None).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # An exponential moving average of the weights (BN statistics included) is what gets
+    # validated and saved: on a short, noisy CPU schedule it is steadier than the last step.
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(cfg.ema), use_buffers=True)
+           if cfg.ema > 0 else None)
+    eval_model = ema.module if ema is not None else model
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -253,6 +279,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     best_miou, start_epoch, elapsed_before = -1.0, 0, 0.0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["state_dict"])
+            ema.n_averaged.fill_(ckpt.get("ema_steps", 0))
         history, best_miou = ckpt.get("history", []), ckpt.get("best_miou", -1.0)
         start_epoch, elapsed_before = ckpt.get("epoch", 0), ckpt.get("elapsed_s", 0.0)
 
@@ -320,6 +349,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 loss_sum += loss.item()
                 n += 1
                 it += 1
@@ -333,7 +364,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                       "elapsed_s": round(time.perf_counter() - t0, 1), "val_miou": None}
             line = f"epoch {epoch}: loss {record['train_loss']:.4f}"
             if done or epoch % cfg.val_every == 0:
-                last_metrics = validate(model, val_loader, num_classes, info.ignore_index, device)
+                last_metrics = validate(eval_model, val_loader, num_classes, info.ignore_index, device)
                 record["val_miou"] = last_metrics.miou
                 line += f"  val mIoU {last_metrics.miou:.4f}"
             bar.console.print(f"{line}  ({time.perf_counter() - t0:.0f} s)")
@@ -347,9 +378,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     spec.source["val_miou"] = round(best_miou, 4)
                     # best.pt is for deployment and evaluation: no optimizer state (a third of the size).
                     best_state = {k: v for k, v in state.items() if k != "optimizer"}
-                    save_checkpoint(out / "best.pt", model, spec, cfg.model_kwargs, best_miou=best_miou, **best_state)
+                    save_checkpoint(out / "best.pt", eval_model, spec, cfg.model_kwargs, best_miou=best_miou, **best_state)
                 spec.source["val_miou"] = round(best_miou, 4)
-                save_checkpoint(out / "last.pt", model, spec, cfg.model_kwargs, best_miou=best_miou, **state)
+                if ema is not None:  # the raw weights continue training; the average is what is deployed
+                    state.update(raw_state_dict=model.state_dict(), ema_steps=int(ema.n_averaged))
+                save_checkpoint(out / "last.pt", eval_model, spec, cfg.model_kwargs, best_miou=best_miou, **state)
 
     result: dict[str, Any] = {}
     if dinfo.main:
