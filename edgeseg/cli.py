@@ -57,7 +57,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(data=a.data, model=a.model, out=a.out, epochs=a.epochs, minutes=a.minutes,
                       batch_size=a.batch_size, crop=a.crop, input_size=a.input_size, lr=a.lr, loss=a.loss,
                       class_weights=a.class_weights, device=a.device, workers=a.workers, seed=a.seed,
-                      val_every=a.val_every, resume=a.resume, scale=tuple(a.scale))
+                      val_every=a.val_every, ema=a.ema, resume=a.resume, scale=tuple(a.scale))
     res = train(cfg)
     if res:
         rows = [[name, iou] for name, iou in res["per_class_iou"].items()]
@@ -89,7 +89,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.export.onnx import export_onnx
 
-    res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify)
+    res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify, a.argmax)
     _table("export", ["field", "value"], [[k, v] for k, v in res.items()])
     _write_json(a.json, res)
     return 0
@@ -132,14 +132,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if frame is None:
             raise EdgesegError(f"cannot read image {path}: the file is missing, empty or not an image")
         res = seg(frame)
-        times.append(sum(res.timings_ms.values()))
+        times.append(sum(res.timings_ms[k] for k in ("pre", "infer", "post")))
         for name, img in [(f"{path.stem}.png", res.labels)] + (
                 [(f"{path.stem}_overlay.jpg", res.overlay(a.alpha))] if a.overlay else []):
             with atomic_path(out / name) as tmp:
                 if not cv2.imwrite(str(tmp), img):
                     raise EdgesegError(f"could not write {out / name}; check the folder is writable")
     print(f"{len(images)} images -> {out}/ (labels as class-index PNG{', overlays as JPEG' if a.overlay else ''}); "
-          f"{seg.backend.name} on {seg.backend.device}, {float(np.mean(times)):.1f} ms/image")
+          f"{seg.backend.name} on {seg.backend.device}, {seg.kernels} kernels, {float(np.mean(times)):.1f} ms/image")
     return 0
 
 
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and always at the end)")
+    t.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights (0: off)")
     t.add_argument("--resume", help="continue from a last.pt")
     t.set_defaults(func=cmd_train)
 
@@ -212,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="folder for model.onnx")
     x.add_argument("--input-size", type=parse_hw, help="HxW baked into the graph (default: the training size)")
     x.add_argument("--simplify", action="store_true", help="fold and fuse the graph with onnxslim")
+    x.add_argument("--argmax", action="store_true",
+                   help="end the graph with ArgMax: uint8 labels leave the model instead of float logits")
     x.add_argument("--json", metavar="OUT")
     x.set_defaults(func=cmd_export)
 

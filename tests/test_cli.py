@@ -1,6 +1,7 @@
 """The CLI as a user meets it: real subprocesses, one-line errors, no tracebacks."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 
 
-def run(*args, timeout=300):
+def run(*args, timeout=300, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def assert_one_line_error(proc, *fragments):
@@ -76,3 +78,20 @@ def test_info_lists_params_and_gflops(tmp_path):
     info = json.loads((tmp_path / "i.json").read_text())
     assert set(info) == {"bisenetv2", "mbv3_unet_large", "mbv3_unet_small"}
     assert all(v["params_m"] > 0 and v["gflops"] > 0 for v in info.values())
+
+
+def test_predict_with_cpp_kernels_equals_reference_path_on_camvid(tiny_onnx, camvid_root, tmp_path):
+    frames = sorted((camvid_root / "val").glob("*.png"))[:3]
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for f in frames:
+        (imgs / f.name).symlink_to(f)
+    outs = {}
+    for impl in ("cpu", "reference"):
+        proc = run("predict", tiny_onnx, imgs, "--out", tmp_path / impl, env_extra={"EDGESEG_KERNELS": impl})
+        assert proc.returncode == 0, proc.stderr
+        assert f"{impl} kernels" in proc.stdout
+        outs[impl] = [cv2.imread(str(tmp_path / impl / f"{f.stem}.png"), cv2.IMREAD_UNCHANGED) for f in frames]
+    for a, b, f in zip(outs["cpu"], outs["reference"], frames):
+        assert a.shape == cv2.imread(str(f)).shape[:2]
+        np.testing.assert_array_equal(a, b)

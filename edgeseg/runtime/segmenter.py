@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,16 @@ class Segmenter:
         self.spec: ModelSpec = self.backend.spec
         self.mode = mode
         self._input = np.empty((1, 3, *self.spec.input_hw), np.float32)  # reused every frame
+        self._gpu = _GpuPipeline(self) if _gpu_pipeline_possible(self.backend) else None
+
+    @property
+    def kernels(self) -> str:
+        """Which pre/post-processing runs: ``cuda``, ``cpu`` (C++) or ``reference`` (NumPy)."""
+        return "cuda" if self._gpu is not None else kernels.backend
 
     def __call__(self, frame_bgr: np.ndarray) -> SegResult:
+        if self._gpu is not None:
+            return self._gpu(frame_bgr)
         t0 = time.perf_counter()
         x = kernels.preprocess(frame_bgr, self.spec.input_hw, self.spec.input.mean, self.spec.input.std,
                                out=self._input)
@@ -61,3 +70,72 @@ class Segmenter:
         t3 = time.perf_counter()
         return SegResult(labels, self.spec, frame_bgr,
                          {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3})
+
+
+def _gpu_pipeline_possible(backend) -> bool:
+    if getattr(backend, "name", "") != "torch" or not str(getattr(backend, "device", "")).startswith("cuda"):
+        return False
+    try:
+        from edgeseg.runtime.cuda import get_driver
+
+        get_driver()
+        return True
+    except Exception as e:  # no cuda-python / pycuda: the model still runs on the GPU, kernels on CPU
+        warnings.warn(f"CUDA kernels unavailable ({e}); pre/post-processing runs on the CPU", RuntimeWarning,
+                      stacklevel=3)
+        return False
+
+
+class _GpuPipeline:
+    """uint8 frame up, preprocess, infer, postprocess on the GPU, uint8 labels down.
+
+    One stream (PyTorch's current one); page-locked staging buffers and device tensors are
+    kept between frames and reallocated only when the frame size changes.
+    """
+
+    def __init__(self, seg: Segmenter) -> None:
+        import torch
+
+        self.seg = seg
+        self.torch = torch
+        self.device = torch.device(seg.backend.device)
+        h, w = seg.spec.input_hw
+        self.input = torch.empty((1, 3, h, w), dtype=torch.float32, device=self.device)
+        self.frame_hw: tuple[int, int] | None = None
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+
+    def _buffers(self, hw: tuple[int, int]) -> None:
+        torch = self.torch
+        if self.frame_hw == hw:
+            return
+        H, W = hw
+        self.host_frame = torch.empty((H, W, 3), dtype=torch.uint8).pin_memory()
+        self.host_labels = torch.empty((H, W), dtype=torch.uint8).pin_memory()
+        self.dev_frame = torch.empty((H, W, 3), dtype=torch.uint8, device=self.device)
+        self.dev_labels = torch.empty((H, W), dtype=torch.uint8, device=self.device)
+        self.frame_hw = hw
+
+    def __call__(self, frame_bgr: np.ndarray) -> SegResult:
+        from edgeseg.runtime.kernels import cuda as kcuda
+
+        spec = self.seg.spec
+        frame_bgr = kernels._check_frame(frame_bgr)
+        t0 = time.perf_counter()
+        self._buffers(frame_bgr.shape[:2])
+        self.host_frame.numpy()[...] = frame_bgr
+        e = self.events
+        e[0].record()
+        self.dev_frame.copy_(self.host_frame, non_blocking=True)
+        kcuda.preprocess(self.dev_frame, spec.input_hw, spec.input.mean, spec.input.std, out=self.input)
+        e[1].record()
+        scores = self.seg.backend.infer_tensor(self.input)
+        e[2].record()
+        kcuda.postprocess(scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode)
+        self.host_labels.copy_(self.dev_labels, non_blocking=True)
+        e[3].record()
+        e[3].synchronize()
+        labels = self.host_labels.numpy().copy()  # the staging buffer is reused by the next frame
+        total = (time.perf_counter() - t0) * 1e3
+        pre, infer, post = (e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2]), e[2].elapsed_time(e[3]))
+        return SegResult(labels, spec, frame_bgr,
+                         {"pre": pre, "infer": infer, "post": post, "total": total})

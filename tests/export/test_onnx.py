@@ -56,3 +56,24 @@ def test_onnx_eval_equals_checkpoint_eval(tiny_run, tiny_onnx):
     assert abs(a["miou"] - b["miou"]) <= 0.002
     assert set(a) >= {"miou", "per_class_iou", "pixel_acc", "mean_dice"}
     assert np.isfinite(a["miou"])
+
+
+def test_argmax_export_emits_uint8_labels(tiny_run, tiny_onnx, tmp_path):
+    import onnxruntime as ort
+
+    from edgeseg.runtime.segmenter import Segmenter
+
+    rep = export_onnx(tiny_run / "best.pt", tmp_path, argmax=True)
+    assert rep["output"] == "labels" and rep["label_agreement"] >= 0.999
+    path = tmp_path / "model.onnx"
+    spec = read_onnx_spec(path)
+    assert spec.output.kind == "labels"
+    assert [n.op_type for n in onnx.load(str(path)).graph.node][-2:] == ["ArgMax", "Cast"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 3, *spec.input_hw)).astype(np.float32)
+    out = sess.run(None, {"input": x})[0]
+    assert out.dtype == np.uint8 and out.shape == (2, *spec.input_hw)  # batch stays dynamic
+    # the runtime takes either kind: same labels from the logits model and the labels model
+    frame = np.random.default_rng(1).integers(0, 256, (90, 170, 3), dtype=np.uint8)
+    a, b = Segmenter(path)(frame).labels, Segmenter(tiny_onnx)(frame).labels
+    assert (a == b).mean() > 0.999

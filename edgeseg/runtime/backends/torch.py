@@ -26,3 +26,8 @@ class TorchBackend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._dev)
         return self.model(x).float().cpu().numpy()
+
+    @torch.no_grad()
+    def infer_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Device tensor in, device tensor out: no host copies (the GPU pipeline's step)."""
+        return self.model(x)

@@ -1,14 +1,193 @@
 """Pre/post-processing front: one API, selectable implementation.
 
-Only the NumPy reference exists so far; the C++ CPU extension and CUDA kernels plug in here
-with the same functions and semantics (see ``reference`` for the contract).
+Implementations with identical semantics (``reference`` is the spec, in NumPy):
+
+- ``"cpu"``: the C++ extension ``edgeseg._cpu`` (OpenMP, GIL released, caller's buffers);
+- ``"reference"``: :mod:`edgeseg.runtime.kernels.reference`.
+
+``kernels.backend`` names the one in use: ``"cpu"`` whenever the extension is built (it is by
+``pip install``), else ``"reference"`` with a warning. ``set_backend(name)`` switches; the
+environment variable ``EDGESEG_KERNELS=cpu|reference`` picks one for a whole process (CLI runs). Device
+arrays (CUDA) go through :mod:`edgeseg.runtime.kernels.cuda`, which works on device pointers.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
+import numpy as np
+
 from edgeseg.runtime.kernels import reference
-from edgeseg.runtime.kernels.reference import overlay, postprocess, preprocess
+from edgeseg.runtime.kernels.reference import palette_lut_bgr
 
-backend = "reference"
+try:
+    from edgeseg import _cpu
+except ImportError as e:  # a source checkout that was never built
+    _cpu = None
+    _IMPORT_ERROR = str(e)
+else:
+    _IMPORT_ERROR = ""
 
-__all__ = ["backend", "overlay", "postprocess", "preprocess", "reference"]
+BACKENDS = ("cpu", "reference")
+backend = "cpu" if _cpu is not None else "reference"
+_requested = os.environ.get("EDGESEG_KERNELS", "")
+if _requested == "reference" or (_requested == "cpu" and _cpu is not None):
+    backend = _requested
+elif _requested:
+    warnings.warn(f"EDGESEG_KERNELS={_requested!r} is not available here; using {backend!r}", RuntimeWarning,
+                  stacklevel=2)
+if _cpu is None and _requested != "reference":
+    warnings.warn(f"edgeseg's C++ kernels are not built ({_IMPORT_ERROR}); using the slow NumPy reference. "
+                  "Build them with: pip install -e .", RuntimeWarning, stacklevel=2)
+
+__all__ = ["BACKENDS", "backend", "overlay", "postprocess", "preprocess", "reference", "set_backend"]
+
+_SCORE_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint8): "U8",
+                np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+
+
+def set_backend(name: str) -> None:
+    """Select ``"cpu"`` or ``"reference"`` for every later call."""
+    global backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernels backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    if name == "cpu" and _cpu is None:
+        raise RuntimeError(f"the C++ kernels are not built ({_IMPORT_ERROR}); run: pip install -e .")
+    backend = name
+
+
+def _check_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 BGR (H, W, 3), got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ValueError(f"{name} must be uint8 BGR with shape (H, W, 3), got shape {frame.shape}")
+    if frame.strides[2] != 1 or frame.strides[1] != 3:
+        frame = np.ascontiguousarray(frame)  # e.g. a crop with a step, or a channel view
+    return frame
+
+
+def _check_hw(size_hw, name: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (height, width), got {size_hw!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must be positive, got {h}x{w}")
+    return h, w
+
+
+def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype, name: str) -> None:
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.dtype(dtype):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"{name} must be a {np.dtype(dtype)} array of shape {shape}, got {got}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+def _check_scores(scores) -> np.ndarray:
+    scores = np.asarray(scores)
+    logits = scores.ndim == 4 and scores.shape[0] == 1 and scores.dtype in (np.float32, np.float16)
+    labels = scores.ndim == 3 and scores.shape[0] == 1 and scores.dtype in (np.uint8, np.int32, np.int64)
+    if not (logits or labels):
+        raise ValueError("scores must be (1, C, h, w) float32/float16 logits or (1, h, w) uint8/int32/int64 "
+                         f"labels, got {scores.dtype} {scores.shape}")
+    if logits and not 1 <= scores.shape[1] <= 256:
+        raise ValueError(f"logits need 1 to 256 classes for uint8 labels, got {scores.shape[1]}")
+    if min(scores.shape[-2:]) < 1:
+        raise ValueError(f"scores are empty: {scores.shape}")
+    return np.ascontiguousarray(scores)
+
+
+def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: np.ndarray | None = None,
+               dtype=np.float32) -> np.ndarray:
+    """uint8 BGR (H, W, 3) frame -> (1, 3, h, w) RGB ``(x - mean) / std`` at ``size_hw`` (bilinear).
+
+    ``mean``/``std`` are per RGB channel on the 0-255 scale; ``dtype`` float32 or float16.
+    With ``out`` the result is written there (no allocation) and ``out`` is returned.
+    """
+    frame_bgr = _check_frame(frame_bgr)
+    h, w = _check_hw(size_hw, "size_hw")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype}")
+    mean = np.asarray(mean, np.float32).reshape(-1)
+    std = np.asarray(std, np.float32).reshape(-1)
+    if mean.size != 3 or std.size != 3 or not np.all(std != 0):
+        raise ValueError(f"mean and std need 3 values each (std non-zero), got {mean.tolist()} / {std.tolist()}")
+    if out is not None:
+        _check_out(out, (1, 3, h, w), dtype, "out")
+    if backend == "reference":
+        return reference.preprocess(frame_bgr, (h, w), mean, std, out=out, dtype=dtype)
+    if out is None:
+        out = np.empty((1, 3, h, w), dtype)
+    inv_std = (np.float32(1.0) / std).astype(np.float32)  # as the reference: float32 reciprocal
+    _cpu.preprocess(frame_bgr, out, _cpu.F32 if dtype == np.float32 else _cpu.F16, mean.tolist(), inv_std.tolist())
+    return out
+
+
+def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, frame: np.ndarray | None = None,
+                alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest",
+                overlay_out: np.ndarray | None = None):
+    """Model output -> uint8 labels at ``frame_hw``; with ``frame``, also the colour overlay.
+
+    ``scores``: (1, C, h, w) float32/float16 logits or (1, h, w) integer labels.
+    ``mode="nearest"`` takes the argmax at model size and upsamples labels (fast);
+    ``mode="bilinear"`` upsamples logits first, then takes the argmax (what accuracy metrics use).
+    Returns ``labels``, or ``(labels, overlay)`` when ``frame`` is given; ``out`` and
+    ``overlay_out`` receive them without allocation.
+    """
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    scores = _check_scores(scores)
+    H, W = _check_hw(frame_hw, "frame_hw")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if out is not None:
+        _check_out(out, (H, W), np.uint8, "out")
+    if frame is not None:
+        frame = _check_frame(frame)
+        if frame.shape[:2] != (H, W):
+            raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]} but frame_hw is {W}x{H}")
+        if palette is None:
+            raise ValueError("an overlay needs a palette")
+        if overlay_out is not None:
+            _check_out(overlay_out, (H, W, 3), np.uint8, "overlay_out")
+    if backend == "reference":
+        res = reference.postprocess(scores, (H, W), palette, frame, alpha, out=out, mode=mode)
+        if frame is not None and overlay_out is not None:
+            overlay_out[...] = res[1]
+            res = (res[0], overlay_out)
+        return res
+    labels = out if out is not None else np.empty((H, W), np.uint8)
+    lut = vis = None
+    if frame is not None:
+        lut = palette_lut_bgr(palette)
+        vis = overlay_out if overlay_out is not None else np.empty((H, W, 3), np.uint8)
+    _cpu.postprocess(scores, getattr(_cpu, _SCORE_CODES[scores.dtype]), labels, mode == "bilinear",
+                     frame, vis, lut, float(alpha))
+    return labels if frame is None else (labels, vis)
+
+
+def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float = 0.5,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Blend the palette colour of each label onto the frame (BGR uint8)."""
+    frame_bgr = _check_frame(frame_bgr)
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8 or labels.shape != frame_bgr.shape[:2]:
+        raise ValueError(f"labels must be uint8 {frame_bgr.shape[:2]} like the frame, got {labels.dtype} {labels.shape}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if out is not None:
+        _check_out(out, frame_bgr.shape, np.uint8, "out")
+    if backend == "reference":
+        res = reference.overlay(frame_bgr, labels, palette_rgb, alpha)
+        if out is not None:
+            out[...] = res
+            return out
+        return res
+    out = out if out is not None else np.empty(frame_bgr.shape, np.uint8)
+    _cpu.overlay(np.ascontiguousarray(labels), frame_bgr, out, palette_lut_bgr(palette_rgb), float(alpha))
+    return out

@@ -1,0 +1,362 @@
+// edgeseg._cpu: the CPU twin of the CUDA kernels — loops over pixel_ops.h.
+//
+// Every entry point works in caller-provided buffers (nothing is allocated per frame except
+// thread-local scratch that grows once), releases the GIL, and spreads rows over OpenMP threads.
+// Argument checking beyond what keeps memory safe lives in edgeseg/runtime/kernels/__init__.py,
+// which is the only caller; here a wrong shape or dtype is a ValueError, never a crash.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "pixel_ops.h"
+
+namespace py = pybind11;
+using namespace edgeseg;
+
+namespace {
+
+// dtype codes shared with the Python front
+enum DType { F32 = 0, F16 = 1, U8 = 2, I32 = 3, I64 = 4 };
+
+int num_threads_for(i64 work) {
+#ifdef _OPENMP
+    // Below ~64k elements thread start-up costs more than it saves.
+    return work < (1 << 16) ? 1 : omp_get_max_threads();
+#else
+    (void)work;
+    return 1;
+#endif
+}
+
+void require(bool ok, const std::string& msg) {
+    if (!ok) throw py::value_error(msg);
+}
+
+const void* cptr(const py::array& a) { return a.data(); }
+void* mptr(py::array& a) { return a.mutable_data(); }
+
+void require_c_contiguous(const py::array& a, const char* name) {
+    require((a.flags() & py::array::c_style) != 0, std::string(name) + " must be C-contiguous");
+}
+
+// Taps of every output sample along one axis, computed once a call.
+std::vector<LinearTap>& linear_taps(std::vector<LinearTap>& v, int n_in, int n_out) {
+    v.resize(n_out);
+    for (int i = 0; i < n_out; ++i) v[i] = linear_tap(i, n_in, n_out);
+    return v;
+}
+
+std::vector<int>& nearest_taps(std::vector<int>& v, int n_in, int n_out) {
+    v.resize(n_out);
+    for (int i = 0; i < n_out; ++i) v[i] = nearest_tap(i, n_in, n_out);
+    return v;
+}
+
+// ----------------------------------------------------------------------------------- preprocess
+
+// Rows first over the whole source row (contiguous: vectorises), then columns at the taps —
+// the reference's order of operations, so results are bit-identical to bilinear sampling.
+template <typename T>
+void preprocess_impl(const u8* img, int H, int W, i64 pitch, T* out, int h, int w, const float mean[3],
+                     const float inv_std[3]) {
+    thread_local std::vector<LinearTap> ty, tx;
+    linear_taps(ty, H, h);
+    linear_taps(tx, W, w);
+    thread_local std::vector<int> ia, ib;
+    thread_local std::vector<float> wa, wb;
+    ia.resize(w), ib.resize(w), wa.resize(w), wb.resize(w);
+    for (int x = 0; x < w; ++x) {
+        ia[x] = 3 * tx[x].i0, ib[x] = 3 * tx[x].i1, wb[x] = tx[x].w, wa[x] = 1.0f - tx[x].w;
+    }
+    const i64 plane = (i64)h * w;
+    const LinearTap* typ = ty.data();
+    const int *iap = ia.data(), *ibp = ib.data();
+    const float *wap = wa.data(), *wbp = wb.data();
+#pragma omp parallel num_threads(num_threads_for(plane))
+    {
+        thread_local std::vector<float> vrow;
+        vrow.resize((size_t)W * 3);
+        float* v = vrow.data();
+#pragma omp for schedule(static)
+        for (int y = 0; y < h; ++y) {
+            const u8* r0 = img + (i64)typ[y].i0 * pitch;
+            const u8* r1 = img + (i64)typ[y].i1 * pitch;
+            const float w1 = typ[y].w, w0 = 1.0f - typ[y].w;
+            for (int j = 0; j < W * 3; ++j) v[j] = (float)r0[j] * w0 + (float)r1[j] * w1;
+            for (int c = 0; c < 3; ++c) {  // c: RGB plane, read from BGR byte 2 - c
+                const float* vc = v + (2 - c);
+                T* o = out + c * plane + (i64)y * w;
+                const float m = mean[c], s = inv_std[c];
+                for (int x = 0; x < w; ++x)
+                    store_float(o, x, normalize(vc[iap[x]] * wap[x] + vc[ibp[x]] * wbp[x], m, s));
+            }
+        }
+    }
+}
+
+void preprocess(const py::array& frame, py::array& out, int out_dtype, std::vector<float> mean,
+                std::vector<float> inv_std) {
+    require(frame.ndim() == 3 && frame.shape(2) == 3 && frame.itemsize() == 1, "frame must be uint8 (H, W, 3)");
+    require(frame.strides(2) == 1 && frame.strides(1) == 3, "frame rows must be packed BGR pixels");
+    require(out.ndim() == 4 && out.shape(0) == 1 && out.shape(1) == 3, "out must be (1, 3, h, w)");
+    require_c_contiguous(out, "out");
+    require(mean.size() == 3 && inv_std.size() == 3, "mean and inv_std need 3 values");
+    require(out.itemsize() == (out_dtype == F32 ? 4 : 2) && (out_dtype == F32 || out_dtype == F16),
+            "out dtype must be float32 or float16");
+    const int H = (int)frame.shape(0), W = (int)frame.shape(1);
+    const int h = (int)out.shape(2), w = (int)out.shape(3);
+    const i64 pitch = frame.strides(0);
+    const u8* img = static_cast<const u8*>(cptr(frame));
+    void* dst = mptr(out);
+    py::gil_scoped_release nogil;
+    if (out_dtype == F32)
+        preprocess_impl(img, H, W, pitch, static_cast<float*>(dst), h, w, mean.data(), inv_std.data());
+    else
+        preprocess_impl(img, H, W, pitch, static_cast<u16*>(dst), h, w, mean.data(), inv_std.data());
+}
+
+// ---------------------------------------------------------------------------------- postprocess
+
+// Argmax of (C, h, w) scores into (h, w) labels, a row at a time so the class loop runs over
+// contiguous pixels (vectorisable) instead of striding across planes.
+template <typename T>
+void argmax_rows(const T* s, int C, int h, int w, u8* labels) {
+    const i64 plane = (i64)h * w;
+#pragma omp parallel for schedule(static) num_threads(num_threads_for(plane * C))
+    for (int y = 0; y < h; ++y) {
+        thread_local std::vector<float> best;
+        thread_local std::vector<int> arg;
+        best.resize(w);
+        arg.resize(w);
+        float* b = best.data();
+        int* a = arg.data();
+        const T* row = s + (i64)y * w;
+        for (int x = 0; x < w; ++x) {
+            b[x] = load_float(row, x);
+            a[x] = 0;
+        }
+        for (int c = 1; c < C; ++c) {
+            const T* rc = row + (i64)c * plane;
+            for (int x = 0; x < w; ++x) argmax_update(load_float(rc, x), c, b[x], a[x]);
+        }
+        u8* l = labels + (i64)y * w;
+        for (int x = 0; x < w; ++x) l[x] = (u8)a[x];
+    }
+}
+
+template <typename T>
+void cast_labels(const T* s, i64 n, u8* labels) {
+    for (i64 i = 0; i < n; ++i) labels[i] = (u8)s[i];  // wraps like NumPy's astype(uint8)
+}
+
+// Labels at model size -> labels at frame size (nearest), and the overlay in the same pass.
+// Output rows that sample the same model row share its upsampled labels and colour terms, so
+// those are built once; the blend itself is a straight 16-bit loop over the row's bytes.
+void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
+                        i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q) {
+    thread_local std::vector<int> ty, tx;
+    nearest_taps(ty, h, H);
+    nearest_taps(tx, w, W);
+    const int* typ = ty.data();
+    const int* txp = tx.data();
+#pragma omp parallel num_threads(num_threads_for((i64)H * W))
+    {
+        thread_local std::vector<u8> lrow;
+        thread_local std::vector<u16> krow;
+        lrow.resize(W);
+        krow.resize((size_t)W * 3 + 1);  // +1: the 8-byte stores below overrun by one lane
+        int last = -1;
+#pragma omp for schedule(static)
+        for (int y = 0; y < H; ++y) {
+            u8* l = labels + (i64)y * W;
+            if (typ[y] != last) {
+                last = typ[y];
+                const u8* src = small + (i64)last * w;
+                u8* lr = lrow.data();
+                for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
+                if (overlay != nullptr) {
+                    // one 8-byte store a pixel (3 colour lanes + one overwritten by the next)
+                    const uint64_t* cq = reinterpret_cast<const uint64_t*>(colour_q);
+                    u16* kr = krow.data();
+                    for (int x = 0; x < W; ++x) std::memcpy(kr + 3 * x, cq + lr[x], 8);
+                }
+            }
+            std::memcpy(l, lrow.data(), W);
+            if (overlay == nullptr) continue;
+            const u8* f = frame + (i64)y * frame_pitch;
+            u8* o = overlay + (i64)y * W * 3;
+            const u16* k = krow.data();
+            for (int j = 0; j < W * 3; ++j) o[j] = blend_q(f[j], keep_q, k[j]);
+        }
+    }
+}
+
+// Logits upsampled bilinearly to frame size, then the argmax (the accuracy path).
+template <typename T>
+void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) {
+    thread_local std::vector<LinearTap> ty, tx;
+    linear_taps(ty, h, H);
+    linear_taps(tx, w, W);
+    const LinearTap* typ = ty.data();
+    const LinearTap* txp = tx.data();
+    const i64 plane = (i64)h * w;
+#pragma omp parallel for schedule(static) num_threads(num_threads_for((i64)H * W * C))
+    for (int y = 0; y < H; ++y) {
+        u8* l = labels + (i64)y * W;
+        for (int x = 0; x < W; ++x) l[x] = (u8)bilinear_argmax(s, C, plane, w, typ[y], txp[x]);
+    }
+}
+
+void blend_only(const u8* labels, int H, int W, const u8* frame, i64 frame_pitch, u8* overlay,
+                const u16* colour_q, u16 keep_q) {
+#pragma omp parallel num_threads(num_threads_for((i64)H * W))
+    {
+        thread_local std::vector<u16> krow;
+        krow.resize((size_t)W * 3 + 1);
+        const uint64_t* cq = reinterpret_cast<const uint64_t*>(colour_q);
+#pragma omp for schedule(static)
+        for (int y = 0; y < H; ++y) {
+            const u8* l = labels + (i64)y * W;
+            u16* kr = krow.data();
+            for (int x = 0; x < W; ++x) std::memcpy(kr + 3 * x, cq + l[x], 8);
+            const u8* f = frame + (i64)y * frame_pitch;
+            u8* o = overlay + (i64)y * W * 3;
+            for (int j = 0; j < W * 3; ++j) o[j] = blend_q(f[j], keep_q, kr[j]);
+        }
+    }
+}
+
+struct Overlay {
+    const u8* frame = nullptr;
+    i64 pitch = 0;
+    u8* out = nullptr;
+    std::vector<u16> colour_q;  // 256 x 4 (BGR + padding), fixed point, see blend_q
+    u16 keep_q = 0;
+};
+
+Overlay make_overlay(const py::object& frame, const py::object& overlay_out, const py::object& lut_bgr, double alpha,
+                     int H, int W) {
+    Overlay ov;
+    if (frame.is_none()) return ov;
+    py::array f = frame.cast<py::array>();
+    py::array o = overlay_out.cast<py::array>();
+    py::array lut = lut_bgr.cast<py::array>();
+    require(f.ndim() == 3 && f.shape(0) == H && f.shape(1) == W && f.shape(2) == 3 && f.itemsize() == 1,
+            "frame must be uint8 (H, W, 3) at the labels' size");
+    require(f.strides(2) == 1 && f.strides(1) == 3, "frame rows must be packed BGR pixels");
+    require(o.ndim() == 3 && o.shape(0) == H && o.shape(1) == W && o.shape(2) == 3 && o.itemsize() == 1,
+            "overlay_out must be uint8 (H, W, 3)");
+    require_c_contiguous(o, "overlay_out");
+    require(lut.ndim() == 2 && lut.shape(0) == 256 && lut.shape(1) == 3 && lut.itemsize() == 1,
+            "lut must be uint8 (256, 3)");
+    require_c_contiguous(lut, "lut");
+    ov.frame = static_cast<const u8*>(cptr(f));
+    ov.pitch = f.strides(0);
+    ov.out = static_cast<u8*>(mptr(o));
+    // as NumPy computes them: float32(1 - alpha) and float32(colour) * float32(alpha)
+    ov.keep_q = blend_keep_q((float)(1.0 - alpha));
+    ov.colour_q.assign(256 * 4, 0);
+    const u8* l = static_cast<const u8*>(cptr(lut));
+    for (int i = 0; i < 256; ++i)
+        for (int c = 0; c < 3; ++c) ov.colour_q[4 * i + c] = blend_colour_q((float)l[3 * i + c] * (float)alpha);
+    return ov;
+}
+
+// scores: (1, C, h, w) float32/float16 logits, or (1, h, w) integer labels (dtype code given).
+void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool bilinear, const py::object& frame,
+                 const py::object& overlay_out, const py::object& lut_bgr, double alpha) {
+    require_c_contiguous(scores, "scores");
+    require_c_contiguous(labels_out, "out");
+    require(labels_out.ndim() == 2 && labels_out.itemsize() == 1, "out must be uint8 (H, W)");
+    const bool logits = dtype == F32 || dtype == F16;
+    require(logits ? scores.ndim() == 4 : scores.ndim() == 3, "scores must be (1, C, h, w) or (1, h, w)");
+    require(scores.shape(0) == 1, "scores must hold one image");
+    const int C = logits ? (int)scores.shape(1) : 1;
+    const int h = (int)scores.shape(scores.ndim() - 2), w = (int)scores.shape(scores.ndim() - 1);
+    const int H = (int)labels_out.shape(0), W = (int)labels_out.shape(1);
+    require(C >= 1 && C <= 256 && h >= 1 && w >= 1 && H >= 1 && W >= 1, "empty or >256-class scores");
+    static const int item[] = {4, 2, 1, 4, 8};
+    require(dtype >= 0 && dtype <= 4 && scores.itemsize() == item[dtype], "scores dtype code does not match");
+    Overlay ov = make_overlay(frame, overlay_out, lut_bgr, alpha, H, W);
+    const void* s = cptr(scores);
+    u8* lab = static_cast<u8*>(mptr(labels_out));
+
+    py::gil_scoped_release nogil;
+    if (bilinear && logits) {
+        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, lab, H, W);
+        else bilinear_labels(static_cast<const u16*>(s), C, h, w, lab, H, W);
+        if (ov.out) blend_only(lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
+        return;
+    }
+    thread_local std::vector<u8> small;
+    small.resize((size_t)h * w);
+    switch (dtype) {
+        case F32: argmax_rows(static_cast<const float*>(s), C, h, w, small.data()); break;
+        case F16: argmax_rows(static_cast<const u16*>(s), C, h, w, small.data()); break;
+        case U8: std::memcpy(small.data(), s, (size_t)h * w); break;
+        case I32: cast_labels(static_cast<const int32_t*>(s), (i64)h * w, small.data()); break;
+        default: cast_labels(static_cast<const int64_t*>(s), (i64)h * w, small.data()); break;
+    }
+    upsample_and_blend(small.data(), h, w, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
+}
+
+void overlay(const py::array& labels, const py::array& frame, py::array& out, const py::array& lut_bgr, double alpha) {
+    require_c_contiguous(labels, "labels");
+    require(labels.ndim() == 2 && labels.itemsize() == 1, "labels must be uint8 (H, W)");
+    const int H = (int)labels.shape(0), W = (int)labels.shape(1);
+    Overlay ov = make_overlay(frame, out, lut_bgr, alpha, H, W);
+    const u8* l = static_cast<const u8*>(cptr(labels));
+    py::gil_scoped_release nogil;
+    blend_only(l, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
+}
+
+int get_num_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(std::max(1, n));
+#else
+    (void)n;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+    m.doc() = "edgeseg CPU kernels over cpp_ext/include/pixel_ops.h (use edgeseg.runtime.kernels)";
+    m.attr("F32") = (int)F32;
+    m.attr("F16") = (int)F16;
+    m.attr("U8") = (int)U8;
+    m.attr("I32") = (int)I32;
+    m.attr("I64") = (int)I64;
+    m.def("preprocess", &preprocess, py::arg("frame"), py::arg("out"), py::arg("out_dtype"), py::arg("mean"),
+          py::arg("inv_std"));
+    m.def("postprocess", &postprocess, py::arg("scores"), py::arg("dtype"), py::arg("out"), py::arg("bilinear"),
+          py::arg("frame"), py::arg("overlay_out"), py::arg("lut_bgr"), py::arg("alpha"));
+    m.def("overlay", &overlay, py::arg("labels"), py::arg("frame"), py::arg("out"), py::arg("lut_bgr"),
+          py::arg("alpha"));
+    m.def("get_num_threads", &get_num_threads);
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+#ifdef _OPENMP
+    m.attr("openmp") = true;
+#else
+    m.attr("openmp") = false;
+#endif
+}

@@ -1,0 +1,111 @@
+// edgeseg CUDA kernels: grid loops over cpp_ext/include/pixel_ops.h, the same per-pixel maths the
+// CPU extension runs. Compiled at first use by NVRTC (edgeseg/runtime/cuda.py) with --fmad=false
+// (see pixel_ops.h), and compile-checked by nvcc in the tests. Everything works on device
+// pointers and runs on the caller's stream: a uint8 frame goes in, uint8 labels come out.
+//
+// extern "C" entry points, so the host side finds them by name without C++ mangling.
+
+#include "pixel_ops.h"
+
+using namespace edgeseg;
+
+namespace {
+
+template <typename T>
+__device__ void preprocess_px(const u8* __restrict__ img, int H, int W, i64 pitch, T* __restrict__ out, int h,
+                              int w, float3 mean, float3 inv_std) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    const float m[3] = {mean.x, mean.y, mean.z};
+    const float s[3] = {inv_std.x, inv_std.y, inv_std.z};
+    float rgb[3];
+    sample_bgr_normalized(img, pitch, linear_tap(y, H, h), linear_tap(x, W, w), m, s, rgb);
+    const i64 plane = (i64)h * w, i = (i64)y * w + x;
+    store_float(out, i, rgb[0]);
+    store_float(out, plane + i, rgb[1]);
+    store_float(out, 2 * plane + i, rgb[2]);
+}
+
+template <typename T>
+__device__ void argmax_px(const T* __restrict__ scores, int C, int h, int w, u8* __restrict__ labels) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    const i64 i = (i64)y * w + x;
+    labels[i] = (u8)argmax_classes(scores + i, C, (i64)h * w);  // neighbours read neighbours: coalesced
+}
+
+template <typename T>
+__device__ void bilinear_argmax_px(const T* __restrict__ scores, int C, int h, int w, u8* __restrict__ labels,
+                                   int H, int W) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= W || y >= H) return;
+    labels[(i64)y * W + x] = (u8)bilinear_argmax(scores, C, (i64)h * w, w, linear_tap(y, h, H), linear_tap(x, w, W));
+}
+
+}  // namespace
+
+extern "C" {
+
+// uint8 BGR (H, W, 3) with row pitch in bytes -> (1, 3, h, w) normalised RGB.
+__global__ void preprocess_f32(const u8* img, int H, int W, i64 pitch, float* out, int h, int w, float3 mean,
+                               float3 inv_std) {
+    preprocess_px(img, H, W, pitch, out, h, w, mean, inv_std);
+}
+
+__global__ void preprocess_f16(const u8* img, int H, int W, i64 pitch, u16* out, int h, int w, float3 mean,
+                               float3 inv_std) {
+    preprocess_px(img, H, W, pitch, out, h, w, mean, inv_std);
+}
+
+// (1, C, h, w) logits -> (h, w) labels at model size.
+__global__ void argmax_f32(const float* scores, int C, int h, int w, u8* labels) {
+    argmax_px(scores, C, h, w, labels);
+}
+
+__global__ void argmax_f16(const u16* scores, int C, int h, int w, u8* labels) {
+    argmax_px(scores, C, h, w, labels);
+}
+
+// Integer labels from an in-graph ArgMax (int64 or int32) -> uint8, wrapping like NumPy.
+__global__ void labels_from_i64(const i64* src, i64 n, u8* labels) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) labels[i] = (u8)src[i];
+}
+
+__global__ void labels_from_i32(const int* src, i64 n, u8* labels) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) labels[i] = (u8)src[i];
+}
+
+// (1, C, h, w) logits -> (H, W) labels, logits upsampled bilinearly before the argmax.
+__global__ void bilinear_argmax_f32(const float* scores, int C, int h, int w, u8* labels, int H, int W) {
+    bilinear_argmax_px(scores, C, h, w, labels, H, W);
+}
+
+__global__ void bilinear_argmax_f16(const u16* scores, int C, int h, int w, u8* labels, int H, int W) {
+    bilinear_argmax_px(scores, C, h, w, labels, H, W);
+}
+
+// (h, w) labels -> (H, W) labels (nearest) and, when ``overlay`` is not null, the palette blend
+// onto ``frame`` in the same pass. ``colour_q`` holds 256 x 4 u16 (BGR + pad), see blend_q.
+// With h == H and w == W this is the overlay alone.
+__global__ void upsample_blend(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
+                               i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= W || y >= H) return;
+    const u8 l = small[(i64)nearest_tap(y, h, H) * w + nearest_tap(x, w, W)];
+    labels[(i64)y * W + x] = l;
+    if (overlay == nullptr) return;
+    const u8* f = frame + (i64)y * frame_pitch + 3 * (i64)x;
+    u8* o = overlay + ((i64)y * W + x) * 3;
+    const u16* k = colour_q + 4 * (int)l;
+    o[0] = blend_q(f[0], keep_q, k[0]);
+    o[1] = blend_q(f[1], keep_q, k[1]);
+    o[2] = blend_q(f[2], keep_q, k[2]);
+}
+
+}  // extern "C"

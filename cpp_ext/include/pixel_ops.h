@@ -1,0 +1,206 @@
+// pixel_ops.h — the per-pixel maths of edgeseg's pre- and post-processing, written once.
+//
+// The C++ CPU extension (cpp_ext/cpu) and the CUDA kernels (cpp_ext/cuda) are loops over these
+// functions, and edgeseg/runtime/kernels/reference.py is their NumPy statement. Every formula
+// here reproduces that reference operation for operation, in the same precision and order, so
+// labels agree bit for bit and floats to rounding:
+//   - bilinear taps: src = (dst + 0.5) * in / out - 0.5 in double, clamped to [0, in - 1];
+//     the weight is rounded to float once; rows are blended first, then columns (INTER_LINEAR
+//     geometry, without OpenCV's fixed-point rounding);
+//   - nearest taps: floor((2 * dst + 1) * in / (2 * out)) in integers (exact);
+//   - argmax over classes: the first maximum wins;
+//   - overlay: floor(frame * (1 - alpha) + colour * alpha + 0.5) in float.
+// Build the translation units that include this with floating-point contraction off
+// (-ffp-contract=off, nvcc/NVRTC --fmad=false): a fused multiply-add rounds once where NumPy
+// rounds twice, and a tie in an argmax could then break the other way.
+//
+// No standard-library includes: NVRTC compiles this without a host toolchain.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define ES_HD __host__ __device__ __forceinline__
+#else
+#define ES_HD inline
+#endif
+
+namespace edgeseg {
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+// ---------------------------------------------------------------------------- float16 <-> float
+
+ES_HD float bits_as_float(u32 b) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(b);
+#else
+    union { u32 u; float f; } v;
+    v.u = b;
+    return v.f;
+#endif
+}
+
+ES_HD u32 float_as_bits(float f) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(f);
+#else
+    union { float f; u32 u; } v;
+    v.f = f;
+    return v.u;
+#endif
+}
+
+// IEEE binary16 bits -> float (exact: every half is a float).
+ES_HD float half_to_float(u16 h) {
+    u32 sign = (u32)(h & 0x8000u) << 16;
+    u32 exp = (h >> 10) & 0x1fu;
+    u32 man = h & 0x3ffu;
+    if (exp == 0x1fu) return bits_as_float(sign | 0x7f800000u | (man << 13));  // inf / nan
+    if (exp != 0) return bits_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+    // zero or subnormal: man * 2^-24, exactly representable
+    float f = (float)man * 5.9604644775390625e-08f;
+    return sign ? -f : f;
+}
+
+// float -> IEEE binary16 bits, round to nearest even (NumPy's astype(float16)).
+ES_HD u16 float_to_half(float f) {
+    u32 x = float_as_bits(f);
+    u32 sign = (x >> 16) & 0x8000u;
+    u32 ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u)  // inf or nan (keep nan quiet)
+        return (u16)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (u16)(sign | 0x7c00u);  // rounds past 65504: inf
+    if (ax < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+        if (ax < 0x33000000u) return (u16)sign;  // < 2^-25 rounds to zero
+        u32 e = ax >> 23;
+        u32 m = (ax & 0x7fffffu) | 0x800000u;
+        u32 shift = 126u - e;  // puts m's leading bit at the half's 2^-24 unit
+        u32 h = m >> shift;
+        u32 rem = m & ((1u << shift) - 1u);
+        u32 halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
+        return (u16)(sign | h);
+    }
+    u32 h = ((ax >> 13) - (112u << 10));
+    u32 rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // carry into the exponent is right
+    return (u16)(sign | h);
+}
+
+ES_HD float load_float(const float* p, i64 i) { return p[i]; }
+ES_HD float load_float(const u16* p, i64 i) { return half_to_float(p[i]); }
+ES_HD void store_float(float* p, i64 i, float v) { p[i] = v; }
+ES_HD void store_float(u16* p, i64 i, float v) { p[i] = float_to_half(v); }
+
+// ------------------------------------------------------------------------------------ sampling
+
+struct LinearTap {
+    int i0, i1;  // the two source samples
+    float w;     // weight of i1; i0 gets (1 - w)
+};
+
+// Half-pixel-centre bilinear tap of output sample ``dst`` when ``n_in`` samples become ``n_out``.
+ES_HD LinearTap linear_tap(int dst, int n_in, int n_out) {
+    double src = ((double)dst + 0.5) * ((double)n_in / (double)n_out) - 0.5;
+    if (src < 0.0) src = 0.0;
+    if (src > (double)(n_in - 1)) src = (double)(n_in - 1);
+    int i0 = (int)src;  // src >= 0: truncation is floor
+    LinearTap t;
+    t.i0 = i0;
+    t.i1 = i0 + 1 < n_in ? i0 + 1 : n_in - 1;
+    t.w = (float)(src - (double)i0);
+    return t;
+}
+
+// Centre-sampling nearest tap, in exact integer arithmetic.
+ES_HD int nearest_tap(int dst, int n_in, int n_out) {
+    i64 i = ((2 * (i64)dst + 1) * (i64)n_in) / (2 * (i64)n_out);
+    return i < n_in ? (int)i : n_in - 1;
+}
+
+// Blend of four samples: rows (y) first, then columns (x), as the reference does.
+ES_HD float bilerp(float v00, float v01, float v10, float v11, float wy, float wx) {
+    float r0 = v00 * (1.0f - wy) + v10 * wy;  // column x0
+    float r1 = v01 * (1.0f - wy) + v11 * wy;  // column x1
+    return r0 * (1.0f - wx) + r1 * wx;
+}
+
+// --------------------------------------------------------------------------------- preprocess
+
+// Normalisation of one channel value: (v - mean) * (1 / std), inv_std precomputed in float.
+ES_HD float normalize(float v, float mean, float inv_std) { return (v - mean) * inv_std; }
+
+// One output pixel of preprocess: bilinear sample of a BGR uint8 HWC image (row pitch
+// ``pitch`` bytes, 3 bytes a pixel), swapped to RGB and normalised. ``rgb`` receives R, G, B.
+ES_HD void sample_bgr_normalized(const u8* img, i64 pitch, LinearTap ty, LinearTap tx,
+                                 const float mean_rgb[3], const float inv_std_rgb[3], float rgb[3]) {
+    const u8* r0 = img + (i64)ty.i0 * pitch;
+    const u8* r1 = img + (i64)ty.i1 * pitch;
+    i64 a = (i64)tx.i0 * 3, b = (i64)tx.i1 * 3;
+    for (int c = 0; c < 3; ++c) {  // c indexes BGR; RGB channel 2 - c
+        float v = bilerp((float)r0[a + c], (float)r0[b + c], (float)r1[a + c], (float)r1[b + c], ty.w, tx.w);
+        rgb[2 - c] = normalize(v, mean_rgb[2 - c], inv_std_rgb[2 - c]);
+    }
+}
+
+// ---------------------------------------------------------------------------------- postprocess
+
+// The argmax rule in one place: a class replaces the best so far only if strictly greater, so
+// the first maximum wins (NumPy's argmax). Loops that vectorise over pixels call this per class.
+ES_HD void argmax_update(float v, int c, float& best, int& arg) {
+    bool gt = v > best;
+    best = gt ? v : best;
+    arg = gt ? c : arg;
+}
+
+// Argmax over ``C`` class scores ``stride`` elements apart.
+template <typename T>
+ES_HD int argmax_classes(const T* p, int C, i64 stride) {
+    float best = load_float(p, 0);
+    int arg = 0;
+    for (int c = 1; c < C; ++c) argmax_update(load_float(p, (i64)c * stride), c, best, arg);
+    return arg;
+}
+
+// Label of one output pixel when logits are upsampled bilinearly before the argmax.
+// ``p`` points at class 0 of a (C, h, w) block (``plane`` = h * w elements per class).
+template <typename T>
+ES_HD int bilinear_argmax(const T* p, int C, i64 plane, int w, LinearTap ty, LinearTap tx) {
+    i64 o00 = (i64)ty.i0 * w + tx.i0, o01 = (i64)ty.i0 * w + tx.i1;
+    i64 o10 = (i64)ty.i1 * w + tx.i0, o11 = (i64)ty.i1 * w + tx.i1;
+    float best = 0.0f;
+    int arg = 0;
+    for (int c = 0; c < C; ++c) {
+        i64 base = (i64)c * plane;
+        float v = bilerp(load_float(p, base + o00), load_float(p, base + o01), load_float(p, base + o10),
+                         load_float(p, base + o11), ty.w, tx.w);
+        if (c == 0) best = v;
+        else argmax_update(v, c, best, arg);
+    }
+    return arg;
+}
+
+// One overlay byte: floor(frame * (1 - alpha) + colour * alpha + 0.5), saturated to 0..255.
+// ``keep`` is (float)(1 - alpha) and ``colour_alpha`` is (float)colour * (float)alpha.
+// Branch-free so that loops over a row vectorise.
+ES_HD u8 blend(u8 frame, float keep, float colour_alpha) {
+    float v = (float)frame * keep + colour_alpha + 0.5f;
+    v = v < 0.0f ? 0.0f : v;
+    v = v > 255.0f ? 255.0f : v;
+    return (u8)(int)v;  // v >= 0: truncation is floor
+}
+
+// Fixed-point overlay for the fast kernels (CPU SIMD and CUDA): 16-bit integer lanes instead of
+// float, within 1 LSB of blend() (exact except where the true value lies within ~0.02 of a
+// rounding boundary). keep_q = round((1 - alpha) * 2^15); colour_q = round(colour * alpha * 2^7)
+// + 2^6 (the rounding half, in the same units). The product is a multiply-high, as SIMD does it.
+ES_HD u16 blend_keep_q(float keep) { return (u16)(keep * 32768.0f + 0.5f); }
+ES_HD u16 blend_colour_q(float colour_alpha) { return (u16)(colour_alpha * 128.0f + 0.5f) + 64; }
+ES_HD u8 blend_q(u8 frame, u16 keep_q, u16 colour_q) {
+    u16 t = (u16)(((u32)(u16)(frame << 8) * keep_q) >> 16);  // floor(frame * keep * 2^7)
+    return (u8)((u16)(t + colour_q) >> 7);
+}
+
+}  // namespace edgeseg

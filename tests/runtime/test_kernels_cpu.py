@@ -1,0 +1,157 @@
+"""The C++ CPU kernels equal the NumPy reference: labels exactly, floats to 1e-5, overlays to 1 LSB."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeseg.runtime import kernels
+from edgeseg.runtime.kernels import reference as ref
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+pytestmark = pytest.mark.skipif(kernels._cpu is None, reason="C++ extension not built")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_backend():
+    before = kernels.backend
+    kernels.set_backend("cpu")
+    yield
+    kernels.set_backend(before)
+
+
+def _frame(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def check_preprocess(frame, size_hw, dtype=np.float32):
+    got = kernels.preprocess(frame, size_hw, MEAN, STD, dtype=dtype)
+    want = ref.preprocess(frame, size_hw, MEAN, STD, dtype=dtype)
+    assert got.shape == want.shape == (1, 3, *size_hw) and got.dtype == want.dtype
+    if dtype == np.float16:  # identical float32 values round to the same half
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def check_postprocess(scores, frame, palette, alpha=0.5, mode="nearest"):
+    hw = frame.shape[:2]
+    labels, vis = kernels.postprocess(scores, hw, palette, frame, alpha, mode=mode)
+    want_labels, want_vis = ref.postprocess(scores, hw, palette, frame, alpha, mode=mode)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert np.abs(vis.astype(np.int16) - want_vis).max() <= 1
+    # labels alone take the same path
+    np.testing.assert_array_equal(kernels.postprocess(scores, hw, mode=mode), want_labels)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(H=st.integers(1, 70), W=st.integers(1, 70), h=st.integers(1, 40), w=st.integers(1, 40),
+       C=st.integers(1, 24), half=st.booleans(), mode=st.sampled_from(["nearest", "bilinear"]),
+       alpha=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_random_shapes_match_reference(H, W, h, w, C, half, mode, alpha, seed):
+    rng = np.random.default_rng(seed)
+    frame = _frame(rng, H, W)
+    check_preprocess(frame, (h, w), np.float16 if half else np.float32)
+    scores = rng.standard_normal((1, C, h, w)).astype(np.float16 if half else np.float32)
+    check_postprocess(scores, frame, rng.integers(0, 256, (C, 3)), alpha, mode)
+
+
+@pytest.mark.parametrize("frame_hw,model_hw", [((1, 1), (1, 1)), ((1, 1), (32, 32)), ((37, 53), (64, 32)),
+                                               ((721, 1279), (256, 512)), ((2160, 3840), (512, 1024))])
+def test_edge_sizes(frame_hw, model_hw):
+    rng = np.random.default_rng(0)
+    frame = _frame(rng, *frame_hw)
+    check_preprocess(frame, model_hw)
+    scores = rng.standard_normal((1, 19, *model_hw)).astype(np.float32)
+    for mode in ("nearest", "bilinear") if frame_hw[0] < 2000 else ("nearest",):
+        check_postprocess(scores, frame, rng.integers(0, 256, (19, 3)), 0.5, mode)
+
+
+@pytest.mark.parametrize("C", [1, 2, 19, 255, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_class_counts_and_half_logits(C, dtype):
+    rng = np.random.default_rng(C)
+    frame = _frame(rng, 45, 67)
+    # integers make ties frequent: the first maximum must win in every implementation
+    scores = rng.integers(-3, 4, (1, C, 16, 24)).astype(dtype)
+    check_postprocess(scores, frame, rng.integers(0, 256, (C, 3)), 0.4, "nearest")
+    check_postprocess(scores, frame, rng.integers(0, 256, (C, 3)), 0.4, "bilinear")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_label_inputs(dtype):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 19, (1, 30, 40)).astype(dtype)
+    frame = _frame(rng, 61, 83)
+    check_postprocess(labels, frame, rng.integers(0, 256, (19, 3)))
+
+
+def test_non_contiguous_inputs():
+    rng = np.random.default_rng(2)
+    big = _frame(rng, 100, 160)
+    frame = big[10:90:2, 5:150:3]  # strided crop
+    assert not frame.flags.c_contiguous
+    check_preprocess(frame, (32, 64))
+    bgr_view = np.ascontiguousarray(big[..., ::-1])[..., ::-1]  # negative channel stride
+    check_preprocess(bgr_view, (32, 64))
+    scores = rng.standard_normal((1, 24, 32, 48)).astype(np.float32)[:, ::2]  # every other class
+    check_postprocess(scores, np.ascontiguousarray(frame), rng.integers(0, 256, (12, 3)))
+
+
+def test_writes_into_caller_buffers():
+    rng = np.random.default_rng(3)
+    frame = _frame(rng, 90, 120)
+    x = np.empty((1, 3, 64, 96), np.float32)
+    assert kernels.preprocess(frame, (64, 96), MEAN, STD, out=x) is x
+    labels = np.empty((90, 120), np.uint8)
+    vis = np.empty((90, 120, 3), np.uint8)
+    scores = rng.standard_normal((1, 5, 64, 96)).astype(np.float32)
+    got_l, got_v = kernels.postprocess(scores, (90, 120), rng.integers(0, 256, (5, 3)), frame,
+                                       out=labels, overlay_out=vis)
+    assert got_l is labels and got_v is vis
+    np.testing.assert_array_equal(labels, ref.postprocess(scores, (90, 120)))
+    o = np.empty_like(frame)
+    assert kernels.overlay(frame, labels, [[255, 0, 0]] * 5, 0.3, out=o) is o
+    assert np.abs(o.astype(int) - ref.overlay(frame, labels, [[255, 0, 0]] * 5, 0.3)).max() <= 1
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.float32), (8, 8), MEAN, STD), TypeError, "uint8"),
+    (lambda: kernels.preprocess(np.zeros((4, 4), np.uint8), (8, 8), MEAN, STD), ValueError, r"\(H, W, 3\)"),
+    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (0, 8), MEAN, STD), ValueError, "positive"),
+    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (8, 8), MEAN, STD, dtype=np.int8), ValueError, "float16"),
+    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (8, 8), MEAN, STD, out=np.empty((1, 3, 8, 9), np.float32)),
+     ValueError, "shape"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float64), (8, 8)), ValueError, "float32/float16"),
+    (lambda: kernels.postprocess(np.zeros((3, 4, 4), np.float32), (8, 8)), ValueError, r"\(1, C, h, w\)"),
+    (lambda: kernels.postprocess(np.zeros((1, 300, 4, 4), np.float32), (8, 8)), ValueError, "256 classes"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), mode="cubic"), ValueError, "mode"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), frame=np.zeros((8, 8, 3), np.uint8)),
+     ValueError, "palette"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), [[0, 0, 0]] * 3,
+                                 np.zeros((9, 8, 3), np.uint8)), ValueError, "frame_hw"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), alpha=2), ValueError, "alpha"),
+    (lambda: kernels.set_backend("gpu"), ValueError, "reference"),
+])
+def test_wrong_input_is_a_clear_error(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_backend_is_visible_and_selectable():
+    assert kernels.backend == "cpu"
+    kernels.set_backend("reference")
+    assert kernels.backend == "reference"
+    frame = _frame(np.random.default_rng(4), 20, 30)
+    np.testing.assert_array_equal(kernels.preprocess(frame, (8, 8), MEAN, STD), ref.preprocess(frame, (8, 8), MEAN, STD))
+
+
+def test_threads_setting_round_trips():
+    n = kernels._cpu.get_num_threads()
+    kernels._cpu.set_num_threads(1)
+    assert kernels._cpu.get_num_threads() == 1
+    frame = _frame(np.random.default_rng(5), 300, 400)
+    check_preprocess(frame, (256, 320))
+    kernels._cpu.set_num_threads(n)
