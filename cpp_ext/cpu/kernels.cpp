@@ -94,12 +94,14 @@ void preprocess_impl(const u8* img, int H, int W, i64 pitch, T* out, int h, int 
             const u8* r1 = img + (i64)typ[y].i1 * pitch;
             const float w1 = typ[y].w, w0 = 1.0f - typ[y].w;
             for (int j = 0; j < W * 3; ++j) v[j] = (float)r0[j] * w0 + (float)r1[j] * w1;
-            for (int c = 0; c < 3; ++c) {  // c: RGB plane, read from BGR byte 2 - c
-                const float* vc = v + (2 - c);
-                T* o = out + c * plane + (i64)y * w;
-                const float m = mean[c], s = inv_std[c];
-                for (int x = 0; x < w; ++x)
-                    store_float(o, x, normalize(vc[iap[x]] * wap[x] + vc[ibp[x]] * wbp[x], m, s));
+            T* o = out + (i64)y * w;
+            for (int x = 0; x < w; ++x) {  // RGB plane c reads BGR byte 2 - c
+                const float* a = v + iap[x];
+                const float* b = v + ibp[x];
+                const float w0 = wap[x], w1 = wbp[x];
+                store_float(o, x, normalize(a[2] * w0 + b[2] * w1, mean[0], inv_std[0]));
+                store_float(o + plane, x, normalize(a[1] * w0 + b[1] * w1, mean[1], inv_std[1]));
+                store_float(o + 2 * plane, x, normalize(a[0] * w0 + b[0] * w1, mean[2], inv_std[2]));
             }
         }
     }
