@@ -143,6 +143,64 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(a: argparse.Namespace) -> int:
+    import signal
+
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.sinks import DisplaySink, MaskSink, VideoSink
+    from edgeseg.runtime.stream import StreamPipeline
+
+    sources = [*(a.source or []), *(str(c) for c in (a.camera or []))]
+    if not sources:
+        raise EdgesegError("give a --source (file, folder, glob, URL, GStreamer pipeline, synthetic) or --camera N")
+    seg = Segmenter(a.model, backend=a.backend, device=a.device)
+    pipe = StreamPipeline(seg, sources, [], a.mode, a.max_frames, a.duration, a.reconnect, a.alpha)
+    try:
+        fps = next((s.fps for s in pipe.sources if getattr(s, "fps", 0)), 25.0)
+        if a.record:
+            pipe.sinks.append(VideoSink(a.record, fps))
+        if a.save_masks:
+            pipe.sinks.append(MaskSink(a.save_masks, multi_source=len(pipe.sources) > 1))
+        if a.display:
+            pipe.sinks.append(DisplaySink(seg.spec.classes, seg.spec.palette, pipe.stats))
+    except Exception:
+        pipe.close()
+        raise
+    pipe.overlay = any(s.needs_overlay for s in pipe.sinks)
+
+    def on_signal(signum, _frame):  # finish cleanly: mp4 finalised, report written
+        pipe.stop()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tty = sys.stderr.isatty()
+    print(f"edgeseg stream: {pipe.source_names} -> {seg.model_path} [{seg.backend.name}, {seg.kernels} kernels, "
+          f"{pipe.mode}]", file=sys.stderr)
+
+    def status(stats) -> None:
+        if tty:
+            print(f"\r{stats.status_line()}   ", end="", file=sys.stderr, flush=True)
+
+    try:
+        pipe.start()
+        report = pipe.join(on_status=status)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if tty:
+        print(file=sys.stderr)
+    _write_json(a.report, report)
+    lat, st = report["latency_ms"], report["stages_ms"]
+    _table(f"stream: {report['frames_out']} frames from {report['source']}", ["metric", "value"], [
+        ["frames in / out / dropped", f"{report['frames_in']} / {report['frames_out']} / {report['frames_dropped']}"],
+        ["FPS", report["fps"]],
+        ["latency p50 / p95 / p99 / max (ms)", f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f}"],
+        *[[f"{k} p50 / p99 (ms)", f"{v['p50']:.2f} / {v['p99']:.2f}"] for k, v in st.items()],
+    ])
+    for err in pipe.errors:
+        print(f"edgeseg stream: warning: {err}", file=sys.stderr)
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from edgeseg.models import create_model, list_models
     from edgeseg.models.complexity import count_gflops, count_params
@@ -230,6 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
+    st = sub.add_parser("stream", help="segment live video: cameras, files, RTSP, GStreamer -> display, mp4, masks")
+    st.add_argument("--model", required=True, help="model.onnx or a .pt checkpoint")
+    st.add_argument("--source", action="append", help="video file, image folder or glob, rtsp:// or http:// URL, "
+                    "GStreamer pipeline ending in appsink, or synthetic[:WxH[@FPS]]; repeat for several streams")
+    st.add_argument("--camera", action="append", type=int, metavar="N", help="V4L2 camera index (repeatable)")
+    st.add_argument("--mode", choices=("realtime", "every-frame"),
+                    help="realtime: newest frame wins (default for live sources); every-frame: nothing dropped "
+                         "(default for files)")
+    st.add_argument("--display", action="store_true", help="show a window (q or Esc quits)")
+    st.add_argument("--record", metavar="OUT.mp4", help="write the overlay video")
+    st.add_argument("--save-masks", metavar="DIR", help="write class-index PNGs")
+    st.add_argument("--report", metavar="R.json", help="write frame counts, FPS, latency and stage percentiles")
+    st.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    st.add_argument("--max-frames", type=int, help="stop each source after N frames")
+    st.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    st.add_argument("--reconnect", action="store_true", help="reopen a live source that drops, with back-off")
+    st.add_argument("--backend", default="auto")
+    st.add_argument("--device", default="auto")
+    st.set_defaults(func=cmd_stream)
+
     i.add_argument("name", help="a model name, or 'all'")
     i.add_argument("--num-classes", type=int, default=11)
     i.add_argument("--input-size", type=parse_hw, default=(352, 480))

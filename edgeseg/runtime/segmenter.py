@@ -22,9 +22,13 @@ class SegResult:
     spec: ModelSpec
     frame: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    vis: np.ndarray | None = None  # the overlay, when it was blended during post-processing
+    vis_alpha: float | None = None
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """The frame with each class's palette colour blended in (BGR uint8)."""
+        if self.vis is not None and self.vis_alpha == alpha:
+            return self.vis
         if self.frame is None:
             raise ValueError("this result holds no frame to draw on")
         return kernels.overlay(self.frame, self.labels, self.spec.palette, alpha)
@@ -47,6 +51,7 @@ class Segmenter:
     def __init__(self, model: str | os.PathLike, backend: str = "auto", device: str = "auto",
                  mode: str = "nearest") -> None:
         self.backend = load_backend(model, backend, device)
+        self.model_path = str(model)
         self.spec: ModelSpec = self.backend.spec
         self.mode = mode
         self._input = np.empty((1, 3, *self.spec.input_hw), np.float32)  # reused every frame
@@ -57,19 +62,40 @@ class Segmenter:
         """Which pre/post-processing runs: ``cuda``, ``cpu`` (C++) or ``reference`` (NumPy)."""
         return "cuda" if self._gpu is not None else kernels.backend
 
-    def __call__(self, frame_bgr: np.ndarray) -> SegResult:
+    def __call__(self, frame_bgr: np.ndarray, overlay_alpha: float | None = None) -> SegResult:
+        """Segment one BGR uint8 frame; with ``overlay_alpha`` the overlay is blended in the same
+        post-processing pass (``res.vis``, also what ``res.overlay(alpha)`` then returns)."""
         if self._gpu is not None:
-            return self._gpu(frame_bgr)
+            return self._gpu(frame_bgr, overlay_alpha)
         t0 = time.perf_counter()
         x = kernels.preprocess(frame_bgr, self.spec.input_hw, self.spec.input.mean, self.spec.input.std,
                                out=self._input)
         t1 = time.perf_counter()
         scores = self.backend.infer(x)
         t2 = time.perf_counter()
-        labels = kernels.postprocess(scores, frame_bgr.shape[:2], mode=self.mode)
+        vis = None
+        if overlay_alpha is None:
+            labels = kernels.postprocess(scores, frame_bgr.shape[:2], mode=self.mode)
+        else:
+            labels, vis = kernels.postprocess(scores, frame_bgr.shape[:2], self.spec.palette, frame_bgr,
+                                              overlay_alpha, mode=self.mode)
         t3 = time.perf_counter()
         return SegResult(labels, self.spec, frame_bgr,
-                         {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3})
+                         {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3},
+                         vis, overlay_alpha)
+
+    def stream(self, source, mode: str | None = None, max_frames: int | None = None,
+               duration: float | None = None, overlay_alpha: float | None = None, reconnect: bool = False):
+        """Iterate over results for a source through the threaded pipeline.
+
+        ``source``: camera index, video file, image folder or glob, rtsp:// or http:// URL,
+        GStreamer pipeline, ``synthetic`` (or a list of them). ``mode``: ``realtime`` (newest
+        frame wins) or ``every-frame``; by default realtime for live sources. Results are
+        :class:`~edgeseg.runtime.stream.StreamResult` (labels, frame, index, source, timings).
+        """
+        from edgeseg.runtime.stream import stream
+
+        return stream(self, source, mode, max_frames, duration, overlay_alpha, reconnect)
 
 
 def _gpu_pipeline_possible(backend) -> bool:
@@ -113,9 +139,11 @@ class _GpuPipeline:
         self.host_labels = torch.empty((H, W), dtype=torch.uint8).pin_memory()
         self.dev_frame = torch.empty((H, W, 3), dtype=torch.uint8, device=self.device)
         self.dev_labels = torch.empty((H, W), dtype=torch.uint8, device=self.device)
+        self.host_vis = torch.empty((H, W, 3), dtype=torch.uint8).pin_memory()
+        self.dev_vis = torch.empty((H, W, 3), dtype=torch.uint8, device=self.device)
         self.frame_hw = hw
 
-    def __call__(self, frame_bgr: np.ndarray) -> SegResult:
+    def __call__(self, frame_bgr: np.ndarray, overlay_alpha: float | None = None) -> SegResult:
         from edgeseg.runtime.kernels import cuda as kcuda
 
         spec = self.seg.spec
@@ -130,12 +158,18 @@ class _GpuPipeline:
         e[1].record()
         scores = self.seg.backend.infer_tensor(self.input)
         e[2].record()
-        kcuda.postprocess(scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode)
+        if overlay_alpha is None:
+            kcuda.postprocess(scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode)
+        else:
+            kcuda.postprocess(scores, self.frame_hw, spec.palette, self.dev_frame, overlay_alpha, out=self.dev_labels,
+                              mode=self.seg.mode, overlay_out=self.dev_vis)
+            self.host_vis.copy_(self.dev_vis, non_blocking=True)
         self.host_labels.copy_(self.dev_labels, non_blocking=True)
         e[3].record()
         e[3].synchronize()
-        labels = self.host_labels.numpy().copy()  # the staging buffer is reused by the next frame
+        labels = self.host_labels.numpy().copy()  # the staging buffers are reused by the next frame
+        vis = self.host_vis.numpy().copy() if overlay_alpha is not None else None
         total = (time.perf_counter() - t0) * 1e3
         pre, infer, post = (e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2]), e[2].elapsed_time(e[3]))
-        return SegResult(labels, spec, frame_bgr,
-                         {"pre": pre, "infer": infer, "post": post, "total": total})
+        return SegResult(labels, spec, frame_bgr, {"pre": pre, "infer": infer, "post": post, "total": total},
+                         vis, overlay_alpha)

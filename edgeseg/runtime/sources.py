@@ -1,0 +1,262 @@
+"""Frame sources for the stream pipeline: cameras, files, image folders, URLs, GStreamer, synthetic.
+
+``open_source(spec)`` picks the kind from the spec string:
+
+=============================  ==============================================================
+``0``, ``1``, ``/dev/video2``  V4L2 camera through OpenCV (live)
+``clip.mp4``                   video file (finite; every frame, in order)
+``frames/``, ``"img/*.png"``   image folder or glob, sorted by name (finite)
+``rtsp://…``, ``http://…``     network stream through OpenCV/FFmpeg (live)
+``… ! appsink``                GStreamer pipeline (live), e.g. a Jetson CSI camera::
+
+                                   nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,
+                                   height=720,framerate=30/1 ! nvvidconv ! video/x-raw,
+                                   format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink
+                                   drop=1
+``synthetic[:WxH[@FPS]]``      built-in moving road scene, paced like a camera (live)
+=============================  ==============================================================
+
+A source hands out ``Frame`` objects stamped with their capture time, the clock every latency
+figure is measured from.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Frame:
+    """One captured frame: BGR uint8 pixels, its index in the source, and when it was captured."""
+
+    image: np.ndarray
+    index: int
+    t_capture: float  # time.perf_counter() when the frame was read
+    decode_ms: float = 0.0
+    source: str = ""
+
+
+class Source:
+    """Base class: ``read()`` returns the next Frame, or None at the end (or when a live feed drops)."""
+
+    live = False  # live sources are realtime by default and may be reopened
+    name = "source"
+
+    def read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def reopen(self) -> bool:
+        """Try to reconnect a live source; True when frames flow again."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self):
+        while (f := self.read()) is not None:
+            yield f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _available_cameras() -> list[str]:
+    return sorted(str(p) for p in Path("/dev").glob("video*"))
+
+
+class CaptureSource(Source):
+    """Anything cv2.VideoCapture opens: cameras, files, URLs, GStreamer pipelines."""
+
+    def __init__(self, target: str | int, kind: str, name: str) -> None:
+        self.target, self.kind, self.name = target, kind, name
+        self.live = kind in ("camera", "url", "gstreamer")
+        self.cap = None
+        self.index = 0
+        self._open(first=True)
+
+    def _open(self, first: bool = False) -> bool:
+        import cv2
+
+        # Our own one-line errors replace OpenCV's and FFmpeg's stderr warnings (a missing camera
+        # or a corrupt file would otherwise print several lines before ours).
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        if self.cap is not None:
+            self.cap.release()
+        if self.kind == "gstreamer":
+            self.cap = cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
+        elif self.kind == "camera":
+            self.cap = cv2.VideoCapture(self.target, cv2.CAP_V4L2) if os.name == "posix" else cv2.VideoCapture(self.target)
+        else:
+            self.cap = cv2.VideoCapture(self.target)
+        if self.kind in ("url", "camera"):
+            self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a backlog in the driver
+        if self.kind == "url":  # a dead server must not block a read for FFmpeg's default 30 s
+            self.cap.set(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000)
+            self.cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000)
+        ok = self.cap.isOpened()
+        fps = self.cap.get(cv2.CAP_PROP_FPS) if ok else 0.0
+        self.fps = fps if 0 < fps < 1000 else 0.0
+        if not ok and first:
+            raise EdgesegError(self._open_error())
+        return ok
+
+    def _open_error(self) -> str:
+        import cv2
+
+        if self.kind == "camera":
+            cams = _available_cameras()
+            return (f"camera {self.target} is not there; " +
+                    (f"devices present: {', '.join(cams)}" if cams else "no /dev/video* devices exist on this machine") +
+                    " (pass --camera N for one of them, or --source FILE|URL)")
+        if self.kind == "gstreamer":
+            gst = "GStreamer:                    YES" in cv2.getBuildInformation()
+            return ("cannot open the GStreamer pipeline" + ("" if gst else " (this OpenCV build has no GStreamer support: "
+                    "use the system OpenCV on a Jetson, or pip's opencv-python built with GStreamer)") +
+                    f": {self.target}")
+        if self.kind == "url":
+            return f"cannot open stream {self.target}: check the address, credentials and network"
+        return f"cannot decode video {self.target}: the file is corrupt or in a format OpenCV's FFmpeg cannot read"
+
+    def read(self) -> Frame | None:
+        t0 = time.perf_counter()
+        ok, img = self.cap.read()
+        t1 = time.perf_counter()
+        if not ok or img is None:
+            return None
+        if img.ndim == 2:  # some cameras and GStreamer caps deliver grey
+            import cv2
+
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        f = Frame(img, self.index, t1, (t1 - t0) * 1e3, self.name)
+        self.index += 1
+        return f
+
+    def reopen(self) -> bool:
+        return self.live and self._open()
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class ImageFolderSource(Source):
+    """Sorted image files of a folder or a glob."""
+
+    fps = 0.0
+
+    def __init__(self, files: list[Path], name: str) -> None:
+        self.files, self.name = files, name
+        self.index = 0
+
+    def read(self) -> Frame | None:
+        import cv2
+
+        while self.index < len(self.files):
+            path = self.files[self.index]
+            t0 = time.perf_counter()
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            t1 = time.perf_counter()
+            if img is None:
+                raise EdgesegError(f"cannot read image {path}: the file is missing, empty or not an image")
+            f = Frame(img, self.index, t1, (t1 - t0) * 1e3, self.name)
+            self.index += 1
+            return f
+        return None
+
+
+class SyntheticSource(Source):
+    """The built-in road scene, driving forward, paced at ``fps`` like a camera (0: unpaced).
+
+    A loop of ``loop`` frames is rendered up front and replayed, so the source costs no CPU while
+    streaming; ``max_frames`` ends it (None: endless).
+    """
+
+    live = True
+
+    def __init__(self, size_hw: tuple[int, int] = (360, 640), fps: float = 30.0, loop: int = 48,
+                 max_frames: int | None = None, seed: int = 0) -> None:
+        from edgeseg.data.synthetic import render_clip
+
+        self.frames = [np.ascontiguousarray(img[..., ::-1]) for img, _ in render_clip(loop, size_hw, seed)]
+        self.fps, self.max_frames = fps, max_frames
+        self.name = f"synthetic:{size_hw[1]}x{size_hw[0]}@{fps:g}"
+        self.index = 0
+        self._t0: float | None = None
+
+    def read(self) -> Frame | None:
+        if self.max_frames is not None and self.index >= self.max_frames:
+            return None
+        if self.fps > 0:
+            if self._t0 is None:
+                self._t0 = time.perf_counter()
+            due = self._t0 + self.index / self.fps
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        img = self.frames[self.index % len(self.frames)].copy()  # a camera hands out fresh buffers
+        f = Frame(img, self.index, time.perf_counter(), 0.0, self.name)
+        self.index += 1
+        return f
+
+
+def _parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
+    size, fps = (360, 640), 30.0
+    rest = spec.split(":", 1)[1] if ":" in spec else ""
+    try:
+        if "@" in rest:
+            rest, f = rest.split("@", 1)
+            fps = float(f)
+        if rest:
+            w, h = rest.lower().split("x")
+            size = (int(h), int(w))
+    except ValueError:
+        raise EdgesegError(f"bad synthetic source '{spec}'; use synthetic, synthetic:640x360 or synthetic:640x360@30") from None
+    if min(size) < 8 or fps < 0:
+        raise EdgesegError(f"bad synthetic source '{spec}': frames need at least 8x8 pixels and fps >= 0")
+    return size, fps
+
+
+def open_source(spec: str | int, max_frames: int | None = None) -> Source:
+    """Open a source from its spec (see the module docstring); one clear error when it cannot."""
+    if isinstance(spec, int) or str(spec).isdigit():
+        return CaptureSource(int(spec), "camera", f"camera {spec}")
+    spec = str(spec)
+    if spec.startswith("/dev/video"):
+        return CaptureSource(spec, "camera", spec)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        size, fps = _parse_synthetic(spec)
+        return SyntheticSource(size, fps, max_frames=max_frames)
+    if "!" in spec:
+        return CaptureSource(spec, "gstreamer", "gstreamer")
+    if "://" in spec:
+        return CaptureSource(spec, "url", spec.split("@")[-1])  # keep credentials out of logs
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(spec) if Path(p).suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise EdgesegError(f"no images match '{spec}'")
+        return ImageFolderSource(files, spec)
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise EdgesegError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return ImageFolderSource(files, str(path))
+    if not path.exists():
+        raise EdgesegError(f"source not found: {spec}; pass a video file, an image folder or glob, a camera index, "
+                           "an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'")
+    return CaptureSource(str(path), "file", path.name)

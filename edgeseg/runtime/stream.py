@@ -1,0 +1,361 @@
+"""The stream pipeline: capture, inference and output on their own threads, joined by bounded queues.
+
+::
+
+    capture (one thread a source) ──► queue ──► inference (pre, infer, post) ──► queue ──► output (sinks)
+
+Modes:
+- ``realtime`` (default for cameras, URLs, GStreamer, synthetic): each queue holds only the
+  newest item; an older one still waiting is dropped and counted. Latency stays bounded by one
+  frame interval plus the processing time: the stream never falls behind.
+- ``every-frame`` (default for files and folders): bounded blocking queues; capture waits for
+  inference (back-pressure), nothing is lost, order is kept.
+
+Every blocking call waits with a timeout and rechecks the stop flag, so ``stop()`` (Ctrl-C,
+SIGTERM, a display's q key, ``--duration``) always ends the run with sinks closed cleanly.
+Capture, ONNX Runtime and the C++ kernels release the GIL, so the stages overlap on all cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.segmenter import Segmenter, SegResult
+from edgeseg.runtime.sinks import Sink
+from edgeseg.runtime.sources import Frame, Source, open_source
+from edgeseg.runtime.stats import StreamStats
+
+log = logging.getLogger("edgeseg.stream")
+MODES = ("realtime", "every-frame")
+_POLL = 0.05  # seconds between stop-flag checks in blocking waits
+
+
+@dataclass
+class StreamResult(SegResult):
+    """A SegResult with where it came from: source index and name, frame index, capture time."""
+
+    index: int = 0
+    source_id: int = 0
+    source: str = ""
+    t_capture: float = 0.0
+
+
+class LatestSlot:
+    """A one-item queue where ``put`` replaces what is waiting (returns True when it dropped one)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.item = None
+        self.has = False
+
+    def put(self, item, stop: threading.Event | None = None) -> bool:
+        with self.cond:
+            dropped = self.has
+            self.item, self.has = item, True
+            self.cond.notify()
+            return dropped
+
+    def get(self, timeout: float):
+        with self.cond:
+            if not self.has and not self.cond.wait(timeout):
+                raise queue.Empty
+            if not self.has:
+                raise queue.Empty
+            item, self.item, self.has = self.item, None, False
+            return item
+
+    def empty(self) -> bool:
+        with self.cond:
+            return not self.has
+
+
+class BlockingQueue:
+    """A bounded FIFO whose ``put`` waits for room (back-pressure) but gives up when stopped."""
+
+    def __init__(self, size: int) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=size)
+
+    def put(self, item, stop: threading.Event | None = None) -> bool:
+        while True:
+            try:
+                self.q.put(item, timeout=_POLL)
+                return False
+            except queue.Full:
+                if stop is not None and stop.is_set():
+                    return False
+
+    def get(self, timeout: float):
+        return self.q.get(timeout=timeout)
+
+    def empty(self) -> bool:
+        return self.q.empty()
+
+
+def default_mode(sources: list[Source]) -> str:
+    return "realtime" if any(s.live for s in sources) else "every-frame"
+
+
+class StreamPipeline:
+    """Run one model over one or more sources into sinks; ``run()`` returns the report dict.
+
+    Args:
+        segmenter: a :class:`Segmenter` (shared by all sources) or a model path.
+        sources: source specs (see :mod:`edgeseg.runtime.sources`) or opened Source objects.
+        sinks: where results go; a sink that raises is logged and skipped.
+        mode: ``realtime`` | ``every-frame`` | None (from the sources).
+        max_frames: stop each source after this many frames.
+        duration: stop after this many seconds.
+        reconnect: reopen a live source that stops delivering, with exponential back-off.
+        alpha: overlay opacity, for sinks that draw.
+    """
+
+    def __init__(self, segmenter: Segmenter | str, sources: list, sinks: list[Sink] | None = None,
+                 mode: str | None = None, max_frames: int | None = None, duration: float | None = None,
+                 reconnect: bool = False, alpha: float = 0.5, queue_size: int = 4,
+                 backend: str = "auto", device: str = "auto", max_backoff_s: float = 8.0) -> None:
+        if mode is not None and mode not in MODES:
+            raise EdgesegError(f"unknown --mode '{mode}'; choose realtime or every-frame")
+        if max_frames is not None and max_frames < 1:
+            raise EdgesegError("--max-frames must be at least 1")
+        if duration is not None and duration <= 0:
+            raise EdgesegError("--duration must be positive")
+        if not 0.0 <= alpha <= 1.0:
+            raise EdgesegError(f"--alpha must be between 0 and 1, got {alpha}")
+        self.seg = segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter, backend, device)
+        self.sources: list[Source] = []
+        try:
+            for s in sources:
+                self.sources.append(s if isinstance(s, Source) else open_source(s, max_frames))
+        except Exception:
+            for s in self.sources:
+                s.close()
+            raise
+        if not self.sources:
+            raise EdgesegError("no source given; pass --source, --camera or 'synthetic'")
+        self.sinks = list(sinks or [])
+        self.mode = mode or default_mode(self.sources)
+        self.max_frames, self.duration, self.reconnect = max_frames, duration, reconnect
+        self.alpha = alpha
+        self.max_backoff_s = max_backoff_s
+        self.overlay = any(s.needs_overlay for s in self.sinks)
+        realtime = self.mode == "realtime"
+        self.in_queues = [LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources]
+        self.out_queue = LatestSlot() if realtime else BlockingQueue(queue_size)
+        self.stats = StreamStats()
+        self.stop_event = threading.Event()
+        self.errors: list[str] = []
+        self._captures_done = [threading.Event() for _ in self.sources]
+        self._threads: list[threading.Thread] = []
+
+    # -- control
+    def stop(self) -> None:
+        """Ask every stage to finish; safe from any thread and from signal handlers."""
+        self.stop_event.set()
+
+    @property
+    def source_names(self) -> str:
+        return ", ".join(s.name for s in self.sources)
+
+    # -- stages
+    def _capture(self, i: int) -> None:
+        src, q = self.sources[i], self.in_queues[i]
+        n = 0
+        try:
+            while not self.stop_event.is_set():
+                if self.max_frames is not None and n >= self.max_frames:
+                    break
+                frame = src.read()
+                if frame is None:
+                    if src.live and self.reconnect and self._reopen(src):
+                        continue
+                    break
+                n += 1
+                self.stats.frame_in(frame.decode_ms)
+                if q.put((i, frame), self.stop_event):
+                    self.stats.dropped()
+        except Exception as e:  # a source error ends this source, not the run
+            self._error(f"source {src.name}: {e}")
+        finally:
+            self._captures_done[i].set()
+
+    def _reopen(self, src: Source) -> bool:
+        delay = 0.25
+        while not self.stop_event.is_set():
+            log.warning("source %s stopped delivering; reconnecting in %.2g s", src.name, delay)
+            if self.stop_event.wait(delay):
+                return False
+            try:
+                if src.reopen():
+                    self.stats.reconnects += 1
+                    return True
+            except Exception as e:
+                log.warning("reconnecting %s failed: %s", src.name, e)
+            delay = min(self.max_backoff_s, delay * 2)
+        return False
+
+    def _inference(self) -> None:
+        pending = list(range(len(self.sources)))
+        try:
+            while pending:
+                for i in list(pending):
+                    q = self.in_queues[i]
+                    try:
+                        sid, frame = q.get(timeout=_POLL / len(pending))
+                    except queue.Empty:
+                        if self._captures_done[i].is_set() and q.empty():
+                            pending.remove(i)  # this source is finished and drained
+                        continue
+                    if self.out_queue.put(self._segment(sid, frame), self.stop_event):
+                        self.stats.dropped()
+        except Exception as e:
+            self._error(f"inference: {e}")
+            self.stop()
+        finally:
+            if self.mode == "every-frame":
+                self.out_queue.put(None, None)
+            else:
+                self._final_put()
+
+    def _final_put(self) -> None:
+        # realtime: the sentinel must not replace a result still waiting
+        while not self.out_queue.empty() and not self.stop_event.wait(_POLL / 5):
+            pass
+        self.out_queue.put(None)
+
+    def _segment(self, sid: int, frame: Frame) -> StreamResult:
+        r = self.seg(frame.image, overlay_alpha=self.alpha if self.overlay else None)
+        return StreamResult(labels=r.labels, spec=r.spec, frame=frame.image, timings_ms=r.timings_ms, vis=r.vis,
+                            vis_alpha=r.vis_alpha, index=frame.index, source_id=sid, source=frame.source,
+                            t_capture=frame.t_capture)
+
+    def _output(self) -> None:
+        broken: set[int] = set()
+        while True:
+            try:
+                res = self.out_queue.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if res is None:
+                break
+            t0 = time.perf_counter()
+            for k, sink in enumerate(self.sinks):
+                if k in broken:
+                    continue
+                try:
+                    sink.write(res)
+                except Exception as e:
+                    self.stats.sink_errors += 1
+                    log.error("sink %s failed on frame %d: %s", sink.name, res.index, e)
+                    if self.stats.sink_errors > 20 and k not in broken:
+                        broken.add(k)  # failing every frame: stop trying, keep the stream going
+                        log.error("sink %s disabled after repeated failures", sink.name)
+                if sink.wants_stop:
+                    self.stop()
+            res.timings_ms["sink"] = (time.perf_counter() - t0) * 1e3
+            self.stats.frame_out(res.t_capture, res.timings_ms)
+
+    def _error(self, msg: str) -> None:
+        self.errors.append(msg)
+        log.error("%s", msg)
+
+    # -- run
+    def start(self) -> None:
+        names = [f"capture-{i}" for i in range(len(self.sources))]
+        self._threads = [threading.Thread(target=self._capture, args=(i,), name=n, daemon=True)
+                         for i, n in enumerate(names)]
+        self._threads += [threading.Thread(target=self._inference, name="inference", daemon=True),
+                          threading.Thread(target=self._output, name="output", daemon=True)]
+        self.stats = StreamStats()
+        for t in self._threads:
+            t.start()
+
+    def join(self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0) -> dict:
+        """Wait for the end (sources exhausted, duration, stop()); close everything; return the report."""
+        t_end = time.perf_counter() + self.duration if self.duration else None
+        next_status = time.perf_counter() + status_every
+        try:
+            while any(t.is_alive() for t in self._threads):
+                for t in self._threads:
+                    t.join(timeout=_POLL)
+                now = time.perf_counter()
+                if t_end is not None and now >= t_end:
+                    self.stop()
+                if on_status is not None and now >= next_status:
+                    on_status(self.stats)
+                    next_status = now + status_every
+        finally:
+            self.stop()
+            for t in self._threads:
+                t.join(timeout=5.0)
+            self.close()
+        return self.report()
+
+    def run(self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0) -> dict:
+        self.start()
+        return self.join(on_status, status_every)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as e:
+                self._error(f"closing {sink.name}: {e}")
+        for s in self.sources:
+            s.close()
+
+    def report(self) -> dict:
+        b = self.seg.backend
+        return self.stats.report(self.source_names, self.seg.model_path,
+                                 f"{b.name} ({b.device}, {self.seg.kernels} kernels)")
+
+
+class _QueueSink(Sink):
+    """Hands results to Segmenter.stream's iterator (every result; the pipeline's mode decides drops)."""
+
+    def __init__(self, q: queue.Queue, overlay: bool) -> None:
+        self.q, self.needs_overlay, self.name = q, overlay, "iterator"
+
+    def write(self, result) -> None:
+        self.q.put(result)
+
+
+def stream(segmenter: Segmenter, source, mode: str | None = None, max_frames: int | None = None,
+           duration: float | None = None, overlay_alpha: float | None = None, reconnect: bool = False,
+           sinks: list[Sink] | None = None) -> Iterator[StreamResult]:
+    """Iterate over a source's results through the threaded pipeline (see Segmenter.stream)."""
+    q: queue.Queue = queue.Queue(maxsize=8)
+    sink = _QueueSink(q, overlay_alpha is not None)
+    pipe = StreamPipeline(segmenter, source if isinstance(source, list) else [source], [sink, *(sinks or [])],
+                          mode, max_frames, duration, reconnect, overlay_alpha if overlay_alpha is not None else 0.5)
+    done = threading.Event()
+    report: dict = {}
+
+    def run() -> None:
+        try:
+            report.update(pipe.run())
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="stream", daemon=True).start()
+    try:
+        while not (done.is_set() and q.empty()):
+            try:
+                yield q.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+    finally:
+        pipe.stop()
+        while not done.is_set():  # unblock the output stage if it waits on a full iterator queue
+            try:
+                q.get(timeout=_POLL)
+            except queue.Empty:
+                pass
+
+
+__all__ = ["MODES", "StreamPipeline", "StreamResult", "default_mode", "stream"]

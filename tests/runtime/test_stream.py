@@ -1,0 +1,187 @@
+"""The stream pipeline: ordering, drops, reconnects, failing sinks, signals, bad sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.data.synthetic import write_clip
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime import Segmenter
+from edgeseg.runtime.sinks import CallbackSink, MaskSink, Sink, VideoSink
+from edgeseg.runtime.sources import CaptureSource, SyntheticSource, open_source
+from edgeseg.runtime.stats import STAGES
+from edgeseg.runtime.stream import StreamPipeline
+
+REPORT_KEYS = {"frames_in", "frames_out", "frames_dropped", "fps", "latency_ms", "stages_ms", "source", "model",
+               "backend"}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", 24, (96, 160), fps=25)
+
+
+@pytest.fixture(scope="module")
+def seg(tiny_onnx):
+    return Segmenter(tiny_onnx)
+
+
+def collect(results):
+    def fn(res):
+        results.append(res)
+    return CallbackSink(fn)
+
+
+def test_every_frame_mode_loses_nothing_and_keeps_order(seg, clip, tmp_path):
+    got = []
+    pipe = StreamPipeline(seg, [str(clip)], [collect(got), MaskSink(tmp_path / "m")])
+    assert pipe.mode == "every-frame"  # the default for files
+    rep = pipe.run()
+    assert [r.index for r in got] == list(range(24))
+    assert rep["frames_in"] == rep["frames_out"] == 24 and rep["frames_dropped"] == 0
+    assert len(list((tmp_path / "m").glob("*.png"))) == 24
+    # labels are those of a plain Segmenter call on the same decoded frame
+    cap = cv2.VideoCapture(str(clip))
+    for _ in range(5):
+        ok, frame = cap.read()
+    np.testing.assert_array_equal(got[4].labels, seg(frame).labels)
+
+
+class SlowSink(Sink):
+    name = "slow"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def write(self, result) -> None:
+        time.sleep(self.delay)
+
+
+def test_realtime_mode_drops_and_counts_when_the_consumer_is_slow(seg):
+    got = []
+    src = SyntheticSource((96, 160), fps=200, max_frames=120)
+    pipe = StreamPipeline(seg, [src], [collect(got), SlowSink(0.03)], mode="realtime")
+    rep = pipe.run()
+    assert rep["frames_dropped"] > 0
+    assert rep["frames_in"] == 120
+    assert rep["frames_out"] + rep["frames_dropped"] == rep["frames_in"]
+    idx = [r.index for r in got]
+    assert idx == sorted(idx) and len(idx) == rep["frames_out"]  # newest wins, never older after newer
+    # never falls behind: latency stays near one consumer period, not the whole backlog
+    assert rep["latency_ms"]["p99"] < 400
+
+
+def test_reconnects_a_live_source_that_dies(seg, clip):
+    # A real OpenCV capture of a 24-frame file, treated as a live URL: at its end it "drops",
+    # and the pipeline must reopen it (twice, to reach 60 frames).
+    src = CaptureSource(str(clip), "url", "flaky")
+    assert src.live
+    pipe = StreamPipeline(seg, [src], [], mode="every-frame", max_frames=60, reconnect=True)
+    pipe.max_backoff_s = 0.1
+    rep = pipe.run()
+    assert rep["frames_out"] == 60 and pipe.stats.reconnects >= 2
+
+
+def test_without_reconnect_a_dead_live_source_ends_the_stream(seg, clip):
+    pipe = StreamPipeline(seg, [CaptureSource(str(clip), "url", "flaky")], [], mode="every-frame")
+    assert pipe.run()["frames_out"] == 24
+
+
+class FlakySink(Sink):
+    name = "flaky"
+
+    def write(self, result) -> None:
+        if result.index % 3 == 0:
+            raise OSError("disk full")
+
+
+def test_a_failing_sink_does_not_stop_the_stream(seg, clip, caplog):
+    got = []
+    pipe = StreamPipeline(seg, [str(clip)], [FlakySink(), collect(got)])
+    rep = pipe.run()
+    assert rep["frames_out"] == 24 and len(got) == 24
+    assert pipe.stats.sink_errors == 8
+    assert "disk full" in caplog.text
+
+
+def test_report_has_exactly_the_documented_fields(seg, clip, tmp_path):
+    pipe = StreamPipeline(seg, [str(clip), "synthetic:160x96@50"], [VideoSink(tmp_path / "o.mp4")], max_frames=10,
+                          mode="every-frame")
+    rep = pipe.run()
+    assert set(rep) == REPORT_KEYS
+    assert set(rep["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert set(rep["stages_ms"]) == set(STAGES) and all(set(v) == {"p50", "p99"} for v in rep["stages_ms"].values())
+    assert rep["frames_out"] == 20  # two sources share one model
+    assert rep["latency_ms"]["p50"] <= rep["latency_ms"]["p99"] <= rep["latency_ms"]["max"]
+    cap = cv2.VideoCapture(str(tmp_path / "o.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+
+
+def test_segmenter_stream_iterator(seg, clip):
+    it = seg.stream(str(clip), overlay_alpha=0.4)
+    first = [next(it) for _ in range(5)]
+    it.close()  # leaving early stops the pipeline
+    assert [r.index for r in first] == list(range(5))
+    assert first[0].vis.shape == first[0].frame.shape and first[0].overlay(0.4) is first[0].vis
+    assert [r.index for r in seg.stream(str(clip), max_frames=7)] == list(range(7))
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("nope.mp4", "source not found: nope.mp4"),
+    ("7", "camera 7 is not there"),
+    ("synthetic:axb", "bad synthetic source"),
+    ("empty_dir", "holds no images"),
+    ("corrupt.mp4", "cannot decode video"),
+])
+def test_bad_sources_are_one_clear_error(spec, msg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(EdgesegError, match=msg):
+        open_source(spec)
+
+
+def run_cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "edgeseg", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigterm_leaves_a_playable_mp4_and_a_complete_report(tiny_onnx, tmp_path):
+    out, rep = tmp_path / "live.mp4", tmp_path / "r.json"
+    proc = run_cli("stream", "--model", tiny_onnx, "--source", "synthetic:160x96@30", "--record", out,
+                   "--report", rep)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".live.partial.mp4")):
+        time.sleep(0.2)
+    time.sleep(1.5)  # some frames in
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    report = json.loads(rep.read_text())
+    assert set(report) == REPORT_KEYS and report["frames_out"] > 5
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == report["frames_out"]
+    assert not list(tmp_path.glob(".live.partial*"))
+
+
+def test_cli_bad_source_and_display_are_one_line(tiny_onnx, tmp_path):
+    for args, msg in [(["--source", tmp_path / "missing.mp4"], "source not found"),
+                      (["--camera", "9"], "camera 9 is not there"),
+                      (["--source", "synthetic", "--display"], "--display refused")]:
+        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+        proc = run_cli("stream", "--model", tiny_onnx, *args, "--max-frames", "3", env=env)
+        _, err = proc.communicate(timeout=120)
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and msg in lines[0], err
