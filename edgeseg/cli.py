@@ -54,10 +54,11 @@ def _write_json(path: str | None, payload: dict) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from edgeseg.train.trainer import TrainConfig, train
 
+    extra = {"workers": a.workers} if a.workers is not None else {}
     cfg = TrainConfig(data=a.data, model=a.model, out=a.out, epochs=a.epochs, minutes=a.minutes,
                       batch_size=a.batch_size, crop=a.crop, input_size=a.input_size, lr=a.lr, loss=a.loss,
-                      class_weights=a.class_weights, device=a.device, workers=a.workers, seed=a.seed,
-                      val_every=a.val_every, ema=a.ema, resume=a.resume, scale=tuple(a.scale))
+                      class_weights=a.class_weights, device=a.device, seed=a.seed,
+                      val_every=a.val_every, ema=a.ema, resume=a.resume, scale=tuple(a.scale), **extra)
     res = train(cfg)
     if res:
         rows = [[name, iou] for name, iou in res["per_class_iou"].items()]
@@ -90,6 +91,12 @@ def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.export.onnx import export_onnx
 
     res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify, a.argmax)
+    if a.trt:
+        from edgeseg.export.tensorrt import EngineOptions, build_engine
+
+        opts = EngineOptions.parse_dynamic(a.dynamic, a.workspace)
+        eng = build_engine(res["path"], Path(a.out) / "model.engine", opts, a.timing_cache)
+        res.update({f"engine_{k}": v for k, v in eng.items()})
     _table("export", ["field", "value"], [[k, v] for k, v in res.items()])
     _write_json(a.json, res)
     return 0
@@ -239,18 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     budget = t.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=int)
     budget.add_argument("--minutes", type=float, help="wall-clock budget; the LR schedule fits it")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--crop", type=parse_hw, help="training crop HxW (default: the input size)")
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--crop", type=parse_hw, help="training crop HxW (default: 3/4 of the input size, multiples of 32)")
     t.add_argument("--input-size", type=parse_hw, help="model input HxW (default: dataset size rounded to 32)")
     t.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
     t.add_argument("--lr", type=float, default=4e-3)
-    t.add_argument("--loss", choices=LOSSES, default="ce")
+    t.add_argument("--loss", choices=LOSSES, default="ce+dice")
     t.add_argument("--class-weights", choices=("auto", "full", "none"), default="auto",
                    help="dataset class weights: auto = their square root, full = as given, none")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--workers", type=int, help="data-loading processes (default: half the cores, 1 to 4)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and always at the end)")
+    t.add_argument("--val-every", type=int, default=0,
+                   help="validate every N epochs (default 0: about ten times a run); always at the end")
     t.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights (0: off)")
     t.add_argument("--resume", help="continue from a last.pt")
@@ -272,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="folder for model.onnx")
     x.add_argument("--input-size", type=parse_hw, help="HxW baked into the graph (default: the training size)")
     x.add_argument("--simplify", action="store_true", help="fold and fuse the graph with onnxslim")
+    x.add_argument("--trt", action="store_true",
+                   help="also build DIR/model.engine with TensorRT on this machine (cached by ONNX hash, "
+                        "TensorRT version, GPU and options)")
+    x.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
+    x.add_argument("--workspace", type=int, metavar="MB", help="TensorRT builder workspace limit")
+    x.add_argument("--dynamic", metavar="MIN,OPT,MAX", help="TensorRT batch-size profile (default 1,1,1)")
     x.add_argument("--argmax", action="store_true",
                    help="end the graph with ArgMax: uint8 labels leave the model instead of float logits")
     x.add_argument("--json", metavar="OUT")

@@ -134,12 +134,18 @@ class Driver:
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._local.current = True
 
     def make_current(self) -> None:
-        _check(self.cu.cuCtxSetCurrent(self.context))
+        """Bind the context to the calling thread (driver-API calls need one; each thread once)."""
+        if not getattr(self._local, "current", False):
+            _check(self.cu.cuCtxSetCurrent(self.context))
+            self._local.current = True
 
     # -- memory
     def mem_alloc(self, nbytes: int) -> DeviceBuffer:
+        self.make_current()
         return DeviceBuffer(int(_check(self.cu.cuMemAlloc(max(1, nbytes)))), nbytes, self)
 
     def mem_free(self, ptr: int) -> None:
@@ -210,6 +216,7 @@ class Driver:
 
     def launch(self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple,
                stream: int = 0) -> None:
+        self.make_current()
         holders, ptrs = pack_args(SIGNATURES[name], args)
         _check(self.cu.cuLaunchKernel(self.function(name), *grid, *block, 0, stream, ptrs.ctypes.data, 0))
         del holders  # the driver has copied the values by the time cuLaunchKernel returns

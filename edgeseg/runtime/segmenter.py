@@ -49,8 +49,8 @@ class Segmenter:
     """
 
     def __init__(self, model: str | os.PathLike, backend: str = "auto", device: str = "auto",
-                 mode: str = "nearest") -> None:
-        self.backend = load_backend(model, backend, device)
+                 mode: str = "nearest", **backend_options) -> None:
+        self.backend = load_backend(model, backend, device, **backend_options)
         self.model_path = str(model)
         self.spec: ModelSpec = self.backend.spec
         self.mode = mode
@@ -60,13 +60,16 @@ class Segmenter:
     @property
     def kernels(self) -> str:
         """Which pre/post-processing runs: ``cuda``, ``cpu`` (C++) or ``reference`` (NumPy)."""
-        return "cuda" if self._gpu is not None else kernels.backend
+        return "cuda" if self._gpu is not None or hasattr(self.backend, "segment") else kernels.backend
 
     def __call__(self, frame_bgr: np.ndarray, overlay_alpha: float | None = None) -> SegResult:
         """Segment one BGR uint8 frame; with ``overlay_alpha`` the overlay is blended in the same
         post-processing pass (``res.vis``, also what ``res.overlay(alpha)`` then returns)."""
         if self._gpu is not None:
             return self._gpu(frame_bgr, overlay_alpha)
+        if hasattr(self.backend, "segment"):  # TensorRT: the whole pipeline on the GPU
+            labels, vis, timings = self.backend.segment(kernels._check_frame(frame_bgr), self.mode, overlay_alpha)
+            return SegResult(labels, self.spec, frame_bgr, timings, vis, overlay_alpha)
         t0 = time.perf_counter()
         x = kernels.preprocess(frame_bgr, self.spec.input_hw, self.spec.input.mean, self.spec.input.std,
                                out=self._input)

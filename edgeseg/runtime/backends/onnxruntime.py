@@ -39,7 +39,11 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 spin: bool = True) -> None:
+        """``threads``: intra-op threads (default: one per core). ``spin=False`` lets idle pool
+        threads sleep instead of busy-waiting: slower for back-to-back calls, but it leaves the
+        cores to the other stages of a pipeline (decode, encode) between inferences."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -55,6 +59,8 @@ class OnnxRuntimeBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:

@@ -1,0 +1,182 @@
+"""``edgeseg export --trt``: ONNX -> TensorRT engine, built on the machine that will run it.
+
+Written against the TensorRT 10 Python API and TensorRT 11 (verified in NVIDIA's docs):
+- networks are created *strongly typed* (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; in
+  TensorRT 11 always on and the flag ignored): precision comes from the ONNX itself — FP16
+  weights from ``--fp16``, Q/DQ nodes from ``--int8`` — so there are no FP16/INT8 builder flags
+  and no calibrators (deprecated in 10.1, removed in 11), and one ONNX builds on both;
+- the workspace is a memory-pool limit (``MemoryPoolType.WORKSPACE``); dynamic batch is an
+  optimization profile on the input; a timing cache file makes rebuilds fast;
+- ``build_serialized_network`` returns the plan, written atomically beside a ModelSpec sidecar
+  ``<engine>.json`` that also records the TensorRT version, GPU and build options.
+
+Engines are cached under ``$EDGESEG_CACHE/engines`` by a key of ONNX hash + TensorRT version +
+GPU name + options, so building the same thing twice is a copy. A plan only runs on the TensorRT
+version and GPU it was built for: :func:`check_engine` refuses a stale or foreign one with a
+message saying how to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeseg._io import atomic_path, write_text_atomic
+from edgeseg.errors import EdgesegError
+
+SIDECAR_FORMAT = "edgeseg-engine-v1"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What changes the built plan (and therefore the cache key)."""
+
+    workspace_mb: int | None = None
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 1
+
+    @classmethod
+    def parse_dynamic(cls, text: str | None, workspace_mb: int | None = None) -> EngineOptions:
+        """``--dynamic MIN,OPT,MAX`` batch sizes."""
+        if not text:
+            return cls(workspace_mb)
+        try:
+            lo, opt, hi = (int(v) for v in text.split(","))
+        except ValueError:
+            raise EdgesegError(f"--dynamic needs MIN,OPT,MAX batch sizes like 1,4,8; got '{text}'") from None
+        if not 1 <= lo <= opt <= hi:
+            raise EdgesegError(f"--dynamic needs 1 <= MIN <= OPT <= MAX, got {lo},{opt},{hi}")
+        return cls(workspace_mb, lo, opt, hi)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, options: EngineOptions) -> str:
+    """The engine cache key: everything a plan depends on."""
+    payload = json.dumps([onnx_sha256, trt_version, gpu_name, asdict(options)], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def engine_cache_dir() -> Path:
+    return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "engines"
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    return Path(f"{engine}.json")
+
+
+def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
+    """The ModelSpec + build record beside an engine; a clear error when it is missing or foreign."""
+    path = sidecar_path(engine)
+    if not Path(engine).is_file():
+        raise EdgesegError(f"engine not found: {engine}; build one with 'edgeseg export CKPT --trt'")
+    if not path.is_file():
+        raise EdgesegError(f"{engine} has no {path.name} beside it (the ModelSpec and build record); "
+                           "rebuild it with 'edgeseg export CKPT --trt'")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise EdgesegError(f"{path} is not valid JSON; rebuild the engine with 'edgeseg export CKPT --trt'") from None
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise EdgesegError(f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT --trt'")
+    return meta
+
+
+def check_engine(meta: dict[str, Any], trt_version: str, gpu_name: str, engine: str | os.PathLike) -> None:
+    """Refuse a plan built for another TensorRT version or GPU (it would fail or crash to load)."""
+    built = meta.get("tensorrt", {})
+    if built.get("version") != trt_version:
+        raise EdgesegError(f"{engine} was built with TensorRT {built.get('version')}, this machine has {trt_version}; "
+                           "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT --trt'")
+    if built.get("gpu") != gpu_name:
+        raise EdgesegError(f"{engine} was built for {built.get('gpu')}, this GPU is {gpu_name}; "
+                           "rebuild it on this machine with 'edgeseg export CKPT --trt'")
+
+
+def _import_trt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EdgesegError("TensorRT is not installed: on a Jetson it comes with JetPack (python3-libnvinfer); "
+                           "on x86-64: pip install tensorrt (NVIDIA's index)") from None
+    return trt
+
+
+def gpu_name(device: int = 0) -> str:
+    from edgeseg.runtime.cuda import get_driver
+
+    drv = get_driver(device)
+    if hasattr(drv, "cu"):
+        raw = drv.cu.cuDeviceGetName(256, drv.device)[1]
+        return bytes(raw).split(b"\0", 1)[0].decode().strip()
+    return str(drv.dev.name())
+
+
+def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, options: EngineOptions = EngineOptions(),
+                 timing_cache: str | os.PathLike | None = None, use_cache: bool = True) -> dict[str, Any]:
+    """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; returns the record."""
+    from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+    trt = _import_trt()
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    spec = read_onnx_spec(onnx_path)
+    digest = file_sha256(onnx_path)
+    gpu = gpu_name()
+    key = cache_key(digest, trt.__version__, gpu, options)
+    meta = {"format": SIDECAR_FORMAT, "spec": spec.to_dict(),
+            "tensorrt": {"version": trt.__version__, "gpu": gpu, "onnx_sha256": digest, "cache_key": key,
+                         "options": asdict(options), "strongly_typed": True}}
+    cached = engine_cache_dir() / f"{key}.engine"
+    if use_cache and cached.is_file():
+        with atomic_path(out_path) as tmp:
+            shutil.copyfile(cached, tmp)
+        write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))
+        return {**meta["tensorrt"], "path": str(out_path), "from_cache": True}
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise EdgesegError(f"TensorRT cannot parse {onnx_path}: {errors[:400]}")
+    config = builder.create_builder_config()
+    if options.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    inp = network.get_input(0)
+    h, w = spec.input_hw
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, (options.min_batch, 3, h, w), (options.opt_batch, 3, h, w), (options.max_batch, 3, h, w))
+    config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        tc = Path(timing_cache)
+        cache = config.create_timing_cache(tc.read_bytes() if tc.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EdgesegError(f"TensorRT failed to build an engine from {onnx_path} (see the log above); "
+                           "try a larger --workspace")
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_bytes(bytes(plan))
+    write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))
+    if cache is not None:
+        with atomic_path(timing_cache) as tmp:
+            Path(tmp).write_bytes(bytes(cache.serialize()))
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            shutil.copyfile(out_path, tmp)
+    return {**meta["tensorrt"], "path": str(out_path), "from_cache": False}
