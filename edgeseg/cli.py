@@ -90,12 +90,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.export.onnx import export_onnx
 
-    res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify, a.argmax)
+    res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify, a.argmax, a.fp16)
     if a.trt:
         from edgeseg.export.tensorrt import EngineOptions, build_engine
 
         opts = EngineOptions.parse_dynamic(a.dynamic, a.workspace)
-        eng = build_engine(res["path"], Path(a.out) / "model.engine", opts, a.timing_cache)
+        eng = build_engine(res["path"], Path(a.out) / ("model.fp16.engine" if a.fp16 else "model.engine"), opts,
+                           a.timing_cache)
         res.update({f"engine_{k}": v for k, v in eng.items()})
     _table("export", ["field", "value"], [[k, v] for k, v in res.items()])
     _write_json(a.json, res)
@@ -280,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="folder for model.onnx")
     x.add_argument("--input-size", type=parse_hw, help="HxW baked into the graph (default: the training size)")
     x.add_argument("--simplify", action="store_true", help="fold and fuse the graph with onnxslim")
+    x.add_argument("--fp16", action="store_true",
+                   help="write DIR/model.fp16.onnx: FP16 weights/activations, sensitive ops and I/O in FP32")
     x.add_argument("--trt", action="store_true",
                    help="also build DIR/model.engine with TensorRT on this machine (cached by ONNX hash, "
                         "TensorRT version, GPU and options)")
