@@ -91,12 +91,19 @@ def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.export.onnx import export_onnx
 
     res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify, a.argmax, a.fp16)
+    if a.int8:
+        from edgeseg.compress.quantize import quantize_int8
+
+        if not a.calib:
+            raise EdgesegError("--int8 needs --calib SPEC|DIR|VIDEO: real frames to calibrate on (e.g. the training set)")
+        q = quantize_int8(res["path"], Path(a.out) / f"model.int8-{a.target}.onnx", a.calib, a.calib_count,
+                          a.calib_method, a.target, a.keep_fp32)
+        res = {**res, **{f"int8_{k}": v for k, v in q.items()}, "path": q["path"]}
     if a.trt:
         from edgeseg.export.tensorrt import EngineOptions, build_engine
 
         opts = EngineOptions.parse_dynamic(a.dynamic, a.workspace)
-        eng = build_engine(res["path"], Path(a.out) / ("model.fp16.engine" if a.fp16 else "model.engine"), opts,
-                           a.timing_cache)
+        eng = build_engine(res["path"], Path(res["path"]).with_suffix(".engine"), opts, a.timing_cache)
         res.update({f"engine_{k}": v for k, v in eng.items()})
     _table("export", ["field", "value"], [[k, v] for k, v in res.items()])
     _write_json(a.json, res)
@@ -283,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--simplify", action="store_true", help="fold and fuse the graph with onnxslim")
     x.add_argument("--fp16", action="store_true",
                    help="write DIR/model.fp16.onnx: FP16 weights/activations, sensitive ops and I/O in FP32")
+    x.add_argument("--int8", action="store_true",
+                   help="also write DIR/model.int8-TARGET.onnx: post-training INT8 quantization (Q/DQ)")
+    x.add_argument("--calib", metavar="SPEC|DIR|VIDEO", help="calibration frames: a dataset spec, image folder or video")
+    x.add_argument("--calib-count", type=int, default=128, metavar="N")
+    x.add_argument("--calib-method", default="minmax", help="minmax, entropy or percentile")
+    x.add_argument("--target", default="trt", choices=("trt", "cpu"),
+                   help="trt: symmetric INT8 for TensorRT; cpu: the layout ONNX Runtime's CPU runs fastest")
+    x.add_argument("--keep-fp32", type=int, default=0, metavar="K",
+                   help="keep the K convolutions most sensitive to quantization in float")
     x.add_argument("--trt", action="store_true",
                    help="also build DIR/model.engine with TensorRT on this machine (cached by ONNX hash, "
                         "TensorRT version, GPU and options)")

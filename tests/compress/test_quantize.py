@@ -1,0 +1,66 @@
+"""INT8 Q/DQ structure: what TensorRT (target trt) and ONNX Runtime CPU (target cpu) expect."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgeseg.compress.quantize import quantize_int8
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime import Segmenter
+from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+
+@pytest.fixture(scope="module")
+def int8_trt(tiny_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "model.int8-trt.onnx"
+    rep = quantize_int8(tiny_onnx, out, "synthetic:6", count=6, target="trt", keep_fp32=2)
+    return out, rep
+
+
+def _producers(graph):
+    return {o: n for n in graph.node for o in n.output}
+
+
+def test_trt_flavour_is_symmetric_per_channel_and_quantizes_every_conv_but_the_kept(int8_trt):
+    path, rep = int8_trt
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    zero_points = [inits[n.input[2]] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                   and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    prod = _producers(g)
+    kept = set(rep["kept_fp32"])
+    assert len(kept) == 2
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        x, w = (prod.get(conv.input[0]), prod.get(conv.input[1]))
+        quantized = x is not None and x.op_type == "DequantizeLinear" and w is not None and w.op_type == "DequantizeLinear"
+        assert quantized != (conv.name in kept), conv.name
+        if quantized:
+            scale = inits[w.input[1]]
+            out_channels = inits[w.input[0]].shape[0]
+            assert scale.shape == (out_channels,), "weights must be quantized per output channel"
+    spec = read_onnx_spec(path)
+    assert spec.precision == "int8" and spec.source["int8"]["kept_fp32"] == rep["kept_fp32"]
+
+
+def test_int8_model_runs_and_mostly_agrees(int8_trt, tiny_onnx):
+    frame = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    a, b = Segmenter(int8_trt[0])(frame).labels, Segmenter(tiny_onnx)(frame).labels
+    assert (a == b).mean() > 0.8  # a barely trained tiny model; CamVid accuracy is measured in benchmarks
+
+
+def test_cpu_flavour_uses_uint8_activations(tiny_onnx, tmp_path):
+    out = tmp_path / "cpu.onnx"
+    quantize_int8(tiny_onnx, out, "synthetic:4", count=4, target="cpu", method="percentile")
+    g = onnx.load(str(out)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    act_zp = {inits[n.input[2]].dtype for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert act_zp == {np.dtype(np.uint8)}
+
+
+@pytest.mark.parametrize("kw,msg", [({"method": "kl"}, "unknown --calib-method"), ({"target": "gpu"}, "unknown --target"),
+                                    ({"count": 0}, "at least 1")])
+def test_bad_options(tiny_onnx, tmp_path, kw, msg):
+    with pytest.raises(EdgesegError, match=msg):
+        quantize_int8(tiny_onnx, tmp_path / "x.onnx", "synthetic:2", **kw)
