@@ -216,6 +216,21 @@ def cmd_stream(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(a: argparse.Namespace) -> int:
+    from edgeseg.compress.prune import prune_checkpoint
+
+    res = prune_checkpoint(a.checkpoint, a.ratio, a.data, a.out, a.finetune_epochs, a.finetune_minutes, a.lr,
+                           a.batch_size, a.device, a.workers)
+    rows = [[k, res["before"].get(k, ""), res["pruned"].get(k, ""), res["after"].get(k, "")]
+            for k in ("params", "gflops", "ort_cpu_ms", "val_miou")]
+    _table(f"prune {a.checkpoint} at ratio {a.ratio}: {res['gflops_cut']:.1%} fewer GFLOPs, "
+           f"x{res['latency_speedup']:.2f} ONNX Runtime CPU speed, mIoU {res['miou_change']:+.4f}",
+           ["", "before", "pruned", "fine-tuned"], rows)
+    print(f"wrote {a.out}/pruned.pt, {a.out}/best.pt")
+    _write_json(a.json, res)
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from edgeseg.models import create_model, list_models
     from edgeseg.models.complexity import count_gflops, count_params
@@ -257,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--crop", type=parse_hw, help="training crop HxW (default: 3/4 of the input size, multiples of 32)")
     t.add_argument("--input-size", type=parse_hw, help="model input HxW (default: dataset size rounded to 32)")
-    t.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    t.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.75), metavar=("MIN", "MAX"))
     t.add_argument("--lr", type=float, default=4e-3)
     t.add_argument("--loss", choices=LOSSES, default="ce+dice")
     t.add_argument("--class-weights", choices=("auto", "full", "none"), default="auto",
@@ -321,6 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
+    pr = sub.add_parser("prune", help="structured channel pruning (torch-pruning) + fine-tuning, before/after table")
+    pr.add_argument("checkpoint")
+    pr.add_argument("--ratio", type=float, required=True, help="fraction of channels to remove, e.g. 0.3")
+    pr.add_argument("--data", required=True, help="dataset spec for fine-tuning and the val mIoU")
+    pr.add_argument("--out", required=True)
+    ft = pr.add_mutually_exclusive_group(required=True)
+    ft.add_argument("--finetune-epochs", type=int)
+    ft.add_argument("--finetune-minutes", type=float)
+    pr.add_argument("--lr", type=float, default=1e-3)
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--workers", type=int)
+    pr.add_argument("--json", metavar="OUT")
+    pr.set_defaults(func=cmd_prune)
+
     st = sub.add_parser("stream", help="segment live video: cameras, files, RTSP, GStreamer -> display, mp4, masks")
     st.add_argument("--model", required=True, help="model.onnx or a .pt checkpoint")
     st.add_argument("--source", action="append", help="video file, image folder or glob, rtsp:// or http:// URL, "

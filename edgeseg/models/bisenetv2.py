@@ -196,6 +196,11 @@ class BiSeNetV2(nn.Module):
             )
         init_weights(self)
 
+    def pruning_ignored(self) -> list[nn.Module]:
+        """Layers structured pruning must leave whole: a gather-and-expand block's input width is
+        tied to its grouped channel-multiplier convolution, which torch-pruning cannot split."""
+        return [m.gather[0] for m in self.modules() if isinstance(m, GatherExpand)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits at input size; in training with aux heads, ``(logits, aux_logits)``."""
         check_input_size(x)

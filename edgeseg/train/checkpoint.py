@@ -20,6 +20,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
                     model_kwargs: dict[str, Any] | None = None, **state: Any) -> None:
     """Write ``path`` atomically; ``state`` holds resumable training state (optimizer, epoch...)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if getattr(model, "edgeseg_pruned", False):
+        # Channel counts differ from the registry's architecture: keep what torch-pruning needs to
+        # rebuild the pruned structure (plain types, safe for weights_only loading).
+        import torch_pruning as tp
+
+        state = {**state, "pruned": tp.state_dict(model)}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": spec.arch,
@@ -48,22 +54,34 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def build_model(ckpt: dict[str, Any], num_classes: int, raw: bool = False) -> nn.Module:
+    """The checkpoint's network with its weights (``raw``: the non-averaged training weights)."""
+    from edgeseg.models import create_model
+
+    model = create_model(ckpt["arch"], num_classes, **ckpt.get("model_kwargs", {}))
+    if "pruned" in ckpt:
+        import torch_pruning as tp
+
+        tp.load_state_dict(model, state_dict=ckpt["pruned"])
+        model.edgeseg_pruned = True
+    model.load_state_dict(ckpt["raw_state_dict"] if raw and "raw_state_dict" in ckpt else ckpt["state_dict"])
+    return model
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                arch: str | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Rebuild the model of a checkpoint in eval mode; returns ``(model, spec, checkpoint)``.
 
     ``arch``, when given, must match the checkpoint's architecture.
     """
-    from edgeseg.models import create_model
 
     ckpt = read_checkpoint(path)
     spec = ModelSpec.from_dict(ckpt["spec"], origin=str(path))
     if arch is not None and arch != ckpt["arch"]:
         raise EdgesegError(f"{path} holds a '{ckpt['arch']}' model, not '{arch}'; "
                            f"pass --model {ckpt['arch']} or a checkpoint of '{arch}'")
-    model = create_model(ckpt["arch"], spec.num_classes, **ckpt.get("model_kwargs", {}))
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model = build_model(ckpt, spec.num_classes)
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise EdgesegError(f"{path}: weights do not fit architecture '{ckpt['arch']}' ({first[:200]}); "

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
 from edgeseg.export.spec import InputSpec, ModelSpec, OutputSpec
-from edgeseg.train.checkpoint import read_checkpoint, save_checkpoint
+from edgeseg.train.checkpoint import build_model, read_checkpoint, save_checkpoint
 from edgeseg.train.losses import build_loss
 from edgeseg.train.metrics import ConfusionMatrix, SegMetrics
 
@@ -46,7 +46,7 @@ class TrainConfig:
     lr: float = 4e-3
     weight_decay: float = 1e-4
     warmup: float = 0.03
-    scale: tuple[float, float] = (0.5, 2.0)
+    scale: tuple[float, float] = (0.5, 1.75)
     loss: str = "ce+dice"
     class_weights: str = "auto"
     aux_weight: float = 0.4
@@ -56,6 +56,7 @@ class TrainConfig:
     val_every: int = 0  # 0: about ten validations spread over the run, and always the last epoch
     ema: float = 0.999
     resume: str | None = None
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning, pruned models)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
 
@@ -262,9 +263,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_shard = Subset(val_set, range(dinfo.rank, len(val_set), dinfo.world)) if dinfo.world > 1 else val_set
     val_loader = DataLoader(val_shard, 1, shuffle=False, num_workers=0)
 
-    model = create_model(cfg.model, num_classes, **cfg.model_kwargs).to(device)
-    if ckpt is not None:
-        model.load_state_dict(ckpt.get("raw_state_dict", ckpt["state_dict"]))
+    init = ckpt if ckpt is not None else (read_checkpoint(cfg.init_from) if cfg.init_from else None)
+    if init is not None and init is not ckpt:
+        if init["arch"] != cfg.model:
+            raise EdgesegError(f"{cfg.init_from} holds a '{init['arch']}' model, not '{cfg.model}'")
+        if init["spec"]["num_classes"] != num_classes:
+            raise EdgesegError(f"{cfg.init_from} predicts {init['spec']['num_classes']} classes, "
+                               f"{cfg.data} has {num_classes}")
+    if init is not None:
+        model = build_model(init, num_classes, raw=True).to(device)
+    else:
+        model = create_model(cfg.model, num_classes, **cfg.model_kwargs).to(device)
     ddp_model: nn.Module = model
     if dinfo.world > 1:
         if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
