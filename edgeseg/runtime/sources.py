@@ -44,6 +44,9 @@ class Frame:
     t_capture: float  # time.perf_counter() when the frame was read
     decode_ms: float = 0.0
     source: str = ""
+    tensor: np.ndarray | None = None  # the preprocessed input, when the pipeline makes it early
+    pre_ms: float = 0.0
+    infer_ms: float = 0.0
 
 
 class Source:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime import kernels
 from edgeseg.runtime.segmenter import Segmenter, SegResult
 from edgeseg.runtime.sinks import Sink
 from edgeseg.runtime.sources import Frame, Source, open_source
@@ -118,7 +119,8 @@ class StreamPipeline:
     def __init__(self, segmenter: Segmenter | str, sources: list, sinks: list[Sink] | None = None,
                  mode: str | None = None, max_frames: int | None = None, duration: float | None = None,
                  reconnect: bool = False, alpha: float = 0.5, queue_size: int = 4,
-                 backend: str = "auto", device: str = "auto", max_backoff_s: float = 8.0) -> None:
+                 backend: str = "auto", device: str = "auto", max_backoff_s: float = 8.0,
+                 kernel_threads: int = 1) -> None:
         if mode is not None and mode not in MODES:
             raise EdgesegError(f"unknown --mode '{mode}'; choose realtime or every-frame")
         if max_frames is not None and max_frames < 1:
@@ -143,6 +145,10 @@ class StreamPipeline:
         self.max_frames, self.duration, self.reconnect = max_frames, duration, reconnect
         self.alpha = alpha
         self.max_backoff_s = max_backoff_s
+        self.kernel_threads = kernel_threads
+        # On CPU backends the three stages are pre (capture thread), infer, post (output thread);
+        # GPU pipelines (torch-CUDA, TensorRT) keep pre/infer/post together on the device.
+        self.split = self.seg.kernels in ("cpu", "reference")
         self.overlay = any(s.needs_overlay for s in self.sinks)
         realtime = self.mode == "realtime"
         self.in_queues = [LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources]
@@ -166,6 +172,7 @@ class StreamPipeline:
     def _capture(self, i: int) -> None:
         src, q = self.sources[i], self.in_queues[i]
         n = 0
+        self._single_threaded_kernels()
         try:
             while not self.stop_event.is_set():
                 if self.max_frames is not None and n >= self.max_frames:
@@ -177,6 +184,11 @@ class StreamPipeline:
                     break
                 n += 1
                 self.stats.frame_in(frame.decode_ms)
+                if self.split:  # the capture thread also preprocesses: one stage less on inference
+                    t0 = time.perf_counter()
+                    frame.tensor = kernels.preprocess(frame.image, self.seg.spec.input_hw, self.seg.spec.input.mean,
+                                                      self.seg.spec.input.std)
+                    frame.pre_ms = (time.perf_counter() - t0) * 1e3
                 if q.put((i, frame), self.stop_event):
                     self.stats.dropped()
         except Exception as e:  # a source error ends this source, not the run
@@ -199,7 +211,14 @@ class StreamPipeline:
             delay = min(self.max_backoff_s, delay * 2)
         return False
 
+    def _single_threaded_kernels(self) -> None:
+        if kernels._cpu is not None:
+            # The stages already run in parallel: a parallel region inside one would wait on
+            # cores busy with decoding, ONNX Runtime and encoding. (Per-thread OpenMP setting.)
+            kernels._cpu.set_num_threads(self.kernel_threads)
+
     def _inference(self) -> None:
+        self._single_threaded_kernels()
         pending = list(range(len(self.sources)))
         try:
             while pending:
@@ -228,13 +247,34 @@ class StreamPipeline:
             pass
         self.out_queue.put(None)
 
-    def _segment(self, sid: int, frame: Frame) -> StreamResult:
+    def _segment(self, sid: int, frame: Frame):
+        if self.split:  # CPU backends: only the model runs here; post-processing is the output's
+            t0 = time.perf_counter()
+            scores = self.seg.backend.infer(frame.tensor)
+            frame.infer_ms = (time.perf_counter() - t0) * 1e3
+            frame.tensor = None
+            return sid, frame, scores
         r = self.seg(frame.image, overlay_alpha=self.alpha if self.overlay else None)
         return StreamResult(labels=r.labels, spec=r.spec, frame=frame.image, timings_ms=r.timings_ms, vis=r.vis,
                             vis_alpha=r.vis_alpha, index=frame.index, source_id=sid, source=frame.source,
                             t_capture=frame.t_capture)
 
+    def _postprocess(self, item) -> StreamResult:
+        sid, frame, scores = item
+        t0 = time.perf_counter()
+        spec, hw = self.seg.spec, frame.image.shape[:2]
+        vis = None
+        if self.overlay:
+            labels, vis = kernels.postprocess(scores, hw, spec.palette, frame.image, self.alpha, mode=self.seg.mode)
+        else:
+            labels = kernels.postprocess(scores, hw, mode=self.seg.mode)
+        timings = {"pre": frame.pre_ms, "infer": frame.infer_ms, "post": (time.perf_counter() - t0) * 1e3}
+        return StreamResult(labels=labels, spec=spec, frame=frame.image, timings_ms=timings, vis=vis,
+                            vis_alpha=self.alpha if self.overlay else None, index=frame.index, source_id=sid,
+                            source=frame.source, t_capture=frame.t_capture)
+
     def _output(self) -> None:
+        self._single_threaded_kernels()
         broken: set[int] = set()
         while True:
             try:
@@ -243,6 +283,8 @@ class StreamPipeline:
                 continue
             if res is None:
                 break
+            if isinstance(res, tuple):
+                res = self._postprocess(res)
             t0 = time.perf_counter()
             for k, sink in enumerate(self.sinks):
                 if k in broken:

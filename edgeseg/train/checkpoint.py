@@ -21,11 +21,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
     """Write ``path`` atomically; ``state`` holds resumable training state (optimizer, epoch...)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     if getattr(model, "edgeseg_pruned", False):
-        # Channel counts differ from the registry's architecture: keep what torch-pruning needs to
-        # rebuild the pruned structure (plain types, safe for weights_only loading).
-        import torch_pruning as tp
-
-        state = {**state, "pruned": tp.state_dict(model)}
+        # Channel counts differ from the registry's architecture: record each module's plain
+        # attributes (in/out channels, groups, num_features...); the weights' shapes are in the
+        # state dict. Both are safe for weights_only loading.
+        attrs = {name: {k: v for k, v in vars(m).items() if not k.startswith("_") and _plain(v)}
+                 for name, m in model.named_modules()}
+        state = {**state, "pruned": {"attributions": attrs}}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": spec.arch,
@@ -36,6 +37,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _plain(v: Any) -> bool:
+    """Values weights_only loading accepts (module attributes that point at modules are dropped:
+    the architecture rebuilds those references itself)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return False
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -59,13 +72,29 @@ def build_model(ckpt: dict[str, Any], num_classes: int, raw: bool = False) -> nn
     from edgeseg.models import create_model
 
     model = create_model(ckpt["arch"], num_classes, **ckpt.get("model_kwargs", {}))
+    weights = ckpt["raw_state_dict"] if raw and "raw_state_dict" in ckpt else ckpt["state_dict"]
     if "pruned" in ckpt:
-        import torch_pruning as tp
-
-        tp.load_state_dict(model, state_dict=ckpt["pruned"])
-        model.edgeseg_pruned = True
-    model.load_state_dict(ckpt["raw_state_dict"] if raw and "raw_state_dict" in ckpt else ckpt["state_dict"])
+        _reshape_to(model, weights, ckpt["pruned"]["attributions"])
+    model.load_state_dict(weights)
     return model
+
+
+def _reshape_to(model: nn.Module, weights: dict[str, torch.Tensor], attributions: dict[str, dict]) -> None:
+    """Give a freshly built model the pruned structure: attributes, then parameter/buffer shapes."""
+    modules = dict(model.named_modules())
+    for name, attrs in attributions.items():
+        if name in modules:
+            for k, v in attrs.items():
+                setattr(modules[name], k, v)
+    for key, tensor in weights.items():
+        owner, _, leaf = key.rpartition(".")
+        m = modules.get(owner)
+        if m is None:
+            continue
+        if leaf in m._parameters and m._parameters[leaf] is not None and m._parameters[leaf].shape != tensor.shape:
+            m._parameters[leaf] = nn.Parameter(torch.empty_like(tensor))
+        elif leaf in m._buffers and m._buffers[leaf] is not None and m._buffers[leaf].shape != tensor.shape:
+            m._buffers[leaf] = torch.empty_like(tensor)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",

@@ -44,10 +44,22 @@ def test_trt_flavour_is_symmetric_per_channel_and_quantizes_every_conv_but_the_k
     assert spec.precision == "int8" and spec.source["int8"]["kept_fp32"] == rep["kept_fp32"]
 
 
-def test_int8_model_runs_and_mostly_agrees(int8_trt, tiny_onnx):
-    frame = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
-    a, b = Segmenter(int8_trt[0])(frame).labels, Segmenter(tiny_onnx)(frame).labels
-    assert (a == b).mean() > 0.8  # a barely trained tiny model; CamVid accuracy is measured in benchmarks
+def test_int8_model_runs_and_tracks_fp32(int8_trt, tiny_onnx):
+    import onnxruntime as ort
+
+    from edgeseg.data.synthetic import render_scene
+    from edgeseg.runtime import kernels
+
+    spec = read_onnx_spec(tiny_onnx)
+    x = kernels.preprocess(render_scene(99, (64, 128))[0][..., ::-1].copy(), spec.input_hw, spec.input.mean,
+                           spec.input.std)
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+           for p in (int8_trt[0], tiny_onnx)}
+    q, f = run[int8_trt[0]].ravel(), run[tiny_onnx].ravel()
+    # A two-epoch toy model calibrated on 6 frames: a loose check that the logits follow FP32.
+    # The accuracy bar (within 1 mIoU point) is measured on CamVid, not here.
+    assert np.corrcoef(q, f)[0, 1] > 0.7
+    assert Segmenter(int8_trt[0])(np.zeros((50, 70, 3), np.uint8)).labels.shape == (50, 70)
 
 
 def test_cpu_flavour_uses_uint8_activations(tiny_onnx, tmp_path):

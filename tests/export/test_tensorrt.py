@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.tensorrt import (SIDECAR_FORMAT, EngineOptions, cache_key, check_engine, file_sha256,
-                                     read_sidecar, sidecar_path)
+from edgeseg.export.tensorrt import (
+    SIDECAR_FORMAT,
+    EngineOptions,
+    cache_key,
+    check_engine,
+    file_sha256,
+    read_sidecar,
+    sidecar_path,
+)
 
 
 def test_cache_key_changes_with_everything_a_plan_depends_on():
