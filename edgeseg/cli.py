@@ -181,7 +181,6 @@ def cmd_stream(a: argparse.Namespace) -> int:
     except Exception:
         pipe.close()
         raise
-    pipe.overlay = any(s.needs_overlay for s in pipe.sinks)
 
     def on_signal(signum, _frame):  # finish cleanly: mp4 finalised, report written
         pipe.stop()

@@ -162,6 +162,18 @@ void cast_labels(const T* s, i64 n, u8* labels) {
     for (i64 i = 0; i < n; ++i) labels[i] = (u8)s[i];  // wraps like NumPy's astype(uint8)
 }
 
+// The colour term of every byte of a row: one 8-byte store a pixel (3 colour lanes + one that
+// the next pixel overwrites; ``krow`` has one spare lane at the end).
+inline void colour_row(const u8* labels, int W, const u16* colour_q, u16* krow) {
+    const uint64_t* cq = reinterpret_cast<const uint64_t*>(colour_q);
+    for (int x = 0; x < W; ++x) std::memcpy(krow + 3 * x, cq + labels[x], 8);
+}
+
+// A straight 16-bit loop over the row's bytes (vectorises).
+inline void blend_row(const u8* frame, const u16* krow, int W, u16 keep_q, u8* out) {
+    for (int j = 0; j < W * 3; ++j) out[j] = blend_q(frame[j], keep_q, krow[j]);
+}
+
 // Labels at model size -> labels at frame size (nearest), and the overlay in the same pass.
 // Output rows that sample the same model row share its upsampled labels and colour terms, so
 // those are built once; the blend itself is a straight 16-bit loop over the row's bytes.
@@ -187,19 +199,11 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
                 const u8* src = small + (i64)last * w;
                 u8* lr = lrow.data();
                 for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
-                if (overlay != nullptr) {
-                    // one 8-byte store a pixel (3 colour lanes + one overwritten by the next)
-                    const uint64_t* cq = reinterpret_cast<const uint64_t*>(colour_q);
-                    u16* kr = krow.data();
-                    for (int x = 0; x < W; ++x) std::memcpy(kr + 3 * x, cq + lr[x], 8);
-                }
+                if (overlay != nullptr) colour_row(lr, W, colour_q, krow.data());
             }
             std::memcpy(l, lrow.data(), W);
-            if (overlay == nullptr) continue;
-            const u8* f = frame + (i64)y * frame_pitch;
-            u8* o = overlay + (i64)y * W * 3;
-            const u16* k = krow.data();
-            for (int j = 0; j < W * 3; ++j) o[j] = blend_q(f[j], keep_q, k[j]);
+            if (overlay != nullptr)
+                blend_row(frame + (i64)y * frame_pitch, krow.data(), W, keep_q, overlay + (i64)y * W * 3);
         }
     }
 }
@@ -226,15 +230,10 @@ void blend_only(const u8* labels, int H, int W, const u8* frame, i64 frame_pitch
     {
         thread_local std::vector<u16> krow;
         krow.resize((size_t)W * 3 + 1);
-        const uint64_t* cq = reinterpret_cast<const uint64_t*>(colour_q);
 #pragma omp for schedule(static)
         for (int y = 0; y < H; ++y) {
-            const u8* l = labels + (i64)y * W;
-            u16* kr = krow.data();
-            for (int x = 0; x < W; ++x) std::memcpy(kr + 3 * x, cq + l[x], 8);
-            const u8* f = frame + (i64)y * frame_pitch;
-            u8* o = overlay + (i64)y * W * 3;
-            for (int j = 0; j < W * 3; ++j) o[j] = blend_q(f[j], keep_q, kr[j]);
+            colour_row(labels + (i64)y * W, W, colour_q, krow.data());
+            blend_row(frame + (i64)y * frame_pitch, krow.data(), W, keep_q, overlay + (i64)y * W * 3);
         }
     }
 }

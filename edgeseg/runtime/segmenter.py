@@ -130,6 +130,7 @@ class _GpuPipeline:
         self.device = torch.device(seg.backend.device)
         h, w = seg.spec.input_hw
         self.input = torch.empty((1, 3, h, w), dtype=torch.float32, device=self.device)
+        self.scratch = torch.empty((h * w,), dtype=torch.uint8, device=self.device)  # labels at model size
         self.frame_hw: tuple[int, int] | None = None
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
 
@@ -162,10 +163,10 @@ class _GpuPipeline:
         scores = self.seg.backend.infer_tensor(self.input)
         e[2].record()
         if overlay_alpha is None:
-            kcuda.postprocess(scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode)
+            kcuda.postprocess(scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode, scratch=self.scratch)
         else:
             kcuda.postprocess(scores, self.frame_hw, spec.palette, self.dev_frame, overlay_alpha, out=self.dev_labels,
-                              mode=self.seg.mode, overlay_out=self.dev_vis)
+                              mode=self.seg.mode, overlay_out=self.dev_vis, scratch=self.scratch)
             self.host_vis.copy_(self.dev_vis, non_blocking=True)
         self.host_labels.copy_(self.dev_labels, non_blocking=True)
         e[3].record()

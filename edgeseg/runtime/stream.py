@@ -149,7 +149,6 @@ class StreamPipeline:
         # On CPU backends the three stages are pre (capture thread), infer, post (output thread);
         # GPU pipelines (torch-CUDA, TensorRT) keep pre/infer/post together on the device.
         self.split = self.seg.kernels in ("cpu", "reference")
-        self.overlay = any(s.needs_overlay for s in self.sinks)
         realtime = self.mode == "realtime"
         self.in_queues = [LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources]
         self.out_queue = LatestSlot() if realtime else BlockingQueue(queue_size)
@@ -163,6 +162,11 @@ class StreamPipeline:
     def stop(self) -> None:
         """Ask every stage to finish; safe from any thread and from signal handlers."""
         self.stop_event.set()
+
+    @property
+    def overlay(self) -> bool:
+        """Blend the overlay during post-processing only when a sink draws it."""
+        return any(s.needs_overlay for s in self.sinks)
 
     @property
     def source_names(self) -> str:

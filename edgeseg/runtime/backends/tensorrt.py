@@ -69,6 +69,11 @@ class TensorRTBackend:
         self.cuda_graph = cuda_graph and hasattr(self.drv, "cu")
         self._graph_exec = None
         self._frame_hw: tuple[int, int] | None = None
+        from edgeseg.runtime.kernels.cuda import CudaKernels
+
+        self._kernels = CudaKernels(self.drv)
+        self._events = [self.drv.event_create() for _ in range(4)]
+        self._table_key: float | None = None
 
     # -- model only
     def _execute(self) -> None:
@@ -121,14 +126,11 @@ class TensorRTBackend:
 
     def segment(self, frame_bgr: np.ndarray, mode: str = "nearest", overlay_alpha: float | None = None):
         """uint8 BGR frame -> (labels, overlay or None, timings_ms), all processing on the GPU."""
-        from edgeseg.runtime.kernels.cuda import CudaKernels, colour_table
+        from edgeseg.runtime.kernels.cuda import colour_table
 
-        k = getattr(self, "_kernels", None) or CudaKernels(self.drv)
-        self._kernels = k
+        k, e = self._kernels, self._events
         H, W = frame_bgr.shape[:2]
         self._frame_buffers((H, W))
-        e = [self.drv.event_create() for _ in range(4)] if not hasattr(self, "_events") else self._events
-        self._events = e
         t0 = time.perf_counter()
         self.h_frame[...] = frame_bgr
         self.drv.event_record(e[0], self.stream)
@@ -143,7 +145,7 @@ class TensorRTBackend:
         table_ptr = keep_q = 0
         if overlay_alpha is not None:
             key = float(overlay_alpha)
-            if getattr(self, "_table_key", None) != key:
+            if self._table_key != key:
                 table, keep_q = colour_table(self.spec.palette, overlay_alpha)
                 self._table = self.drv.mem_alloc(table.nbytes)
                 self.drv.memcpy_htod(self._table.ptr, table, self.stream)

@@ -57,13 +57,9 @@ def set_backend(name: str) -> None:
     backend = name
 
 
-def _check_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
-    if not isinstance(frame, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(frame).__name__}")
-    if frame.dtype != np.uint8:
-        raise TypeError(f"{name} must be uint8 BGR (H, W, 3), got dtype {frame.dtype}")
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise ValueError(f"{name} must be uint8 BGR with shape (H, W, 3), got shape {frame.shape}")
+def _check_frame(frame: np.ndarray) -> np.ndarray:
+    """The reference's checks, then packed BGR pixels for the C++ and CUDA kernels."""
+    reference._check_frame(frame)
     if frame.strides[2] != 1 or frame.strides[1] != 3:
         frame = np.ascontiguousarray(frame)  # e.g. a crop with a step, or a channel view
     return frame
