@@ -41,6 +41,12 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     Console().print(t)
 
 
+def _positive_int(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise EdgesegError(f"{flag} must be a positive integer or auto, got '{text}'")
+    return int(text)
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
         from edgeseg._io import write_text_atomic
@@ -90,14 +96,29 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.export.onnx import export_onnx
 
+    if a.qat and not (a.data and a.epochs):
+        raise EdgesegError("--qat needs --data SPEC (the training set) and --epochs N (e.g. --epochs 3)")
     res = export_onnx(a.checkpoint, a.out, a.input_size, a.simplify, a.argmax, a.fp16)
-    if a.int8:
+    if a.int8 or a.qat:
         from edgeseg.compress.quantize import quantize_int8
 
-        if not a.calib:
+        calib = a.calib or (a.data if a.qat else None)
+        if not calib:
             raise EdgesegError("--int8 needs --calib SPEC|DIR|VIDEO: real frames to calibrate on (e.g. the training set)")
-        q = quantize_int8(res["path"], Path(a.out) / f"model.int8-{a.target}.onnx", a.calib, a.calib_count,
-                          a.calib_method, a.target, a.keep_fp32)
+        if a.qat:
+            import tempfile
+
+            from edgeseg.compress.qat import qat_finetune
+
+            qat = qat_finetune(a.checkpoint, a.data, Path(a.out) / "qat.pt", a.epochs, a.target, device=a.device)
+            res.update({f"qat_{k}": v for k, v in qat.items()})
+            with tempfile.TemporaryDirectory() as d:
+                fp32 = export_onnx(qat["checkpoint"], d, a.input_size, a.simplify)
+                q = quantize_int8(fp32["path"], Path(a.out) / f"model.int8-qat-{a.target}.onnx", calib,
+                                  a.calib_count, a.calib_method, a.target, a.keep_fp32)
+        else:
+            q = quantize_int8(res["path"], Path(a.out) / f"model.int8-{a.target}.onnx", calib, a.calib_count,
+                              a.calib_method, a.target, a.keep_fp32)
         res = {**res, **{f"int8_{k}": v for k, v in q.items()}, "path": q["path"]}
     if a.trt:
         from edgeseg.export.tensorrt import EngineOptions, build_engine
@@ -169,7 +190,9 @@ def cmd_stream(a: argparse.Namespace) -> int:
     if not sources:
         raise EdgesegError("give a --source (file, folder, glob, URL, GStreamer pipeline, synthetic) or --camera N")
     seg = Segmenter(a.model, backend=a.backend, device=a.device)
-    pipe = StreamPipeline(seg, sources, [], a.mode, a.max_frames, a.duration, a.reconnect, a.alpha)
+    workers = a.infer_workers if a.infer_workers == "auto" else _positive_int(a.infer_workers, "--infer-workers")
+    pipe = StreamPipeline(seg, sources, [], a.mode, a.max_frames, a.duration, a.reconnect, a.alpha,
+                          infer_workers=workers)
     try:
         fps = next((s.fps for s in pipe.sources if getattr(s, "fps", 0)), 25.0)
         if a.record:
@@ -212,6 +235,47 @@ def cmd_stream(a: argparse.Namespace) -> int:
     ])
     for err in pipe.errors:
         print(f"edgeseg stream: warning: {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgeseg.bench.report import print_table, write_plot, write_zoo_plot
+
+    console = Console(stderr=True)
+
+    def progress(msg: str) -> None:
+        console.print(f"[dim]{msg}[/]")
+
+    if a.zoo:
+        from edgeseg.bench.zoo import parse_sizes, run_zoo
+
+        if not a.data:
+            raise EdgesegError("--zoo needs --data SPEC for the val mIoU (e.g. camvid:../shared/data/camvid)")
+        res = run_zoo(a.models, a.data, parse_sizes(a.sizes) if a.sizes else None, a.warmup,
+                      a.frames or 50, not a.no_isolate, progress)
+        _table(f"zoo: ONNX Runtime CPU, {res['machine']['cpu']}", ["model", "size", "params M", "GFLOPs",
+               "latency p50 ms", "p99 ms", "FPS", "val mIoU"],
+               [[r["model"], r["size"], r["params"] / 1e6, r["gflops"], r["latency_ms_p50"], r["latency_ms_p99"],
+                 r["throughput_fps"], "untrained" if r["miou"] is None else r["miou"]] for r in res["rows"]])
+        if a.plot:
+            write_zoo_plot(res["rows"], a.plot)
+        _write_json(a.json, res)
+        return 0
+    from edgeseg.bench.runner import BenchConfig, run_bench
+
+    if not a.models:
+        raise EdgesegError("give one or more models to bench (.pt, .onnx, .engine), or --zoo")
+    cfg = BenchConfig(models=a.models, backends=a.backend.split(","),
+                      precisions=a.precision.split(",") if a.precision else None, source=a.source,
+                      frames=a.frames or 200, warmup=a.warmup, device=a.device, calib=a.calib,
+                      baselines=not a.no_baselines, isolate=not a.no_isolate)
+    res = run_bench(cfg, progress)
+    print_table(res)
+    if a.plot:
+        write_plot(res, a.plot)
+    _write_json(a.json, res)
     return 0
 
 
@@ -313,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trt: symmetric INT8 for TensorRT; cpu: the layout ONNX Runtime's CPU runs fastest")
     x.add_argument("--keep-fp32", type=int, default=0, metavar="K",
                    help="keep the K convolutions most sensitive to quantization in float")
+    x.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning first (torch.ao fake quantization), then the INT8 "
+                        "export: writes DIR/qat.pt and DIR/model.int8-qat-TARGET.onnx; needs --data and --epochs")
+    x.add_argument("--data", metavar="SPEC", help="--qat: training data (also the calibration set by default)")
+    x.add_argument("--epochs", type=int, help="--qat: fine-tuning epochs")
+    x.add_argument("--device", default="auto", help="--qat: training device")
     x.add_argument("--trt", action="store_true",
                    help="also build DIR/model.engine with TensorRT on this machine (cached by ONNX hash, "
                         "TensorRT version, GPU and options)")
@@ -350,6 +420,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", metavar="OUT")
     pr.set_defaults(func=cmd_prune)
 
+    b = sub.add_parser("bench", help="latency, FPS, per-stage times and memory of models against baselines")
+    b.add_argument("models", nargs="*", help=".pt, .onnx or .engine files (with --zoo: trained checkpoints)")
+    b.add_argument("--backend", default="auto", help="auto, ort, trt or torch; comma-separate several")
+    b.add_argument("--precision", help="fp32, fp16, int8; comma-separate several (default: each file's own)")
+    b.add_argument("--source", default="synthetic", help="video file or synthetic[:WxH] (unpaced)")
+    b.add_argument("--frames", type=int, help="frames (and model-only calls) to time; default 200 (zoo: 50)")
+    b.add_argument("--warmup", type=int, default=20, help="untimed calls first")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--calib", metavar="SPEC|DIR|VIDEO", help="INT8 calibration frames (default: the training data)")
+    b.add_argument("--no-baselines", action="store_true", help="skip the naive loop and PyTorch eager")
+    b.add_argument("--no-isolate", action="store_true",
+                   help="measure in this process (faster; peak RSS is then the whole run's)")
+    b.add_argument("--zoo", action="store_true", help="every registered model: val mIoU against latency")
+    b.add_argument("--data", metavar="SPEC", help="--zoo: dataset for the val mIoU")
+    b.add_argument("--sizes", metavar="WxH,...", help="--zoo: input sizes (default 480x360,960x720)")
+    b.add_argument("--json", metavar="OUT")
+    b.add_argument("--plot", metavar="OUT.png")
+    b.set_defaults(func=cmd_bench)
+
     st = sub.add_parser("stream", help="segment live video: cameras, files, RTSP, GStreamer -> display, mp4, masks")
     st.add_argument("--model", required=True, help="model.onnx or a .pt checkpoint")
     st.add_argument("--source", action="append", help="video file, image folder or glob, rtsp:// or http:// URL, "
@@ -368,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--reconnect", action="store_true", help="reopen a live source that drops, with back-off")
     st.add_argument("--backend", default="auto")
     st.add_argument("--device", default="auto")
+    st.add_argument("--infer-workers", default="auto", metavar="N|auto",
+                    help="inference threads; auto: 2 single-threaded ONNX Runtime sessions on a multi-core CPU, else 1")
     st.set_defaults(func=cmd_stream)
 
     i.add_argument("name", help="a model name, or 'all'")

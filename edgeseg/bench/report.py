@@ -1,0 +1,144 @@
+"""The bench report at a glance: a terminal table, the JSON, and a PNG (latency histogram + stacked
+per-stage bars; for the zoo, mIoU against latency with the Pareto front)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from edgeseg.runtime.stats import STAGES
+
+
+def _fmt(v, nd: int = 1) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['name']} {r.get('backend', r['backend_requested'])} {r.get('precision', r['precision_requested'])}"
+
+
+def print_table(report: dict[str, Any], console=None) -> None:
+    """One row per configuration, one row per baseline; every figure with its ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or pipe: do not squeeze 13 columns into 80 characters
+            console = Console(width=220)
+    m = report["machine"]
+    t = Table(title=f"edgeseg bench — {m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m['gpu'] else ''}, "
+                    f"{report['settings']['frames']} frames of {report['settings']['source']}", title_justify="left")
+    for col in ("model", "backend", "prec", "params M", "GFLOPs", "model ms p50/p90/p99", "model FPS",
+                "e2e FPS", "e2e ms p50/p99", "stages p50 ms dec/pre/inf/post/sink", "RSS MB", "x eager", "x naive"):
+        t.add_column(col, justify="left" if col in ("model", "backend", "prec") else "right")
+    for r in report["results"]:
+        if "skipped" in r:
+            t.add_row(r["name"], r["backend_requested"], r["precision_requested"],
+                      f"[yellow]skipped: {r['skipped']}[/]", *[""] * 9)
+            continue
+        mo, pl = r["model_only_ms"], r["pipeline"]
+        st = "/".join(_fmt(pl["stages_ms"][s]["p50"]) for s in STAGES)
+        ra = r["ratios"]
+        t.add_row(r["name"], r["backend"], r["precision"], _fmt(r["params"] / 1e6 if r["params"] else None, 2),
+                  _fmt(r["gflops"], 2), f"{mo['p50']:.1f}/{mo['p90']:.1f}/{mo['p99']:.1f}",
+                  _fmt(mo["throughput_fps"]), _fmt(pl["fps"]),
+                  f"{pl['latency_ms']['p50']:.1f}/{pl['latency_ms']['p99']:.1f}", st, _fmt(r["peak_rss_mb"], 0),
+                  _fmt(ra["model_only_vs_torch_eager"], 2), _fmt(ra["pipeline_fps_vs_naive_loop"], 2))
+    for model, base in report["baselines"].items():
+        name = os.path.splitext(os.path.basename(model))[0]
+        if "torch_eager_ms" in base:
+            e = base["torch_eager_ms"]
+            t.add_row(name, "[dim]PyTorch eager[/]", "fp32", "", "", f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f}",
+                      _fmt(e["throughput_fps"]), "", "", "", "", "1.00", "")
+        if base.get("naive_loop", {}).get("latency_ms"):
+            n = base["naive_loop"]
+            t.add_row(name, "[dim]naive loop[/]", "fp32", "", "", "", "", _fmt(n["fps"]),
+                      f"{n['latency_ms']['p50']:.1f}/{n['latency_ms']['p99']:.1f}", "", "", "", "1.00")
+    console.print(t)
+
+
+def _histograms(ax, report: dict[str, Any], samples: dict[str, list[float]]) -> None:
+    for label, vals in samples.items():
+        ax.hist(vals, bins=40, alpha=0.55, label=label)
+    ax.set_xlabel("model-only latency (ms)")
+    ax.set_ylabel("calls")
+    ax.set_title("model-only latency")
+    if samples:
+        ax.legend(fontsize=7)
+
+
+def _stage_bars(ax, report: dict[str, Any]) -> None:
+    rows = [r for r in report["results"] if "skipped" not in r]
+    labels = [_label(r) for r in rows]
+    left = [0.0] * len(rows)
+    for stage in STAGES:
+        vals = [r["pipeline"]["stages_ms"][stage]["p50"] for r in rows]
+        ax.barh(labels, vals, left=left, label=stage)
+        left = [a + b for a, b in zip(left, vals)]
+    for i, r in enumerate(rows):
+        ax.text(left[i], i, f"  {r['pipeline']['fps']:.1f} FPS", va="center", fontsize=7)
+    ax.set_xlabel("p50 per stage (ms); stages overlap across threads")
+    ax.set_title("end-to-end pipeline")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def write_plot(report: dict[str, Any], path: str | os.PathLike, samples: dict[str, list[float]] | None = None) -> None:
+    """Latency histogram (from ``samples``: label -> model-only ms; else each result's percentiles
+    as points) and stacked per-stage bars; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeseg._io import atomic_path
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    if samples is None:
+        samples = {_label(r): r.get("model_only_samples_ms", []) for r in report["results"] if "skipped" not in r}
+    _histograms(a, report, {k: v for k, v in samples.items() if v})
+    _stage_bars(b, report)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and mIoU (higher),
+    in order of latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def write_zoo_plot(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """mIoU against model-only latency, one point per model and size, the Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeseg._io import atomic_path
+
+    pts = [r for r in rows if r.get("miou") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xy = [(r["latency_ms_p50"], r["miou"]) for r in pts]
+    ax.scatter([p[0] for p in xy], [p[1] for p in xy])
+    for r, (x, y) in zip(pts, xy):
+        ax.annotate(f"{r['model']} {r['size']}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = pareto_front(xy)
+    if front:
+        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="gray", label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("model-only latency p50 (ms)")
+    ax.set_ylabel("val mIoU")
+    ax.set_title("edgeseg zoo: accuracy against latency")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

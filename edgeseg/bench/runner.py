@@ -1,0 +1,332 @@
+"""``edgeseg bench``: every model x backend x precision measured the same way, with its baselines.
+
+For each configuration, in a fresh process (so peak memory is its own):
+
+- params and GFLOPs (of the file that runs);
+- model-only latency (p50/p90/p99, throughput) of ``backend.infer`` on a preprocessed frame;
+- the end-to-end pipeline (:class:`~edgeseg.runtime.stream.StreamPipeline`, every-frame mode, the
+  overlay recorded to an mp4): FPS, latency p50/p99 from capture, per-stage p50/p99;
+- peak RSS (and device memory on a GPU).
+
+Per model, also in its own process, the baselines: the naive single-thread loop on the same source
+and frames, PyTorch eager (when the checkpoint is known) and, for engines, TensorRT GPU compute time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError, did_you_mean
+
+PRECISIONS = ("fp32", "fp16", "int8")
+SCHEMA = "edgeseg-bench-v1"
+
+
+@dataclass
+class BenchConfig:
+    """What ``edgeseg bench`` takes."""
+
+    models: list[str]
+    backends: list[str] = field(default_factory=lambda: ["auto"])
+    precisions: list[str] | None = None  # None: each file's own (a checkpoint: fp32)
+    source: str = "synthetic"
+    frames: int = 200
+    warmup: int = 20
+    device: str = "auto"
+    calib: str | None = None  # INT8 calibration frames; default: the checkpoint's training data
+    baselines: bool = True
+    isolate: bool = True  # one process per configuration (honest peak RSS)
+
+
+class Skip(Exception):
+    """A configuration that cannot run here; the reason goes in the report."""
+
+
+def normalise_source(source: str) -> str:
+    """``synthetic`` benchmarks unpaced at 960x540 (the dash-cam size); files must exist."""
+    if source == "synthetic":
+        return "synthetic:960x540@0"
+    if source.startswith("synthetic:"):
+        return source if "@" in source else source + "@0"
+    if "://" not in source and "!" not in source and not Path(source).exists():
+        raise EdgesegError(f"bench source not found: {source}; pass a video file or 'synthetic'")
+    return source
+
+
+def _natural_backend(path: Path) -> str:
+    return {".onnx": "ort", ".engine": "trt", ".plan": "trt"}.get(path.suffix.lower(), "ort")
+
+
+def _file_precision(path: Path) -> str:
+    if path.suffix.lower() in (".pt", ".pth"):
+        return "fp32"
+    if path.suffix.lower() == ".onnx":
+        from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+        return read_onnx_spec(path).precision
+    from edgeseg.export.tensorrt import read_sidecar
+
+    return read_sidecar(path)["spec"].get("precision", "fp32")
+
+
+class Artifacts:
+    """Derives the file each configuration runs (exports, quantizes, builds engines) once, in a
+    work folder that lives as long as the bench run."""
+
+    def __init__(self, work: Path, calib: str | None) -> None:
+        self.work, self.calib = work, calib
+        self._cache: dict[tuple, Path] = {}
+
+    def _dir(self, model: Path) -> Path:
+        d = self.work / f"{len(self._cache)}_{model.stem}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def fp32_onnx(self, model: Path) -> Path:
+        from edgeseg.bench.baselines import checkpoint_for
+        from edgeseg.export.onnx import export_onnx
+
+        if model.suffix.lower() == ".onnx" and _file_precision(model) == "fp32":
+            return model
+        key = ("fp32", model)
+        if key not in self._cache:
+            ckpt = checkpoint_for(model)
+            if ckpt is None:
+                raise Skip(f"no FP32 ONNX or checkpoint known for {model.name}")
+            self._cache[key] = Path(export_onnx(ckpt, self._dir(model))["path"])
+        return self._cache[key]
+
+    def file_for(self, model: Path, backend: str, precision: str) -> Path:
+        from edgeseg.bench.baselines import checkpoint_for
+
+        own = _file_precision(model)
+        if backend == "torch":
+            ckpt = checkpoint_for(model)
+            if precision != "fp32" or ckpt is None:
+                raise Skip("the torch backend runs FP32 checkpoints only")
+            return ckpt
+        if model.suffix.lower() != ".pt" and precision == own and _natural_backend(model) == backend:
+            return model
+        key = (precision, backend, model)
+        if key in self._cache:
+            return self._cache[key]
+        if precision == "fp32":
+            onnx = self.fp32_onnx(model)
+        elif precision == "fp16":
+            from edgeseg.export.onnx import export_onnx
+
+            ckpt = checkpoint_for(model)
+            if ckpt is None:
+                raise Skip("FP16 export needs the checkpoint (.pt)")
+            onnx = Path(export_onnx(ckpt, self._dir(model), fp16=True)["path"])
+        else:
+            from edgeseg.compress.quantize import quantize_int8
+            from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+            fp32 = self.fp32_onnx(model)
+            calib = self.calib or read_onnx_spec(fp32).source.get("dataset")
+            if not calib:
+                raise Skip("INT8 needs calibration frames: pass --calib SPEC|DIR|VIDEO")
+            target = "trt" if backend == "trt" else "cpu"
+            onnx = self._dir(model) / f"model.int8-{target}.onnx"
+            quantize_int8(fp32, onnx, calib, 64, "minmax", target)
+        if backend == "trt":
+            from edgeseg.export.tensorrt import build_engine
+
+            engine = onnx.with_suffix(".engine")
+            build_engine(onnx, engine)
+            onnx = engine
+        self._cache[key] = onnx
+        return onnx
+
+
+# ---------------------------------------------------------------------------- in the child process
+
+
+def _first_frame(source: str):
+    from edgeseg.runtime.sources import open_source
+
+    with open_source(source, max_frames=1) as src:
+        f = src.read()
+    if f is None:
+        raise EdgesegError(f"bench source {source} gave no frame")
+    return f.image
+
+
+def measure_config(path: str, backend: str, device: str, source: str, frames: int, warmup: int) -> dict[str, Any]:
+    """Model-only and end-to-end figures of one model file on one backend (run in a fresh process)."""
+    from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb, summarize, time_calls
+    from edgeseg.runtime import kernels
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.sinks import VideoSink
+    from edgeseg.runtime.stream import StreamPipeline
+
+    rss_start = rss_mb()
+    seg = Segmenter(path, backend=backend, device=device)
+    spec = seg.spec
+    frame = _first_frame(source)
+    x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
+    if hasattr(seg.backend, "in_dtype"):
+        x = x.astype(seg.backend.in_dtype)
+    samples = time_calls(lambda: seg.backend.infer(x), warmup, frames)
+    model_only = summarize(samples)
+    for _ in range(min(warmup, 5)):
+        seg(frame, overlay_alpha=0.5)
+    with tempfile.TemporaryDirectory() as d:
+        pipe = StreamPipeline(seg, [source], [VideoSink(Path(d) / "out.mp4")], mode="every-frame",
+                              max_frames=frames)
+        report = pipe.run()
+    complexity = _complexity(Path(path), spec)
+    res = {
+        "backend": seg.backend.name, "device": seg.backend.device, "kernels": seg.kernels,
+        "precision": spec.precision, "input_size": list(spec.input_hw), **complexity,
+        "model_only_ms": model_only, "model_only_samples_ms": [round(v, 4) for v in samples],
+        "pipeline": {"fps": report["fps"], "frames": report["frames_out"],
+                     "latency_ms": {k: report["latency_ms"][k] for k in ("p50", "p99")},
+                     "stages_ms": report["stages_ms"]},
+        "peak_rss_mb": peak_rss_mb(), "rss_before_model_mb": rss_start, "gpu_mem_mb": gpu_memory_mb(),
+    }
+    if seg.backend.name == "tensorrt":
+        from edgeseg.bench.baselines import tensorrt_compute
+
+        res["tensorrt_compute_ms"] = tensorrt_compute(seg.backend, warmup, frames)
+    return res
+
+
+def _complexity(path: Path, spec) -> dict[str, Any]:
+    from edgeseg.bench.measure import onnx_complexity
+
+    if path.suffix.lower() == ".onnx":
+        return onnx_complexity(path)
+    if path.suffix.lower() in (".pt", ".pth"):
+        from edgeseg.models.complexity import count_gflops, count_params
+        from edgeseg.train.checkpoint import load_model
+
+        model, _, _ = load_model(path, "cpu")
+        return {"params": count_params(model), "gflops": round(count_gflops(model, spec.input_hw), 4)}
+    onnx = next((p for p in (path.with_suffix(".onnx"),) if p.is_file()), None)
+    return onnx_complexity(onnx) if onnx else {"params": None, "gflops": None}
+
+
+def measure_baselines(model: str, fp32_onnx: str | None, source: str, frames: int, warmup: int,
+                      device: str) -> dict[str, Any]:
+    """The naive loop (CPU, FP32 ONNX) and PyTorch eager for one model (run in a fresh process)."""
+    from edgeseg.bench.baselines import checkpoint_for, naive_loop, torch_eager
+
+    out: dict[str, Any] = {}
+    if fp32_onnx:
+        with tempfile.TemporaryDirectory() as d:
+            out["naive_loop"] = naive_loop(fp32_onnx, source, frames, Path(d) / "naive.mp4", warmup=min(warmup, 5))
+    ckpt = checkpoint_for(model)
+    if ckpt is not None:
+        dev = "cuda" if device.startswith("cuda") or (device == "auto" and _cuda()) else "cpu"
+        out["torch_eager_ms"] = torch_eager(ckpt, warmup, frames, dev)
+    return out
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------- orchestration
+
+
+def _call(isolate: bool, fn, *args):
+    if not isolate:
+        return fn(*args)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
+def machine_info() -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "os": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "numpy": np.__version__}
+
+
+def _ratios(res: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    mo = res["model_only_ms"]["p50"]
+    eager = base.get("torch_eager_ms", {}).get("p50")
+    naive = base.get("naive_loop", {}).get("fps")
+    trt = res.get("tensorrt_compute_ms", {}).get("p50")
+    return {"model_only_vs_torch_eager": round(eager / mo, 3) if eager and mo else None,
+            "pipeline_fps_vs_naive_loop": round(res["pipeline"]["fps"] / naive, 3) if naive else None,
+            "model_only_vs_tensorrt_compute": round(trt / mo, 3) if trt and mo else None}
+
+
+def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
+    """Measure every configuration of ``cfg``; returns the report (schema ``edgeseg-bench-v1``)."""
+    from edgeseg.runtime.backends import BACKENDS
+
+    if not cfg.models:
+        raise EdgesegError("give at least one model (.pt, .onnx or .engine)")
+    if cfg.frames < 1 or cfg.warmup < 0:
+        raise EdgesegError("--frames must be at least 1 and --warmup at least 0")
+    for b in cfg.backends:
+        if b not in BACKENDS:
+            raise EdgesegError(f"unknown backend '{b}'{did_you_mean(b, BACKENDS)}; choose from {', '.join(BACKENDS)}")
+    for p in cfg.precisions or []:
+        if p not in PRECISIONS:
+            raise EdgesegError(f"unknown precision '{p}'{did_you_mean(p, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
+    models = [Path(m) for m in cfg.models]
+    for m in models:
+        if not m.is_file():
+            raise EdgesegError(f"model not found: {m}; pass a .pt, .onnx or .engine file")
+    source = normalise_source(cfg.source)
+    results, baselines = [], {}
+    with tempfile.TemporaryDirectory(prefix="edgeseg-bench-") as work:
+        arts = Artifacts(Path(work), cfg.calib)
+        for m in models:
+            precisions = cfg.precisions or [_file_precision(m)]
+            backends = [_natural_backend(m) if b == "auto" else b for b in cfg.backends]
+            if cfg.baselines:
+                try:
+                    fp32 = str(arts.fp32_onnx(m))
+                except Skip:
+                    fp32 = None
+                progress(f"baselines for {m.name}: naive loop, PyTorch eager")
+                baselines[str(m)] = _call(cfg.isolate, measure_baselines, str(m), fp32, source, cfg.frames,
+                                          cfg.warmup, cfg.device)
+            for backend in dict.fromkeys(backends):
+                for precision in precisions:
+                    row: dict[str, Any] = {"model": str(m), "name": m.stem, "backend_requested": backend,
+                                           "precision_requested": precision}
+                    try:
+                        path = arts.file_for(m, backend, precision)
+                        progress(f"{m.name} [{backend}, {precision}]: {cfg.frames} frames")
+                        row.update(_call(cfg.isolate, measure_config, str(path), backend, cfg.device, source,
+                                         cfg.frames, cfg.warmup))
+                        derived = str(path).startswith(work)  # exported/quantized/built for this run
+                        row["file"] = f"{path.name} (derived from {m.name})" if derived else str(path)
+                        row["ratios"] = _ratios(row, baselines.get(str(m), {}))
+                    except (Skip, EdgesegError) as e:
+                        row["skipped"] = str(e)
+                    results.append(row)
+    return {"schema": SCHEMA, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
+            "settings": {**asdict(cfg), "source": source}, "baselines": baselines, "results": results}

@@ -1,0 +1,185 @@
+"""Quantization-aware fine-tuning with ``torch.ao.quantization`` fake-quant modules.
+
+Why torch.ao: its ``FakeQuantize`` + observers ship with the pinned PyTorch (no new dependency),
+run on CPU, have straight-through gradients, and can be set to exactly the integer grids ONNX
+Runtime's quantizer writes (symmetric INT8 [-127, 127] per-channel weights; symmetric INT8 or
+asymmetric UINT8 per-tensor activations). NVIDIA Model Optimizer does the same for TensorRT but
+pulls in a dozen packages and targets CUDA; its advantage (TensorRT-specific Q/DQ placement) does
+not apply to these conv-only graphs.
+
+The fake quantization mirrors what :func:`edgeseg.compress.quantize.quantize_int8` exports: every
+convolution's input (per tensor) and its weight *after* batch-norm folding (per output channel),
+because the exported ONNX has BN folded into the convolutions. BN statistics are frozen during
+QAT (the usual recipe for a short fine-tune) so the folding is exact. Afterwards the original
+Conv/BN modules — now trained — are put back, the checkpoint is an ordinary one, and the export
+writes its Q/DQ ONNX with the same calibration path as PTQ.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeseg.errors import EdgesegError
+
+
+def _fake_quant(per_channel: bool, symmetric: bool) -> nn.Module:
+    from torch.ao.quantization import (
+        FakeQuantize,
+        MovingAverageMinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+
+    if per_channel:  # weights: symmetric INT8 per output channel, as ONNX Runtime writes them
+        return FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+                            qscheme=torch.per_channel_symmetric, ch_axis=0)
+    if symmetric:  # TensorRT activations: symmetric INT8, zero point 0
+        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-127, quant_max=127,
+                            dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                        qscheme=torch.per_tensor_affine)
+
+
+class QuantConv2d(nn.Module):
+    """A ``Conv2d`` (and the frozen ``BatchNorm2d`` after it, folded in) with fake-quantized
+    input and weight. Holds references to the original modules, whose parameters it trains."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, symmetric_act: bool) -> None:
+        super().__init__()
+        self.conv, self.bn = conv, bn
+        self.input_fq = _fake_quant(False, symmetric_act)
+        self.weight_fq = _fake_quant(True, True)
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w, b = self.conv.weight, self.conv.bias
+        if self.bn is None:
+            return w, b
+        bn = self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        if b is not None:
+            bias = bias + b * scale
+        return w * scale.reshape(-1, 1, 1, 1), bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self._folded()
+        c = self.conv
+        return F.conv2d(self.input_fq(x), self.weight_fq(w), b, c.stride, c.padding, c.dilation, c.groups)
+
+
+def prepare_qat(model: nn.Module, target: str = "trt") -> list[tuple]:
+    """Swap every convolution of ``model`` for a :class:`QuantConv2d` (in place).
+
+    A Conv2d followed by a BatchNorm2d in the same ``nn.Sequential`` is folded with it. Returns
+    what :func:`restore` needs to put the original modules back.
+    """
+    symmetric = target == "trt"
+    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module | None, str | None]] = []
+    for parent in list(model.modules()):
+        if isinstance(parent, QuantConv2d):
+            continue
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            child = parent._modules[name]
+            if not isinstance(child, nn.Conv2d):
+                continue
+            nxt = names[i + 1] if i + 1 < len(names) else None
+            bn = parent._modules[nxt] if isinstance(parent, nn.Sequential) and nxt else None
+            if isinstance(bn, nn.BatchNorm2d):
+                swaps.append((parent, name, child, bn, nxt))
+            else:
+                swaps.append((parent, name, child, None, None))
+    for parent, name, conv, bn, bn_name in swaps:
+        parent._modules[name] = QuantConv2d(conv, bn, symmetric)
+        if bn_name is not None:
+            parent._modules[bn_name] = nn.Identity()
+    return swaps  # type: ignore[return-value]
+
+
+def restore(swaps) -> None:
+    """Put the original (now fine-tuned) Conv2d/BatchNorm2d modules back."""
+    for parent, name, conv, bn, bn_name in swaps:
+        parent._modules[name] = conv
+        if bn_name is not None:
+            parent._modules[bn_name] = bn
+
+
+def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.PathLike, epochs: int = 2,
+                 target: str = "trt", lr: float = 2e-4, batch_size: int = 4, device: str = "auto",
+                 observe_frac: float = 0.1, quiet: bool = False) -> dict[str, Any]:
+    """Fine-tune ``checkpoint`` under fake quantization for ``epochs`` on ``data``; writes the
+    trained float checkpoint to ``out_path`` and returns its val mIoU under fake quantization.
+
+    Observers track ranges for the first ``observe_frac`` of the steps, then freeze, so the last
+    steps train against fixed quantization grids (as the deployed model has).
+    """
+    from rich.console import Console
+    from torch.utils.data import DataLoader
+
+    from edgeseg.data import EvalTransform, TrainTransform, build_dataset
+    from edgeseg.train.checkpoint import load_model, save_checkpoint
+    from edgeseg.train.losses import build_loss
+    from edgeseg.train.trainer import default_crop, resolve_device, validate
+
+    if epochs < 1:
+        raise EdgesegError("--epochs for --qat must be at least 1")
+    console = Console(stderr=True, quiet=quiet)
+    dev = resolve_device(device)
+    model, spec, ckpt = load_model(checkpoint, "cpu")
+    train_set, val_set = build_dataset(data, "train"), build_dataset(data, "val")
+    if list(train_set.info.classes) != list(spec.classes):
+        raise EdgesegError(f"{checkpoint} predicts {spec.classes[:3]}... but {data} has "
+                           f"{list(train_set.info.classes)[:3]}...; fine-tune on the dataset the model was trained on")
+    mean, std = spec.input.mean, spec.input.std
+    train_set.transform = TrainTransform(default_crop(spec.input_hw), scale=(0.5, 1.75),
+                                         ignore_index=spec.ignore_index, mean=mean, std=std, base_hw=spec.input_hw)
+    val_set.transform = EvalTransform(spec.input_hw, mean=mean, std=std)
+    if len(train_set) <= 2000:
+        train_set.preload()
+        val_set.preload()
+    loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=len(train_set) >= batch_size)
+    val_loader = DataLoader(val_set, 1)
+
+    swaps = prepare_qat(model, target)
+    model.to(dev)
+    criterion = build_loss("ce+dice", spec.ignore_index).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    total = epochs * len(loader)
+    observe_until = max(1, int(observe_frac * total))
+    step, t0 = 0, time.perf_counter()
+    console.print(f"[bold]QAT[/] {spec.arch} ({target}): {epochs} epochs x {len(loader)} steps on {data}, lr {lr}")
+    for epoch in range(epochs):
+        model.train()
+        for m in model.modules():  # frozen BN: folding uses the running statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        loss_sum = 0.0
+        for img, mask in loader:
+            if step == observe_until:
+                model.apply(torch.ao.quantization.disable_observer)
+            for g in optimizer.param_groups:  # cosine from lr to 0
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = criterion(model(img.to(dev)), mask.to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            step += 1
+        console.print(f"QAT epoch {epoch + 1}/{epochs}: loss {loss_sum / len(loader):.4f} "
+                      f"({time.perf_counter() - t0:.0f} s)")
+    fq_miou = validate(model, val_loader, spec.num_classes, spec.ignore_index, dev).miou
+    restore(swaps)
+    model.to("cpu").eval()
+    out_spec = replace(spec, source={**spec.source, "qat": {"from": str(checkpoint), "data": data,
+                                                            "epochs": epochs, "target": target}})
+    save_checkpoint(out_path, model, out_spec, ckpt.get("model_kwargs", {}))
+    return {"checkpoint": str(out_path), "fake_quant_val_miou": round(float(fq_miou), 4),
+            "epochs": epochs, "steps": step, "seconds": round(time.perf_counter() - t0, 1)}
