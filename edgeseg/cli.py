@@ -82,7 +82,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task("evaluating", total=None)
         res = evaluate(a.model, a.data, a.split, a.backend, a.device, a.hd95, a.limit,
-                       progress=lambda i, n: bar.update(task, completed=i, total=n))
+                       progress=lambda i, n: bar.update(task, completed=i, total=n), exact_qdq=a.exact_qdq)
     rows = [[c, iou, res["per_class_dice"][c]] + ([res["per_class_hd95"][c]] if a.hd95 else [])
             for c, iou in res["per_class_iou"].items()]
     rows.append(["mean", res["miou"], res["mean_dice"]] + ([""] if a.hd95 else []))
@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--hd95", action="store_true", help="also per-class 95%% Hausdorff distance")
     e.add_argument("--limit", type=int, help="evaluate only the first N images")
+    e.add_argument("--exact-qdq", action="store_true",
+                   help="INT8 ONNX: run Q/DQ nodes as written (what TensorRT computes) instead of ONNX Runtime's "
+                        "fused CPU integer kernels")
     e.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
     e.set_defaults(func=cmd_eval)
 

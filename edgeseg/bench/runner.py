@@ -212,8 +212,8 @@ def _complexity(path: Path, spec) -> dict[str, Any]:
 
         model, _, _ = load_model(path, "cpu")
         return {"params": count_params(model), "gflops": round(count_gflops(model, spec.input_hw), 4)}
-    onnx = next((p for p in (path.with_suffix(".onnx"),) if p.is_file()), None)
-    return onnx_complexity(onnx) if onnx else {"params": None, "gflops": None}
+    onnx = path.with_suffix(".onnx")  # an engine: count the ONNX it was built from, when it is beside it
+    return onnx_complexity(onnx) if onnx.is_file() else {"params": None, "gflops": None}
 
 
 def measure_baselines(model: str, fp32_onnx: str | None, source: str, frames: int, warmup: int,

@@ -2,8 +2,8 @@
 
 Why torch.ao: its ``FakeQuantize`` + observers ship with the pinned PyTorch (no new dependency),
 run on CPU, have straight-through gradients, and can be set to exactly the integer grids ONNX
-Runtime's quantizer writes (symmetric INT8 [-127, 127] per-channel weights; symmetric INT8 or
-asymmetric UINT8 per-tensor activations). NVIDIA Model Optimizer does the same for TensorRT but
+Runtime's quantizer writes (per-channel symmetric weights, per-tensor activations, on the grids
+of each ``--target``: see ``_GRIDS``). NVIDIA Model Optimizer does the same for TensorRT but
 pulls in a dozen packages and targets CUDA; its advantage (TensorRT-specific Q/DQ placement) does
 not apply to these conv-only graphs.
 
@@ -29,21 +29,26 @@ import torch.nn.functional as F
 
 from edgeseg.errors import EdgesegError
 
+# Integer grids of ONNX Runtime's quantizer per target (quant_utils.get_qmin_qmax_for_qType):
+# trt: symmetric INT8 [-127, 127]; cpu: 7-bit ("reduce range") INT8 weights [-64, 64], UINT8 activations [0, 255].
+_GRIDS = {"trt": {"weight": (-127, 127), "act": (-127, 127)}, "cpu": {"weight": (-64, 64), "act": (0, 255)}}
 
-def _fake_quant(per_channel: bool, symmetric: bool) -> nn.Module:
+
+def _fake_quant(kind: str, target: str) -> nn.Module:
     from torch.ao.quantization import (
         FakeQuantize,
         MovingAverageMinMaxObserver,
         PerChannelMinMaxObserver,
     )
 
-    if per_channel:  # weights: symmetric INT8 per output channel, as ONNX Runtime writes them
-        return FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+    lo, hi = _GRIDS[target][kind]
+    if kind == "weight":  # symmetric, per output channel
+        return FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=lo, quant_max=hi, dtype=torch.qint8,
                             qscheme=torch.per_channel_symmetric, ch_axis=0)
-    if symmetric:  # TensorRT activations: symmetric INT8, zero point 0
-        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-127, quant_max=127,
+    if target == "trt":  # TensorRT activations: symmetric, zero point 0
+        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=lo, quant_max=hi,
                             dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=lo, quant_max=hi, dtype=torch.quint8,
                         qscheme=torch.per_tensor_affine)
 
 
@@ -51,11 +56,13 @@ class QuantConv2d(nn.Module):
     """A ``Conv2d`` (and the frozen ``BatchNorm2d`` after it, folded in) with fake-quantized
     input and weight. Holds references to the original modules, whose parameters it trains."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, symmetric_act: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, target: str = "trt") -> None:
         super().__init__()
+        if target not in _GRIDS:
+            raise EdgesegError(f"unknown --target '{target}'; choose trt or cpu")
         self.conv, self.bn = conv, bn
-        self.input_fq = _fake_quant(False, symmetric_act)
-        self.weight_fq = _fake_quant(True, True)
+        self.input_fq = _fake_quant("act", target)
+        self.weight_fq = _fake_quant("weight", target)
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         w, b = self.conv.weight, self.conv.bias
@@ -80,7 +87,6 @@ def prepare_qat(model: nn.Module, target: str = "trt") -> list[tuple]:
     A Conv2d followed by a BatchNorm2d in the same ``nn.Sequential`` is folded with it. Returns
     what :func:`restore` needs to put the original modules back.
     """
-    symmetric = target == "trt"
     swaps: list[tuple[nn.Module, str, nn.Module, nn.Module | None, str | None]] = []
     for parent in list(model.modules()):
         if isinstance(parent, QuantConv2d):
@@ -97,7 +103,7 @@ def prepare_qat(model: nn.Module, target: str = "trt") -> list[tuple]:
             else:
                 swaps.append((parent, name, child, None, None))
     for parent, name, conv, bn, bn_name in swaps:
-        parent._modules[name] = QuantConv2d(conv, bn, symmetric)
+        parent._modules[name] = QuantConv2d(conv, bn, target)
         if bn_name is not None:
             parent._modules[bn_name] = nn.Identity()
     return swaps  # type: ignore[return-value]

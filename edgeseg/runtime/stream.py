@@ -248,7 +248,15 @@ class StreamPipeline:
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        return [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads) for _ in range(workers)]
+        backends = [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads) for _ in range(workers)]
+        # ONNX Runtime allocates its arena and picks kernels on the first run: do that now, not on
+        # the first frames (they would show it as a latency spike).
+        import numpy as np
+
+        x = np.zeros((1, 3, *self.seg.spec.input_hw), np.float32)
+        for be in backends:
+            be.infer(x)
+        return backends
 
     def _inference(self, backend) -> None:
         self._single_threaded_kernels()

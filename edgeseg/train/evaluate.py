@@ -16,7 +16,7 @@ from edgeseg.train.metrics import ConfusionMatrix, HD95Meter
 
 def evaluate(model_path: str | os.PathLike, data: str, split: str = "val", backend: str = "auto",
              device: str = "auto", with_hd95: bool = False, limit: int | None = None,
-             progress=None) -> dict[str, Any]:
+             progress=None, exact_qdq: bool = False) -> dict[str, Any]:
     """Confusion-matrix metrics at label resolution; logits are resized bilinearly before argmax.
 
     The same preprocessing as deployment (``kernels.preprocess``) is used, so the figure is what
@@ -24,7 +24,7 @@ def evaluate(model_path: str | os.PathLike, data: str, split: str = "val", backe
     """
     from edgeseg.data import build_dataset
 
-    runner = load_backend(model_path, backend, device)
+    runner = load_backend(model_path, backend, device, **({"exact_qdq": True} if exact_qdq else {}))
     spec = runner.spec
     dataset = build_dataset(data, split)
     if list(dataset.info.classes) != list(spec.classes):
@@ -53,7 +53,7 @@ def evaluate(model_path: str | os.PathLike, data: str, split: str = "val", backe
     metrics.update({
         "model": str(model_path), "backend": runner.name, "device": runner.device, "data": data,
         "split": split, "images": n, "input_size": list(spec.input_hw),
-        "infer_ms_mean": round(t_infer / max(1, n) * 1e3, 3),
+        "infer_ms_mean": round(t_infer / max(1, n) * 1e3, 3), "exact_qdq": exact_qdq,
     })
     if hd is not None:
         metrics["per_class_hd95"] = dict(zip(spec.classes, hd.compute()))

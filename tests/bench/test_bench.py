@@ -125,3 +125,18 @@ def test_zoo_covers_every_registered_model_with_miou_where_trained(tiny_run, tmp
     rows["bisenetv2"]["miou"] = 0.3  # a second trained point, to draw a front
     write_zoo_plot(list(rows.values()), tmp_path / "zoo.png")
     assert (tmp_path / "zoo.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.gpu
+def test_bench_on_the_gpu_reports_device_memory_and_tensorrt_compute_where_installed(tiny_run):
+    import importlib.util
+
+    backends = ["torch"] + (["trt"] if importlib.util.find_spec("tensorrt") else [])
+    rep = run_bench(BenchConfig(models=[str(tiny_run / "best.pt")], backends=backends, source="synthetic:256x128",
+                                frames=10, warmup=2, device="cuda"), progress=lambda _m: None)
+    rows = {r["backend_requested"]: r for r in rep["results"]}
+    assert rows["torch"]["device"].startswith("cuda") and rows["torch"]["gpu_mem_mb"] > 0
+    assert rep["machine"]["gpu"]
+    if "trt" in rows:
+        assert rows["trt"]["tensorrt_compute_ms"]["p50"] > 0
+        assert rows["trt"]["ratios"]["model_only_vs_tensorrt_compute"] > 0

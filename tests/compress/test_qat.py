@@ -45,15 +45,15 @@ def test_prepare_folds_bn_exactly_and_restore_puts_the_model_back(name):
     assert list(model.state_dict()) == keys
 
 
-@pytest.mark.parametrize("target, lo, hi", [("trt", -127, 127), ("cpu", 0, 255)])
-def test_fake_quant_uses_the_grids_onnx_runtime_writes(target, lo, hi):
+@pytest.mark.parametrize("target, lo, hi, w_max", [("trt", -127, 127, 127), ("cpu", 0, 255, 64)])
+def test_fake_quant_uses_the_grids_onnx_runtime_writes(target, lo, hi, w_max):
     conv, bn = nn.Conv2d(4, 6, 3, bias=False), nn.BatchNorm2d(6).eval()
-    q = QuantConv2d(conv, bn, symmetric_act=target == "trt").train()
+    q = QuantConv2d(conv, bn, target).train()
     x = torch.randn(2, 4, 8, 8) * 3 + (2 if target == "cpu" else 0)
     q(x)
     w, _ = q._folded()
     absmax = w.detach().abs().amax((1, 2, 3))
-    torch.testing.assert_close(q.weight_fq.scale, absmax / 127)  # symmetric per-channel INT8
+    torch.testing.assert_close(q.weight_fq.scale, absmax / w_max)  # symmetric per-channel INT8 (7-bit for cpu)
     assert not q.weight_fq.zero_point.any()
     assert (q.input_fq.quant_min, q.input_fq.quant_max) == (lo, hi)
     if target == "trt":

@@ -62,13 +62,17 @@ def test_int8_model_runs_and_tracks_fp32(int8_trt, tiny_onnx):
     assert Segmenter(int8_trt[0])(np.zeros((50, 70, 3), np.uint8)).labels.shape == (50, 70)
 
 
-def test_cpu_flavour_uses_uint8_activations(tiny_onnx, tmp_path):
+def test_cpu_flavour_is_u8s8_with_7_bit_weights(tiny_onnx, tmp_path):
     out = tmp_path / "cpu.onnx"
     quantize_int8(tiny_onnx, out, "synthetic:4", count=4, target="cpu", method="percentile")
     g = onnx.load(str(out)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    act_zp = {inits[n.input[2]].dtype for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
-    assert act_zp == {np.dtype(np.uint8)}
+    act_zp = [inits[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert {z.dtype for z in act_zp} == {np.dtype(np.uint8)}
+    # 7-bit weights: no saturation in the U8 x S8 multiply-adds of x86 CPUs without VNNI
+    stored = [inits[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    weights = [w for w in stored if w.dtype == np.int8]  # (biases are int32)
+    assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)
 
 
 @pytest.mark.parametrize("kw,msg", [({"method": "kl"}, "unknown --calib-method"), ({"target": "gpu"}, "unknown --target"),
@@ -76,3 +80,14 @@ def test_cpu_flavour_uses_uint8_activations(tiny_onnx, tmp_path):
 def test_bad_options(tiny_onnx, tmp_path, kw, msg):
     with pytest.raises(EdgesegError, match=msg):
         quantize_int8(tiny_onnx, tmp_path / "x.onnx", "synthetic:2", **kw)
+
+
+def test_exact_qdq_eval_runs_the_nodes_as_written(int8_trt):
+    from edgeseg.runtime.backends import load_backend
+    from edgeseg.train.evaluate import evaluate
+
+    be = load_backend(int8_trt[0], "ort", "cpu", exact_qdq=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, *be.spec.input_hw)).astype(np.float32)
+    assert be.infer(x).shape[1] == be.spec.num_classes
+    res = evaluate(int8_trt[0], "synthetic:4", limit=2, exact_qdq=True)
+    assert res["exact_qdq"] is True and 0.0 <= res["miou"] <= 1.0

@@ -35,7 +35,7 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
     if kind == "ort":
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, device, **{k: v for k, v in options.items() if k in ("threads", "spin")})
+        return OnnxRuntimeBackend(path, device, **{k: v for k, v in options.items() if k in ("threads", "spin", "exact_qdq")})
     from edgeseg.runtime.backends.torch import TorchBackend
 
     return TorchBackend(path, device)

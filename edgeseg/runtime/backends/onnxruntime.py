@@ -40,7 +40,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 spin: bool = True) -> None:
+                 spin: bool = True, exact_qdq: bool = False) -> None:
         """``threads``: intra-op threads (default: one per core). ``spin=False`` lets idle pool
         threads sleep instead of busy-waiting: slower for back-to-back calls, but it leaves the
         cores to the other stages of a pipeline (decode, encode) between inferences."""
@@ -56,7 +56,11 @@ class OnnxRuntimeBackend:
                 raise EdgesegError("--device cuda needs onnxruntime-gpu (CUDA execution provider); "
                                    "pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --device cpu")
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # exact_qdq: no graph optimizations, so Q/DQ nodes run as written (quantize, dequantize,
+        # float op) instead of being fused into integer kernels: the arithmetic TensorRT does
+        # (int32 accumulation), free of the x86 U8S8 saturation that full-range S8 weights hit.
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if exact_qdq
+                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         if threads:
             opts.intra_op_num_threads = threads
         if not spin:

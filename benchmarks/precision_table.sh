@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Precision/accuracy table: FP32, FP16, INT8 post-training (TensorRT and CPU flavours) and INT8
+# quantization-aware ONNX of ONE checkpoint, each evaluated on CamVid val through the deployment
+# path, then ONNX Runtime CPU latency of all of them with `edgeseg bench` (same run).
+# Usage: benchmarks/precision_table.sh CKPT [OUT]      (~15 min on a 2-core CPU)
+set -euo pipefail
+CKPT=${1:?usage: benchmarks/precision_table.sh CKPT [OUT]}
+OUT=${2:-runs/precision}
+DATA=camvid:${CAMVID:-../shared/data/camvid}
+QAT_EPOCHS=${QAT_EPOCHS:-3}
+mkdir -p "$OUT"
+edgeseg export "$CKPT" --out "$OUT" --json "$OUT/export_fp32.json"                    # model.onnx
+edgeseg export "$CKPT" --out "$OUT" --fp16 --json "$OUT/export_fp16.json"             # model.fp16.onnx
+for t in trt cpu; do                                                                     # model.int8-T.onnx
+  edgeseg export "$CKPT" --out "$OUT" --int8 --calib "$DATA" --target "$t" --json "$OUT/export_int8_$t.json"
+  edgeseg export "$CKPT" --out "$OUT" --qat --data "$DATA" --epochs "$QAT_EPOCHS" --target "$t" \
+    --device cpu --json "$OUT/export_qat_$t.json"                                        # model.int8-qat-T.onnx
+done
+for m in model model.fp16 model.int8-trt model.int8-cpu model.int8-qat-trt model.int8-qat-cpu; do
+  edgeseg eval "$OUT/$m.onnx" --data "$DATA" --device cpu --json "$OUT/eval_$m.json"
+done
+for m in model.int8-trt model.int8-qat-trt; do   # what TensorRT computes: Q/DQ as written, int32 sums
+  edgeseg eval "$OUT/$m.onnx" --data "$DATA" --device cpu --exact-qdq --json "$OUT/eval_exact_$m.json"
+done
+edgeseg eval "$OUT/qat.pt" --data "$DATA" --device cpu --json "$OUT/eval_qat_fp32.json"   # last QAT run's float weights
+edgeseg bench "$OUT/model.onnx" "$OUT/model.int8-cpu.onnx" "$OUT/model.int8-qat-cpu.onnx" "$OUT/model.fp16.onnx" \
+  --no-baselines --frames 200 --json "$OUT/bench.json"
+python - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+bench = {r["file"].split("/")[-1]: r for r in json.load(open(f"{out}/bench.json"))["results"] if "skipped" not in r}
+fp32 = json.load(open(f"{out}/eval_model.json"))["miou"]
+print(f"{'model':24s} {'val mIoU':>9s} {'vs FP32':>8s} {'exact Q/DQ':>10s} {'vs FP32':>8s} {'ORT CPU p50 ms':>15s}")
+for m in ["model", "model.fp16", "model.int8-trt", "model.int8-cpu", "model.int8-qat-trt", "model.int8-qat-cpu"]:
+    miou = json.load(open(f"{out}/eval_{m}.json"))["miou"]
+    try:
+        ex = json.load(open(f"{out}/eval_exact_{m}.json"))["miou"]
+        exact = f"{ex:10.4f} {100 * (ex - fp32):+7.2f}pt"
+    except FileNotFoundError:
+        exact = f"{'-':>10s} {'':>8s}"
+    b = bench.get(f"{m}.onnx")
+    lat = f"{b['model_only_ms']['p50']:.2f}" if b else "-"
+    print(f"{m + '.onnx':24s} {miou:9.4f} {100 * (miou - fp32):+7.2f}pt {exact} {lat:>15s}")
+PY
