@@ -58,7 +58,7 @@ def print_table(report: dict[str, Any], console=None) -> None:
     console.print(t)
 
 
-def _histograms(ax, report: dict[str, Any], samples: dict[str, list[float]]) -> None:
+def _histograms(ax, samples: dict[str, list[float]]) -> None:
     for label, vals in samples.items():
         ax.hist(vals, bins=40, alpha=0.55, label=label)
     ax.set_xlabel("model-only latency (ms)")
@@ -84,8 +84,8 @@ def _stage_bars(ax, report: dict[str, Any]) -> None:
 
 
 def write_plot(report: dict[str, Any], path: str | os.PathLike, samples: dict[str, list[float]] | None = None) -> None:
-    """Latency histogram (from ``samples``: label -> model-only ms; else each result's percentiles
-    as points) and stacked per-stage bars; written atomically."""
+    """Model-only latency histograms (``samples``: label -> ms; by default each result's
+    ``model_only_samples_ms``) and stacked per-stage bars; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +96,7 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike, samples: dict[st
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
     if samples is None:
         samples = {_label(r): r.get("model_only_samples_ms", []) for r in report["results"] if "skipped" not in r}
-    _histograms(a, report, {k: v for k, v in samples.items() if v})
+    _histograms(a, {k: v for k, v in samples.items() if v})
     _stage_bars(b, report)
     fig.tight_layout()
     with atomic_path(path) as tmp:

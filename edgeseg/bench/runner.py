@@ -62,7 +62,12 @@ def normalise_source(source: str) -> str:
 
 
 def _natural_backend(path: Path) -> str:
-    return {".onnx": "ort", ".engine": "trt", ".plan": "trt"}.get(path.suffix.lower(), "ort")
+    """What ``--backend auto`` benches a file on: a checkpoint goes through its ONNX export (the
+    deployment path); PyTorch eager is its baseline."""
+    from edgeseg.runtime.backends import file_backend
+
+    kind = file_backend(path)
+    return "ort" if kind in (None, "torch") else kind
 
 
 def _file_precision(path: Path) -> str:
@@ -174,8 +179,6 @@ def measure_config(path: str, backend: str, device: str, source: str, frames: in
     spec = seg.spec
     frame = _first_frame(source)
     x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
-    if hasattr(seg.backend, "in_dtype"):
-        x = x.astype(seg.backend.in_dtype)
     samples = time_calls(lambda: seg.backend.infer(x), warmup, frames)
     model_only = summarize(samples)
     for _ in range(min(warmup, 5)):

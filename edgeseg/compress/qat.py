@@ -87,26 +87,22 @@ def prepare_qat(model: nn.Module, target: str = "trt") -> list[tuple]:
     A Conv2d followed by a BatchNorm2d in the same ``nn.Sequential`` is folded with it. Returns
     what :func:`restore` needs to put the original modules back.
     """
-    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module | None, str | None]] = []
-    for parent in list(model.modules()):
-        if isinstance(parent, QuantConv2d):
-            continue
+    swaps: list[tuple] = []  # (parent, conv name, conv, bn or None, bn name or None)
+    for parent in list(model.modules()):  # listed before any swap
         names = list(parent._modules)
         for i, name in enumerate(names):
-            child = parent._modules[name]
-            if not isinstance(child, nn.Conv2d):
+            conv = parent._modules[name]
+            if not isinstance(conv, nn.Conv2d):
                 continue
-            nxt = names[i + 1] if i + 1 < len(names) else None
-            bn = parent._modules[nxt] if isinstance(parent, nn.Sequential) and nxt else None
-            if isinstance(bn, nn.BatchNorm2d):
-                swaps.append((parent, name, child, bn, nxt))
-            else:
-                swaps.append((parent, name, child, None, None))
+            nxt = names[i + 1] if isinstance(parent, nn.Sequential) and i + 1 < len(names) else None
+            if nxt is None or not isinstance(parent._modules[nxt], nn.BatchNorm2d):
+                nxt = None
+            swaps.append((parent, name, conv, parent._modules[nxt] if nxt else None, nxt))
     for parent, name, conv, bn, bn_name in swaps:
         parent._modules[name] = QuantConv2d(conv, bn, target)
         if bn_name is not None:
             parent._modules[bn_name] = nn.Identity()
-    return swaps  # type: ignore[return-value]
+    return swaps
 
 
 def restore(swaps) -> None:

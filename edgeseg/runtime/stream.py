@@ -19,11 +19,14 @@ Capture, ONNX Runtime and the C++ kernels release the GIL, so the stages overlap
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
@@ -233,10 +236,8 @@ class StreamPipeline:
             kernels._cpu.set_num_threads(self.kernel_threads)
 
     def _worker_backends(self, workers: int | str) -> list:
-        """The backend each inference thread uses: the Segmenter's own, plus (for several
-        workers) more single-threaded ONNX Runtime sessions of the same file."""
-        import os
-
+        """The backend each inference thread uses: the Segmenter's own, or (for several
+        workers) single-threaded ONNX Runtime sessions of the same file."""
         b = self.seg.backend
         ort_cpu = self.split and b.name == "onnxruntime" and b.device == "cpu"
         if workers == "auto":
@@ -251,8 +252,6 @@ class StreamPipeline:
         backends = [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads) for _ in range(workers)]
         # ONNX Runtime allocates its arena and picks kernels on the first run: do that now, not on
         # the first frames (they would show it as a latency spike).
-        import numpy as np
-
         x = np.zeros((1, 3, *self.seg.spec.input_hw), np.float32)
         for be in backends:
             be.infer(x)
@@ -282,10 +281,10 @@ class StreamPipeline:
                 if self._workers_left == 0:
                     self._inference_done.set()
 
-    def _segment(self, sid: int, frame: Frame, backend=None):
+    def _segment(self, sid: int, frame: Frame, backend):
         if self.split:  # CPU backends: only the model runs here; post-processing is the output's
             t0 = time.perf_counter()
-            scores = (backend or self.seg.backend).infer(frame.tensor)
+            scores = backend.infer(frame.tensor)
             frame.infer_ms = (time.perf_counter() - t0) * 1e3
             frame.tensor = None
             return sid, frame, scores

@@ -12,6 +12,11 @@ BACKENDS = ("auto", "ort", "trt", "torch")
 _SUFFIXES = {".onnx": "ort", ".engine": "trt", ".plan": "trt", ".pt": "torch", ".pth": "torch"}
 
 
+def file_backend(path: str | os.PathLike) -> str | None:
+    """The backend a model file runs on by its type (``ort``, ``trt``, ``torch``), or None."""
+    return _SUFFIXES.get(Path(path).suffix.lower())
+
+
 def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "auto", **options) -> Backend:
     """Load ``path`` (.onnx or .pt) with the named backend, or the natural one for its type.
 
@@ -22,7 +27,7 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
         raise EdgesegError(f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; choose one of: {', '.join(BACKENDS)}")
     if not path.is_file():
         raise EdgesegError(f"model not found: {path}; pass a .onnx from 'edgeseg export' or a .pt from 'edgeseg train'")
-    kind = _SUFFIXES.get(path.suffix.lower())
+    kind = file_backend(path)
     if kind is None:
         raise EdgesegError(f"{path}: unsupported model type '{path.suffix}'; use a .onnx, .engine or .pt file")
     if backend != "auto" and backend != kind:
@@ -41,4 +46,4 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
     return TorchBackend(path, device)
 
 
-__all__ = ["BACKENDS", "Backend", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "file_backend", "load_backend"]
