@@ -64,7 +64,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(data=a.data, model=a.model, out=a.out, epochs=a.epochs, minutes=a.minutes,
                       batch_size=a.batch_size, crop=a.crop, input_size=a.input_size, lr=a.lr, loss=a.loss,
                       class_weights=a.class_weights, device=a.device, seed=a.seed,
-                      val_every=a.val_every, ema=a.ema, resume=a.resume, scale=tuple(a.scale), **extra)
+                      val_every=a.val_every, ema=a.ema, freeze_bn=a.freeze_bn, teacher=a.teacher, resume=a.resume, scale=tuple(a.scale), **extra)
     res = train(cfg)
     if res:
         rows = [[name, iou] for name, iou in res["per_class_iou"].items()]
@@ -283,7 +283,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from edgeseg.compress.prune import prune_checkpoint
 
     res = prune_checkpoint(a.checkpoint, a.ratio, a.data, a.out, a.finetune_epochs, a.finetune_minutes, a.lr,
-                           a.batch_size, a.device, a.workers)
+                           a.batch_size, a.device, a.workers, distill=not a.no_distill)
     rows = [[k, res["before"].get(k, ""), res["pruned"].get(k, ""), res["after"].get(k, "")]
             for k in ("params", "gflops", "ort_cpu_ms", "val_miou")]
     _table(f"prune {a.checkpoint} at ratio {a.ratio}: {res['gflops_cut']:.1%} fewer GFLOPs, "
@@ -344,9 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="data-loading processes (default: half the cores, 1 to 4)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-every", type=int, default=0,
-                   help="validate every N epochs (default 0: about ten times a run); always at the end")
+                   help="validate every N epochs (default 0: five times a run); always at the end")
     t.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights (0: off)")
+    t.add_argument("--freeze-bn", type=float, default=0.15, metavar="FRACTION",
+                   help="train the last FRACTION of the run with BatchNorm statistics frozen (0: never)")
+    t.add_argument("--teacher", metavar="CKPT", help="also distil from this trained model's predictions")
     t.add_argument("--resume", help="continue from a last.pt")
     t.set_defaults(func=cmd_train)
 
@@ -420,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--workers", type=int)
+    pr.add_argument("--no-distill", action="store_true",
+                    help="fine-tune on the labels only (default: also distil from the unpruned model)")
     pr.add_argument("--json", metavar="OUT")
     pr.set_defaults(func=cmd_prune)
 

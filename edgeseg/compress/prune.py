@@ -86,9 +86,13 @@ def prune_model(model: nn.Module, ratio: float, input_hw: tuple[int, int], num_c
 def prune_checkpoint(checkpoint: str | os.PathLike, ratio: float, data: str, out_dir: str | os.PathLike,
                      finetune_epochs: int | None = None, finetune_minutes: float | None = None,
                      lr: float = 1e-3, batch_size: int = 4, device: str = "auto", workers: int | None = None,
-                     quiet: bool = False) -> dict[str, Any]:
+                     distill: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Prune, fine-tune and measure; writes ``out_dir/pruned.pt`` (before fine-tuning) and the
-    fine-tuned ``out_dir/best.pt``; returns the before/after table."""
+    fine-tuned ``out_dir/best.pt``; returns the before/after table.
+
+    ``distill``: the unpruned model is the fine-tuning teacher (pixel-wise KL on its logits on
+    top of the usual loss), so the pruned network relearns the function it had, not only the
+    labels of 367 images."""
     from edgeseg.train.checkpoint import load_model, save_checkpoint
     from edgeseg.train.trainer import TrainConfig, train
 
@@ -105,10 +109,11 @@ def prune_checkpoint(checkpoint: str | os.PathLike, ratio: float, data: str, out
     extra = {"workers": workers} if workers is not None else {}
     train(TrainConfig(data=data, model=spec.arch, out=str(out), epochs=finetune_epochs, minutes=finetune_minutes,
                       lr=lr, batch_size=batch_size, input_size=spec.input_hw, init_from=str(out / "pruned.pt"),
-                      device=device, warmup=0.0, quiet=quiet, **extra))
+                      teacher=str(checkpoint) if distill else None, device=device, warmup=0.0, quiet=quiet,
+                      **extra))
     after = measure(out / "best.pt", data)
     return {"before": before, "pruned": right_after, "after": after, "ratio": ratio,
             "gflops_cut": round(1 - after["gflops"] / before["gflops"], 4),
             "latency_speedup": round(before["ort_cpu_ms"] / after["ort_cpu_ms"], 3),
             "miou_change": round(after.get("val_miou", 0) - before.get("val_miou", 0), 4),
-            "checkpoint": str(out / "best.pt")}
+            "distilled": distill, "checkpoint": str(out / "best.pt")}

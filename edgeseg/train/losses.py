@@ -86,3 +86,16 @@ def build_loss(name: str, ignore_index: int, weight: torch.Tensor | None = None)
     if name == "ce+dice":
         return CEDice(ignore_index, weight)
     raise EdgesegError(f"unknown loss '{name}'{did_you_mean(name, LOSSES)}; choose one of: {', '.join(LOSSES)}")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Pixel-wise KL divergence from the teacher's softened class distribution to the student's
+    (Hinton et al., 2015), scaled by T² so its gradients keep their size as T changes; averaged
+    over pixels, void ones included (the teacher has an opinion there, the labels do not)."""
+    if student.shape != teacher.shape:
+        teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+    t = temperature
+    log_p = F.log_softmax(student / t, dim=1)
+    log_q = F.log_softmax(teacher / t, dim=1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(1)
+    return kl.mean() * t * t

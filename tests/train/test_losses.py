@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from edgeseg.errors import EdgesegError
-from edgeseg.train.losses import LOSSES, build_loss
+from edgeseg.train.losses import LOSSES, build_loss, distillation_loss
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -30,3 +30,17 @@ def test_loss_backprops_with_class_weights():
 def test_unknown_loss():
     with pytest.raises(EdgesegError, match="did you mean 'ohem'"):
         build_loss("ohm", 255)
+
+
+def test_distillation_is_zero_on_agreement_and_pulls_the_student_towards_the_teacher():
+    teacher = torch.randn(2, 5, 8, 8)
+    assert distillation_loss(teacher.clone(), teacher).abs() < 1e-6
+    student = torch.randn(2, 5, 8, 8, requires_grad=True)
+    before = distillation_loss(student, teacher)
+    assert before > 0
+    before.backward()
+    with torch.no_grad():
+        after = distillation_loss(student - 10 * student.grad, teacher)
+    assert after < before
+    # A teacher at another output stride is resized to the student's logits.
+    assert distillation_loss(student, teacher[..., ::2, ::2]).shape == ()

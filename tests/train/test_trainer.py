@@ -8,7 +8,7 @@ import torch
 
 from edgeseg.errors import EdgesegError
 from edgeseg.train.checkpoint import load_model, read_checkpoint
-from edgeseg.train.trainer import TrainConfig, default_input_size, lr_at, train
+from edgeseg.train.trainer import TrainConfig, default_input_size, freeze_batchnorm, lr_at, train
 
 TINY = dict(data="synthetic:16", model="mbv3_unet_small", batch_size=4, input_size=(64, 128), crop=(64, 128),
             workers=0, quiet=True)
@@ -101,3 +101,25 @@ def test_class_weight_modes():
     assert _class_weights("auto", SimpleNamespace(class_weights=None), 3) is None
     with pytest.raises(EdgesegError, match="'auto', 'full' or 'none'"):
         _class_weights("sqrt", info, 3)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_weights_learn():
+    from edgeseg.models import create_model
+
+    model = create_model("mbv3_unet_small", 3).train()
+    assert freeze_batchnorm(model) > 0
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    stats = bn.running_mean.clone(), bn.running_var.clone()
+    weight = bn.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    opt.step()
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+    assert not torch.equal(bn.weight, weight)
+
+
+def test_a_teacher_of_another_class_count_is_refused(tiny_run):
+    from edgeseg.train.trainer import _load_teacher
+
+    with pytest.raises(EdgesegError, match="teacher .* predicts"):
+        _load_teacher(str(tiny_run / "best.pt"), 99, torch.device("cpu"))
