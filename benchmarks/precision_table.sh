@@ -3,6 +3,7 @@
 # quantization-aware ONNX of ONE checkpoint, each evaluated on CamVid val through the deployment
 # path, then ONNX Runtime CPU latency of all of them with `edgeseg bench` (same run).
 # Usage: benchmarks/precision_table.sh CKPT [OUT]      (~15 min on a 2-core CPU)
+#        QAT_EPOCHS=0 benchmarks/precision_table.sh ...  skips the QAT rows
 set -euo pipefail
 CKPT=${1:?usage: benchmarks/precision_table.sh CKPT [OUT]}
 OUT=${2:-runs/precision}
@@ -13,18 +14,24 @@ edgeseg export "$CKPT" --out "$OUT" --json "$OUT/export_fp32.json"              
 edgeseg export "$CKPT" --out "$OUT" --fp16 --json "$OUT/export_fp16.json"             # model.fp16.onnx
 for t in trt cpu; do                                                                     # model.int8-T.onnx
   edgeseg export "$CKPT" --out "$OUT" --int8 --calib "$DATA" --target "$t" --json "$OUT/export_int8_$t.json"
-  edgeseg export "$CKPT" --out "$OUT" --qat --data "$DATA" --epochs "$QAT_EPOCHS" --target "$t" \
-    --device cpu --json "$OUT/export_qat_$t.json"                                        # model.int8-qat-T.onnx
+  if [ "$QAT_EPOCHS" -gt 0 ]; then
+    edgeseg export "$CKPT" --out "$OUT" --qat --data "$DATA" --epochs "$QAT_EPOCHS" --target "$t" \
+      --device cpu --json "$OUT/export_qat_$t.json"                                      # model.int8-qat-T.onnx
+  fi
 done
-for m in model model.fp16 model.int8-trt model.int8-cpu model.int8-qat-trt model.int8-qat-cpu; do
+QAT=(); [ "$QAT_EPOCHS" -gt 0 ] && QAT=(model.int8-qat-trt model.int8-qat-cpu)
+for m in model model.fp16 model.int8-trt model.int8-cpu "${QAT[@]}"; do
   edgeseg eval "$OUT/$m.onnx" --data "$DATA" --device cpu --json "$OUT/eval_$m.json"
 done
-for m in model.int8-trt model.int8-qat-trt; do   # what TensorRT computes: Q/DQ as written, int32 sums
+for m in model.int8-trt ${QAT[0]:-}; do   # what TensorRT computes: Q/DQ as written, int32 sums
   edgeseg eval "$OUT/$m.onnx" --data "$DATA" --device cpu --exact-qdq --json "$OUT/eval_exact_$m.json"
 done
-edgeseg eval "$OUT/qat.pt" --data "$DATA" --device cpu --json "$OUT/eval_qat_fp32.json"   # last QAT run's float weights
-edgeseg bench "$OUT/model.onnx" "$OUT/model.int8-cpu.onnx" "$OUT/model.int8-qat-cpu.onnx" "$OUT/model.fp16.onnx" \
-  --no-baselines --frames 200 --json "$OUT/bench.json"
+if [ "$QAT_EPOCHS" -gt 0 ]; then   # last QAT run's float weights
+  edgeseg eval "$OUT/qat.pt" --data "$DATA" --device cpu --json "$OUT/eval_qat_fp32.json"
+fi
+BENCH=("$OUT/model.onnx" "$OUT/model.int8-cpu.onnx" "$OUT/model.fp16.onnx")
+[ "$QAT_EPOCHS" -gt 0 ] && BENCH+=("$OUT/model.int8-qat-cpu.onnx")
+edgeseg bench "${BENCH[@]}" --no-baselines --frames 200 --json "$OUT/bench.json"
 python - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -32,7 +39,10 @@ bench = {r["file"].split("/")[-1]: r for r in json.load(open(f"{out}/bench.json"
 fp32 = json.load(open(f"{out}/eval_model.json"))["miou"]
 print(f"{'model':24s} {'val mIoU':>9s} {'vs FP32':>8s} {'exact Q/DQ':>10s} {'vs FP32':>8s} {'ORT CPU p50 ms':>15s}")
 for m in ["model", "model.fp16", "model.int8-trt", "model.int8-cpu", "model.int8-qat-trt", "model.int8-qat-cpu"]:
-    miou = json.load(open(f"{out}/eval_{m}.json"))["miou"]
+    try:
+        miou = json.load(open(f"{out}/eval_{m}.json"))["miou"]
+    except FileNotFoundError:  # QAT_EPOCHS=0
+        continue
     try:
         ex = json.load(open(f"{out}/eval_exact_{m}.json"))["miou"]
         exact = f"{ex:10.4f} {100 * (ex - fp32):+7.2f}pt"

@@ -21,6 +21,9 @@ def test_training_writes_checkpoints_metrics_and_curves(tiny_run):
     assert 0.0 <= m["val_miou"] <= 1.0
     assert set(m["per_class_iou"]) == set(read_checkpoint(tiny_run / "best.pt")["spec"]["classes"])
     assert [h["epoch"] for h in m["history"]] == [1, 2]
+    # The last validation scores the raw weights beside their average and keeps the better.
+    last = m["history"][-1]
+    assert last["val_miou"] == pytest.approx(max(last["val_miou"], last["val_miou_raw"]))
     assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, spec, ckpt = load_model(tiny_run / "best.pt")
     assert spec.input_hw == (64, 128) and spec.source["val_miou"] == pytest.approx(m["val_miou"], abs=1e-4)
