@@ -127,7 +127,7 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
 
     from edgeseg.data import EvalTransform, TrainTransform, build_dataset
     from edgeseg.train.checkpoint import load_model, save_checkpoint
-    from edgeseg.train.losses import build_loss
+    from edgeseg.train.losses import build_loss, segmentation_loss
     from edgeseg.train.trainer import default_crop, resolve_device, validate
 
     if epochs < 1:
@@ -169,7 +169,7 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
                 model.apply(torch.ao.quantization.disable_observer)
             for g in optimizer.param_groups:  # cosine from lr to 0
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = criterion(model(img.to(dev)), mask.to(dev))
+            loss, _ = segmentation_loss(model(img.to(dev)), mask.to(dev), criterion)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -99,3 +99,14 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     log_q = F.log_softmax(teacher / t, dim=1)
     kl = (log_q.exp() * (log_q - log_p)).sum(1)
     return kl.mean() * t * t
+
+
+def segmentation_loss(outputs: torch.Tensor | tuple, target: torch.Tensor, criterion: nn.Module,
+                      aux_weight: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, main logits) of a model's training output: plain logits, or (logits,
+    [auxiliary logits]) from models with deep supervision (bisenetv2's heads in train mode)."""
+    main, aux = (outputs[0], outputs[1]) if isinstance(outputs, tuple) else (outputs, [])
+    loss = criterion(main.float(), target)
+    for a in aux:
+        loss = loss + aux_weight * criterion(a.float(), target)
+    return loss, main

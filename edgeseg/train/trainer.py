@@ -27,7 +27,7 @@ from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
 from edgeseg.export.spec import InputSpec, ModelSpec, OutputSpec
 from edgeseg.train.checkpoint import build_model, read_checkpoint, save_checkpoint
-from edgeseg.train.losses import build_loss, distillation_loss
+from edgeseg.train.losses import build_loss, distillation_loss, segmentation_loss
 from edgeseg.train.metrics import ConfusionMatrix, SegMetrics
 
 
@@ -391,11 +391,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 img = img.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 mask = mask.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    outs = ddp_model(img)
-                    main, aux = (outs[0], outs[1]) if isinstance(outs, tuple) else (outs, [])
-                    loss = criterion(main.float(), mask)
-                    for a in aux:
-                        loss = loss + cfg.aux_weight * criterion(a.float(), mask)
+                    loss, main = segmentation_loss(ddp_model(img), mask, criterion, cfg.aux_weight)
                     if teacher is not None:
                         with torch.no_grad():
                             target = teacher(img).float()

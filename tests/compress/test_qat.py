@@ -45,6 +45,20 @@ def test_prepare_folds_bn_exactly_and_restore_puts_the_model_back(name):
     assert list(model.state_dict()) == keys
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_under_fake_quantization(name):
+    from edgeseg.train.losses import build_loss, segmentation_loss
+
+    model = create_model(name, num_classes=5)
+    prepare_qat(model, "cpu")
+    model.train()  # bisenetv2 returns its auxiliary heads too
+    loss, main = segmentation_loss(model(torch.randn(2, 3, 64, 96)), torch.randint(0, 5, (2, 64, 96)),
+                                   build_loss("ce+dice", 255))
+    loss.backward()
+    assert main.shape == (2, 5, 64, 96) and torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("target, lo, hi, w_max", [("trt", -127, 127, 127), ("cpu", 0, 255, 64)])
 def test_fake_quant_uses_the_grids_onnx_runtime_writes(target, lo, hi, w_max):
     conv, bn = nn.Conv2d(4, 6, 3, bias=False), nn.BatchNorm2d(6).eval()
