@@ -128,7 +128,7 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
     from edgeseg.data import EvalTransform, TrainTransform, build_dataset
     from edgeseg.train.checkpoint import load_model, save_checkpoint
     from edgeseg.train.losses import build_loss, segmentation_loss
-    from edgeseg.train.trainer import default_crop, resolve_device, validate
+    from edgeseg.train.trainer import default_crop, freeze_batchnorm, resolve_device, validate
 
     if epochs < 1:
         raise EdgesegError("--epochs for --qat must be at least 1")
@@ -160,9 +160,7 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
     console.print(f"[bold]QAT[/] {spec.arch} ({target}): {epochs} epochs x {len(loader)} steps on {data}, lr {lr}")
     for epoch in range(epochs):
         model.train()
-        for m in model.modules():  # frozen BN: folding uses the running statistics
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
+        freeze_batchnorm(model)  # folding uses the running statistics
         loss_sum = 0.0
         for img, mask in loader:
             if step == observe_until:

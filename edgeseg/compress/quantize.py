@@ -92,8 +92,9 @@ def _settings(target: str) -> dict[str, Any]:
     # VPMADDUBSW, whose 16-bit sums saturate at full range (measured here: CamVid val mIoU 0.15
     # instead of 0.60); ONNX Runtime's documented remedy. Convolutions only, the tensors QAT
     # simulates: quantizing the adds, SE gates, concats and resizes as well saved 9% on
-    # mbv3_unet_small (12.7 vs 13.9 ms, 2 threads) without changing the verdict (FP32: 7.8 ms),
-    # while on ReLU networks conv-only INT8 already beats FP32 (bisenetv2: 65 vs 89 ms).
+    # mbv3_unet_small (12.7 vs 13.9 ms in a one-off two-thread timing loop) without changing the
+    # verdict (FP32: 7.8 ms there), while on ReLU networks conv-only INT8 already beats FP32
+    # (bisenetv2 on CamVid: 75.3 vs 98.7 ms with `edgeseg bench`).
     return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
             "per_channel": True, "reduce_range": True, "op_types_to_quantize": ["Conv"],
             "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}

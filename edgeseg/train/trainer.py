@@ -387,15 +387,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_at(progress(), cfg.warmup)
                 if not bn_frozen and cfg.freeze_bn > 0 and progress() >= 1 - cfg.freeze_bn:
-                    bn_frozen = freeze_batchnorm(model) > 0
+                    freeze_batchnorm(model)
+                    bn_frozen = True
                 img = img.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 mask = mask.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     loss, main = segmentation_loss(ddp_model(img), mask, criterion, cfg.aux_weight)
                     if teacher is not None:
                         with torch.no_grad():
-                            target = teacher(img).float()
-                        loss = loss + cfg.distill_weight * distillation_loss(main.float(), target)
+                            target = teacher(img)
+                        loss = loss + cfg.distill_weight * distillation_loss(main.float(), target.float())
                 if not torch.isfinite(loss):
                     raise EdgesegError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})")
                 optimizer.zero_grad(set_to_none=True)
