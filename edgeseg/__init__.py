@@ -2,8 +2,18 @@
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.spec import ModelSpec
-from edgeseg.models import create_model, list_models
 from edgeseg.runtime import Segmenter, SegResult
 
 __version__ = "0.1.0"
 __all__ = ["EdgesegError", "ModelSpec", "SegResult", "Segmenter", "create_model", "list_models"]
+
+
+def __getattr__(name: str):
+    # The model registry needs PyTorch (1.5 s to import, and ~100k objects the garbage collector
+    # then walks on every full collection): only training, export and .pt inference load it, not
+    # a process that runs an ONNX model.
+    if name in ("create_model", "list_models"):
+        from edgeseg import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'edgeseg' has no attribute {name!r}")

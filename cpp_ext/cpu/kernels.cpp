@@ -208,19 +208,117 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
     }
 }
 
-// Logits upsampled bilinearly to frame size, then the argmax (the accuracy path).
+// Logits upsampled bilinearly to (H, W), then the argmax: the accuracy path, and the model's own
+// trailing resize when the runtime lifted it out of the graph (postprocess ``upsample``).
+// Separable, a row at a time: each output row first blends its two source rows for every class
+// (bilerp's column terms), then every output pixel blends two of those and updates the argmax.
+// The operations and their order are bilerp's, so labels equal bilinear_argmax bit for bit.
+//
+// Output columns are visited by phase: for W = k * w, the columns x = k * i + j of one phase j
+// read source columns i + off_j and i + off_j + 1 for every interior i, so the inner loop is a
+// contiguous, vectorisable sweep; the argmax state is kept phase-major and interleaved into the
+// label row once. (Other ratios are one phase with gathered taps.)
+struct PhaseTaps {
+    int off = 0, lo = 0, hi = 0;     // interior i in [lo, hi): taps i + off, i + off + 1
+    std::vector<int> i0, i1;          // every i's taps (used outside the interior)
+    std::vector<float> w, keep;       // weight of i1, and 1 - weight
+};
+
+static void phase_taps(std::vector<PhaseTaps>& phases, int& k, int& n, int w_in, int W) {
+    thread_local std::vector<LinearTap> tx;
+    linear_taps(tx, w_in, W);
+    k = (W % w_in == 0) ? W / w_in : 1;
+    n = W / k;
+    phases.resize(k);
+    for (int j = 0; j < k; ++j) {
+        PhaseTaps& p = phases[j];
+        p.i0.resize(n);
+        p.i1.resize(n);
+        p.w.resize(n);
+        p.keep.resize(n);
+        for (int i = 0; i < n; ++i) {
+            const LinearTap t = tx[(i64)k * i + j];
+            p.i0[i] = t.i0;
+            p.i1[i] = t.i1;
+            p.w[i] = t.w;
+            p.keep[i] = 1.0f - t.w;
+        }
+        // the longest run where the taps are (i + off, i + off + 1) for one off
+        const int mid = n / 2;
+        p.off = p.i0[mid] - mid;
+        p.lo = p.hi = mid;
+        auto regular = [&](int i) { return p.i0[i] == i + p.off && p.i1[i] == i + p.off + 1; };
+        if (k == 1 || !regular(mid)) continue;
+        while (p.lo > 0 && regular(p.lo - 1)) --p.lo;
+        while (p.hi < n && regular(p.hi)) ++p.hi;
+    }
+}
+
+// One class over the interior of one phase: contiguous taps, so it vectorises. A function of its
+// own because GCC trusts ``__restrict`` on parameters (a store through ``a`` could otherwise alias
+// the loop bounds and keep the loop scalar and branchy).
+static void argmax_interior(const float* __restrict r0, const float* __restrict r1, const float* __restrict keep,
+                            const float* __restrict wx, float* __restrict b, int* __restrict a, int c, int lo,
+                            int hi) {
+    for (int i = lo; i < hi; ++i) argmax_update(r0[i] * keep[i] + r1[i] * wx[i], c, b[i], a[i]);
+}
+
 template <typename T>
 void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) {
-    thread_local std::vector<LinearTap> ty, tx;
+    thread_local std::vector<LinearTap> ty;
     linear_taps(ty, h, H);
-    linear_taps(tx, w, W);
     const LinearTap* typ = ty.data();
-    const LinearTap* txp = tx.data();
+    thread_local std::vector<PhaseTaps> phases;
+    int k = 1, n = W;
+    phase_taps(phases, k, n, w, W);
+    const PhaseTaps* ph = phases.data();
     const i64 plane = (i64)h * w;
-#pragma omp parallel for schedule(static) num_threads(num_threads_for((i64)H * W * C))
-    for (int y = 0; y < H; ++y) {
-        u8* l = labels + (i64)y * W;
-        for (int x = 0; x < W; ++x) l[x] = (u8)bilinear_argmax(s, C, plane, w, typ[y], txp[x]);
+#pragma omp parallel num_threads(num_threads_for((i64)H * W * C))
+    {
+        thread_local std::vector<float> rows, best;
+        thread_local std::vector<int> arg;
+        rows.resize((size_t)C * w);
+        best.resize(W);
+        arg.resize(W);
+        float* r = rows.data();
+#pragma omp for schedule(static)
+        for (int y = 0; y < H; ++y) {
+            const LinearTap t = typ[y];
+            const float wy = t.w;
+            for (int c = 0; c < C; ++c) {
+                const T* top = s + (i64)c * plane + (i64)t.i0 * w;
+                const T* bot = s + (i64)c * plane + (i64)t.i1 * w;
+                float* rc = r + (i64)c * w;
+                for (int x = 0; x < w; ++x) rc[x] = load_float(top, x) * (1.0f - wy) + load_float(bot, x) * wy;
+            }
+            for (int j = 0; j < k; ++j) {
+                const PhaseTaps& p = ph[j];
+                float* b = best.data() + (i64)j * n;
+                int* a = arg.data() + (i64)j * n;
+                const int* i0 = p.i0.data();
+                const int* i1 = p.i1.data();
+                const float* wx = p.w.data();
+                const float* kx = p.keep.data();
+                const int lo = p.lo, hi = p.hi, off = p.off;
+                for (int c = 0; c < C; ++c) {
+                    const float* rc = r + (i64)c * w;
+                    if (c == 0) {
+                        for (int i = 0; i < n; ++i) {
+                            b[i] = rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i];
+                            a[i] = 0;
+                        }
+                        continue;
+                    }
+                    for (int i = 0; i < lo; ++i) argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, b[i], a[i]);
+                    argmax_interior(rc + off, rc + off + 1, kx, wx, b, a, c, lo, hi);
+                    for (int i = hi; i < n; ++i) argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, b[i], a[i]);
+                }
+            }
+            u8* l = labels + (i64)y * W;
+            const int* a = arg.data();
+            for (int j = 0; j < k; ++j)
+                for (int i = 0; i < n; ++i) l[(i64)k * i + j] = (u8)a[(i64)j * n + i];
+        }
     }
 }
 
@@ -275,8 +373,10 @@ Overlay make_overlay(const py::object& frame, const py::object& overlay_out, con
 }
 
 // scores: (1, C, h, w) float32/float16 logits, or (1, h, w) integer labels (dtype code given).
+// upsample > 1 (nearest mode, logits only): the scores are the model's logits before its trailing
+// x``upsample`` bilinear resize, which happens here, fused with the argmax.
 void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool bilinear, const py::object& frame,
-                 const py::object& overlay_out, const py::object& lut_bgr, double alpha) {
+                 const py::object& overlay_out, const py::object& lut_bgr, double alpha, int upsample) {
     require_c_contiguous(scores, "scores");
     require_c_contiguous(labels_out, "out");
     require(labels_out.ndim() == 2 && labels_out.itemsize() == 1, "out must be uint8 (H, W)");
@@ -287,6 +387,7 @@ void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool
     const int h = (int)scores.shape(scores.ndim() - 2), w = (int)scores.shape(scores.ndim() - 1);
     const int H = (int)labels_out.shape(0), W = (int)labels_out.shape(1);
     require(C >= 1 && C <= 256 && h >= 1 && w >= 1 && H >= 1 && W >= 1, "empty or >256-class scores");
+    require(upsample >= 1 && (upsample == 1 || (logits && !bilinear)), "upsample needs logits in nearest mode");
     static const int item[] = {4, 2, 1, 4, 8};
     require(dtype >= 0 && dtype <= 4 && scores.itemsize() == item[dtype], "scores dtype code does not match");
     Overlay ov = make_overlay(frame, overlay_out, lut_bgr, alpha, H, W);
@@ -301,6 +402,14 @@ void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool
         return;
     }
     thread_local std::vector<u8> small;
+    if (upsample > 1) {
+        const int hu = h * upsample, wu = w * upsample;
+        small.resize((size_t)hu * wu);
+        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, small.data(), hu, wu);
+        else bilinear_labels(static_cast<const u16*>(s), C, h, w, small.data(), hu, wu);
+        upsample_and_blend(small.data(), hu, wu, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
+        return;
+    }
     small.resize((size_t)h * w);
     switch (dtype) {
         case F32: argmax_rows(static_cast<const float*>(s), C, h, w, small.data()); break;
@@ -350,7 +459,7 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("preprocess", &preprocess, py::arg("frame"), py::arg("out"), py::arg("out_dtype"), py::arg("mean"),
           py::arg("inv_std"));
     m.def("postprocess", &postprocess, py::arg("scores"), py::arg("dtype"), py::arg("out"), py::arg("bilinear"),
-          py::arg("frame"), py::arg("overlay_out"), py::arg("lut_bgr"), py::arg("alpha"));
+          py::arg("frame"), py::arg("overlay_out"), py::arg("lut_bgr"), py::arg("alpha"), py::arg("upsample") = 1);
     m.def("overlay", &overlay, py::arg("labels"), py::arg("frame"), py::arg("out"), py::arg("lut_bgr"),
           py::arg("alpha"));
     m.def("get_num_threads", &get_num_threads);

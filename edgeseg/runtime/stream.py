@@ -249,7 +249,8 @@ class StreamPipeline:
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        backends = [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads) for _ in range(workers)]
+        backends = [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads, fuse_resize=self.seg.upsample > 1)
+                    for _ in range(workers)]
         # ONNX Runtime allocates its arena and picks kernels on the first run: do that now, not on
         # the first frames (they would show it as a latency spike).
         x = np.zeros((1, 3, *self.seg.spec.input_hw), np.float32)
@@ -299,9 +300,10 @@ class StreamPipeline:
         spec, hw = self.seg.spec, frame.image.shape[:2]
         vis = None
         if self.overlay:
-            labels, vis = kernels.postprocess(scores, hw, spec.palette, frame.image, self.alpha, mode=self.seg.mode)
+            labels, vis = kernels.postprocess(scores, hw, spec.palette, frame.image, self.alpha, mode=self.seg.mode,
+                                              upsample=self.seg.upsample)
         else:
-            labels = kernels.postprocess(scores, hw, mode=self.seg.mode)
+            labels = kernels.postprocess(scores, hw, mode=self.seg.mode, upsample=self.seg.upsample)
         timings = {"pre": frame.pre_ms, "infer": frame.infer_ms, "post": (time.perf_counter() - t0) * 1e3}
         return StreamResult(labels=labels, spec=spec, frame=frame.image, timings_ms=timings, vis=vis,
                             vis_alpha=self.alpha if self.overlay else None, index=frame.index, source_id=sid,

@@ -51,7 +51,7 @@ class TrainConfig:
     class_weights: str = "auto"
     aux_weight: float = 0.4
     device: str = "auto"
-    workers: int = field(default_factory=lambda: min(4, max(1, (os.cpu_count() or 2) // 2)))
+    workers: int = field(default_factory=lambda: default_workers())
     seed: int = 0
     val_every: int = 0  # 0: five validations spread over the run, and always the last epoch
     ema: float = 0.999
@@ -95,6 +95,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name != "cpu":
         raise EdgesegError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Data-loading processes: half the cores (1 to 4), but none on a machine with two cores or
+    fewer. There the loader process preempts one of the two compute threads every batch and the
+    whole parallel region waits for it; loading in the main process (images are preloaded, a
+    sample costs ~1.4 ms) made a CamVid epoch of mbv3_unet_small 9% faster (22.9 vs 25.1 s)."""
+    cores = cores or os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def default_input_size(image_hw: tuple[int, int]) -> tuple[int, int]:

@@ -60,31 +60,50 @@ class TestModel:
 
     def test_onnx_matches_pytorch(self, name: str, tmp_path) -> None:
         ort = pytest.importorskip("onnxruntime")
-        model = _build(name)
-        # A few training steps' worth of BN statistics makes eval activations realistic.
-        with torch.no_grad():
-            model.train()
-            model(torch.randn(2, 3, H, W))
-        model.eval()
+        model, path = _export(name, tmp_path)
         x = torch.randn(1, 3, H, W)
-        path = tmp_path / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                x,
-                str(path),
-                opset_version=17,
-                dynamo=False,
-                input_names=["input"],
-                output_names=["logits"],
-            )
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (got,) = sess.run(["logits"], {"input": x.numpy()})
         with torch.no_grad():
             want = model(x).numpy()
         assert got.shape == want.shape == (1, NUM_CLASSES, H, W)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+    def test_trailing_resize_moves_into_postprocessing(self, name: str, tmp_path) -> None:
+        """The runtime lifts the final logits resize out of the graph (OnnxRuntimeBackend
+        fuse_resize) and the post-processing kernel does it: the labels stay the model's."""
+        import onnx
+        ort = pytest.importorskip("onnxruntime")
+        from edgeseg.runtime import kernels
+        from edgeseg.runtime.backends.onnxruntime import lift_trailing_resize
+
+        _, path = _export(name, tmp_path)
+        proto = onnx.load(str(path))
+        k = lift_trailing_resize(proto)
+        assert k == {"bisenetv2": 8}.get(name, 2)
+        onnx.checker.check_model(proto)  # a valid model, no dangling constants
+        x = np.random.default_rng(0).standard_normal((1, 3, H, W)).astype(np.float32)
+        full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        cut = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        assert cut.shape == (1, NUM_CLASSES, H // k, W // k)
+        want = kernels.postprocess(full, (120, 200))
+        got = kernels.postprocess(cut, (120, 200), upsample=k)
+        assert (got == want).mean() > 0.999  # float rounding in the resize may flip a near-tie
+
+
+def _export(name: str, tmp_path) -> tuple[torch.nn.Module, object]:
+    """The model with a few batches' worth of BN statistics (realistic eval activations), and its ONNX file."""
+    model = _build(name)
+    with torch.no_grad():
+        model.train()
+        model(torch.randn(2, 3, H, W))
+    model.eval()
+    path = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, torch.randn(1, 3, H, W), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits"])
+    return model, path
 
     def test_rejects_non_multiple_of_32(self, name: str) -> None:
         model = _build(name).eval()

@@ -80,6 +80,24 @@ def test_class_counts_and_half_logits(C, dtype):
     check_postprocess(scores, frame, rng.integers(0, 256, (C, 3)), 0.4, "bilinear")
 
 
+@pytest.mark.parametrize("k", [2, 3, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_upsample_fuses_the_models_trailing_resize(k, dtype):
+    """upsample=k: bilinear xk of the logits, argmax, nearest to frame size, exactly as the reference."""
+    rng = np.random.default_rng(k)
+    frame = _frame(rng, 131, 197)
+    palette = rng.integers(0, 256, (7, 3))
+    for scores in (rng.standard_normal((1, 7, 11, 15)).astype(dtype),
+                   rng.integers(-2, 3, (1, 7, 11, 15)).astype(dtype)):  # ties: first maximum wins
+        labels, vis = kernels.postprocess(scores, frame.shape[:2], palette, frame, 0.5, upsample=k)
+        want_labels, want_vis = ref.postprocess(scores, frame.shape[:2], palette, frame, 0.5, upsample=k)
+        np.testing.assert_array_equal(labels, want_labels)
+        assert np.abs(vis.astype(np.int16) - want_vis).max() <= 1
+        # the same labels as resizing the logits first and post-processing the full-size scores
+        full = ref.resize_bilinear(scores[0].transpose(1, 2, 0), (11 * k, 15 * k)).transpose(2, 0, 1)[None]
+        np.testing.assert_array_equal(labels, kernels.postprocess(np.ascontiguousarray(full), frame.shape[:2]))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
 def test_label_inputs(dtype):
     rng = np.random.default_rng(1)
@@ -134,6 +152,10 @@ def test_writes_into_caller_buffers():
                                  np.zeros((9, 8, 3), np.uint8)), ValueError, "frame_hw"),
     (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), alpha=2), ValueError, "alpha"),
     (lambda: kernels.set_backend("gpu"), ValueError, "reference"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), upsample=0), ValueError, "positive"),
+    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), mode="bilinear", upsample=2),
+     ValueError, "nearest"),
+    (lambda: kernels.postprocess(np.zeros((1, 4, 4), np.uint8), (8, 8), upsample=2), ValueError, "logits"),
 ])
 def test_wrong_input_is_a_clear_error(call, err, match):
     with pytest.raises(err, match=match):

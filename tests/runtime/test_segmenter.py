@@ -23,6 +23,23 @@ def test_onnx_and_checkpoint_give_the_same_labels(tiny_run, tiny_onnx, frame):
     assert set(a.timings_ms) == {"pre", "infer", "post"}
 
 
+def test_nearest_mode_resizes_logits_in_the_kernel(tiny_run, tiny_onnx, frame, tmp_path):
+    fused = Segmenter(tiny_onnx)
+    whole = Segmenter(tiny_onnx, fuse_resize=False)
+    assert fused.upsample == 2 and whole.upsample == 1
+    assert fused.backend.infer(fused._input).shape[-2:] == (32, 64)  # tiny model: 64x128 input
+    for alpha in (None, 0.5):
+        a, b = fused(frame, alpha), whole(frame, alpha)
+        assert (a.labels == b.labels).mean() > 0.999
+    assert Segmenter(tiny_onnx, mode="bilinear").upsample == 1  # the accuracy path keeps the graph whole
+    from edgeseg.export.onnx import export_onnx
+
+    export_onnx(tiny_run / "best.pt", tmp_path, argmax=True)  # ends in ArgMax + Cast: nothing to lift
+    labels_model = Segmenter(tmp_path / "model.onnx")
+    assert labels_model.upsample == 1
+    assert (labels_model(frame).labels == b.labels).mean() > 0.999
+
+
 def test_result_overlay_and_colorize(tiny_onnx, frame):
     seg = Segmenter(tiny_onnx)
     res = seg(frame)

@@ -20,7 +20,8 @@ def file_backend(path: str | os.PathLike) -> str | None:
 def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "auto", **options) -> Backend:
     """Load ``path`` (.onnx or .pt) with the named backend, or the natural one for its type.
 
-    ``options`` go to the ONNX Runtime backend (``threads``, ``spin``); others ignore them.
+    ``options`` go to the ONNX Runtime backend (``threads``, ``spin``, ``exact_qdq``,
+    ``fuse_resize``); others ignore them.
     """
     path = Path(path)
     if backend not in BACKENDS:
@@ -40,7 +41,7 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
     if kind == "ort":
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, device, **{k: v for k, v in options.items() if k in ("threads", "spin", "exact_qdq")})
+        return OnnxRuntimeBackend(path, device, **{k: v for k, v in options.items() if k in ("threads", "spin", "exact_qdq", "fuse_resize")})
     from edgeseg.runtime.backends.torch import TorchBackend
 
     return TorchBackend(path, device)

@@ -97,6 +97,14 @@ def _check_scores(scores) -> np.ndarray:
     return np.ascontiguousarray(scores)
 
 
+def _check_upsample(upsample, scores: np.ndarray, mode: str) -> int:
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 1:
+        raise ValueError(f"upsample must be a positive integer, got {upsample!r}")
+    if upsample > 1 and (scores.ndim != 4 or mode != "nearest"):
+        raise ValueError("upsample > 1 needs (1, C, h, w) logits and mode='nearest'")
+    return int(upsample)
+
+
 def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: np.ndarray | None = None,
                dtype=np.float32) -> np.ndarray:
     """uint8 BGR (H, W, 3) frame -> (1, 3, h, w) RGB ``(x - mean) / std`` at ``size_hw`` (bilinear).
@@ -126,18 +134,24 @@ def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: 
 
 def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, frame: np.ndarray | None = None,
                 alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest",
-                overlay_out: np.ndarray | None = None):
+                overlay_out: np.ndarray | None = None, upsample: int = 1):
     """Model output -> uint8 labels at ``frame_hw``; with ``frame``, also the colour overlay.
 
     ``scores``: (1, C, h, w) float32/float16 logits or (1, h, w) integer labels.
     ``mode="nearest"`` takes the argmax at model size and upsamples labels (fast);
     ``mode="bilinear"`` upsamples logits first, then takes the argmax (what accuracy metrics use).
+    ``upsample=k`` (nearest mode, logits only): ``scores`` are a model's logits *before* its
+    trailing x``k`` bilinear resize (half-pixel centres), which the runtime lifted out of the
+    graph (see ``OnnxRuntimeBackend(fuse_resize=True)``); the resize happens here, fused with
+    the argmax, and the labels equal those of the whole model followed by ``mode="nearest"``
+    up to float rounding in the resize.
     Returns ``labels``, or ``(labels, overlay)`` when ``frame`` is given; ``out`` and
     ``overlay_out`` receive them without allocation.
     """
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     scores = _check_scores(scores)
+    upsample = _check_upsample(upsample, scores, mode)
     H, W = _check_hw(frame_hw, "frame_hw")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -152,7 +166,7 @@ def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, fra
         if overlay_out is not None:
             _check_out(overlay_out, (H, W, 3), np.uint8, "overlay_out")
     if backend == "reference":
-        res = reference.postprocess(scores, (H, W), palette, frame, alpha, out=out, mode=mode)
+        res = reference.postprocess(scores, (H, W), palette, frame, alpha, out=out, mode=mode, upsample=upsample)
         if frame is not None and overlay_out is not None:
             overlay_out[...] = res[1]
             res = (res[0], overlay_out)
@@ -163,7 +177,7 @@ def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, fra
         lut = palette_lut_bgr(palette)
         vis = overlay_out if overlay_out is not None else np.empty((H, W, 3), np.uint8)
     _cpu.postprocess(scores, getattr(_cpu, _SCORE_CODES[scores.dtype]), labels, mode == "bilinear",
-                     frame, vis, lut, float(alpha))
+                     frame, vis, lut, float(alpha), upsample)
     return labels if frame is None else (labels, vis)
 
 

@@ -107,16 +107,24 @@ def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float
 
 
 def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, frame: np.ndarray | None = None,
-                alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest"):
+                alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest", upsample: int = 1):
     """Model output -> uint8 labels at ``frame_hw`` (and the overlay when ``frame`` is given).
 
     ``mode="nearest"`` takes the argmax at model size and upsamples labels (fast);
     ``mode="bilinear"`` upsamples logits first, then takes the argmax (what accuracy metrics use).
+    ``upsample=k`` (nearest mode): the logits are first resized x``k`` bilinearly, the model's own
+    trailing resize that the runtime moved out of the graph.
     """
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     scores = np.asarray(scores)
-    if mode == "bilinear" and scores.ndim == 4 and np.issubdtype(scores.dtype, np.floating):
+    if upsample > 1:
+        if scores.ndim != 4 or mode != "nearest":
+            raise ValueError("upsample > 1 needs (1, C, h, w) logits and mode='nearest'")
+        h, w = scores.shape[-2:]
+        labels = resize_bilinear(scores[0].transpose(1, 2, 0), (h * upsample, w * upsample)).argmax(-1)
+        labels = resize_nearest(labels.astype(np.uint8), frame_hw)
+    elif mode == "bilinear" and scores.ndim == 4 and np.issubdtype(scores.dtype, np.floating):
         labels = resize_bilinear(scores[0].transpose(1, 2, 0), frame_hw).argmax(-1).astype(np.uint8)
     else:
         labels = resize_nearest(scores_to_labels(scores), frame_hw)
