@@ -258,9 +258,8 @@ static void phase_taps(std::vector<PhaseTaps>& phases, int& k, int& n, int w_in,
 // own because GCC trusts ``__restrict`` on parameters (a store through ``a`` could otherwise alias
 // the loop bounds and keep the loop scalar and branchy).
 static void argmax_interior(const float* __restrict r0, const float* __restrict r1, const float* __restrict keep,
-                            const float* __restrict wx, float* __restrict b, int* __restrict a, int c, int lo,
-                            int hi) {
-    for (int i = lo; i < hi; ++i) argmax_update(r0[i] * keep[i] + r1[i] * wx[i], c, b[i], a[i]);
+                            const float* __restrict wx, float* __restrict b, int* __restrict a, int c, int n) {
+    for (int i = 0; i < n; ++i) argmax_update(r0[i] * keep[i] + r1[i] * wx[i], c, b[i], a[i]);
 }
 
 template <typename T>
@@ -310,7 +309,8 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) 
                         continue;
                     }
                     for (int i = 0; i < lo; ++i) argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, b[i], a[i]);
-                    argmax_interior(rc + off, rc + off + 1, kx, wx, b, a, c, lo, hi);
+                    if (hi > lo)  // pointers start at lo: i + off stays inside the row
+                        argmax_interior(rc + lo + off, rc + lo + off + 1, kx + lo, wx + lo, b + lo, a + lo, c, hi - lo);
                     for (int i = hi; i < n; ++i) argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, b[i], a[i]);
                 }
             }

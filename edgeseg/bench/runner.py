@@ -175,12 +175,19 @@ def measure_config(path: str, backend: str, device: str, source: str, frames: in
     from edgeseg.runtime.stream import StreamPipeline
 
     rss_start = rss_mb()
-    seg = Segmenter(path, backend=backend, device=device)
-    spec = seg.spec
+    # Model-only: the file's whole graph, as any runtime would run it (the pipeline below lets
+    # the post-processing kernel do an ONNX model's final resize instead).
+    whole = Segmenter(path, backend=backend, device=device, fuse_resize=False)
+    spec = whole.spec
     frame = _first_frame(source)
     x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
-    samples = time_calls(lambda: seg.backend.infer(x), warmup, frames)
+    samples = time_calls(lambda: whole.backend.infer(x), warmup, frames)
     model_only = summarize(samples)
+    if whole.backend.name == "onnxruntime":
+        del whole  # freed before the pipeline's session: peak RSS counts one copy of the model
+        seg = Segmenter(path, backend=backend, device=device)
+    else:
+        seg = whole
     for _ in range(min(warmup, 5)):
         seg(frame, overlay_alpha=0.5)
     with tempfile.TemporaryDirectory() as d:

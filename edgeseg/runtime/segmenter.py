@@ -46,6 +46,12 @@ class Segmenter:
     >>> vis = res.overlay(alpha=0.5)
 
     One instance is meant for one thread; create one per camera, they are cheap.
+
+    ``mode``: ``"nearest"`` (argmax at model size, labels upsampled: the runtime default) or
+    ``"bilinear"`` (logits resized to frame size first: the accuracy path). In nearest mode an
+    ONNX model's trailing logits resize runs in the post-processing kernel instead of ONNX
+    Runtime (``fuse_resize=False`` keeps the graph whole); the labels are the model's.
+    ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
 
     def __init__(self, model: str | os.PathLike, backend: str = "auto", device: str = "auto",

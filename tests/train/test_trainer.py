@@ -8,7 +8,7 @@ import torch
 
 from edgeseg.errors import EdgesegError
 from edgeseg.train.checkpoint import load_model, read_checkpoint
-from edgeseg.train.trainer import TrainConfig, default_input_size, freeze_batchnorm, lr_at, train
+from edgeseg.train.trainer import TrainConfig, default_input_size, default_workers, freeze_batchnorm, lr_at, train
 
 TINY = dict(data="synthetic:16", model="mbv3_unet_small", batch_size=4, input_size=(64, 128), crop=(64, 128),
             workers=0, quiet=True)
@@ -67,6 +67,11 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 def test_default_input_size_rounds_to_32():
     assert default_input_size((360, 480)) == (352, 480)
     assert default_input_size((10, 1000)) == (32, 992)
+
+
+def test_default_workers_leave_two_cores_to_the_compute_threads():
+    assert default_workers(1) == default_workers(2) == 0
+    assert default_workers(4) == 2 and default_workers(64) == 4
 
 
 def test_distributed_training_two_cpu_processes(tmp_path):
