@@ -8,7 +8,14 @@ import torch
 
 from edgeseg.errors import EdgesegError
 from edgeseg.train.checkpoint import load_model, read_checkpoint
-from edgeseg.train.trainer import TrainConfig, default_input_size, default_workers, freeze_batchnorm, lr_at, train
+from edgeseg.train.trainer import (
+    TrainConfig,
+    default_input_size,
+    default_workers,
+    freeze_batchnorm,
+    lr_at,
+    train,
+)
 
 TINY = dict(data="synthetic:16", model="mbv3_unet_small", batch_size=4, input_size=(64, 128), crop=(64, 128),
             workers=0, quiet=True)
