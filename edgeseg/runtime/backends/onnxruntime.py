@@ -46,7 +46,7 @@ def lift_trailing_resize(model) -> int:
     output, ``mode=linear``, ``coordinate_transformation_mode=half_pixel``, constant scales
     ``(1, 1, k, k)`` with integer ``k >= 2``.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
     if len(graph.output) != 1:
@@ -60,11 +60,11 @@ def lift_trailing_resize(model) -> int:
         return 1
     if any(attrs.get(k) for k in ("antialias", "exclude_outside")) or "axes" in attrs:
         return 1
-    scales = _constant(graph, node.input[2], numpy_helper)
+    scales = _constant(graph, node.input[2])
     if scales is None or scales.shape != (4,) or tuple(scales[:2]) != (1, 1) or scales[2] != scales[3]:
         return 1
-    k = float(scales[2])
-    if k < 2 or k != int(k) or sum(node.input[0] in n.input for n in graph.node) != 1:
+    k = int(scales[2])
+    if k < 2 or k != scales[2] or sum(node.input[0] in n.input for n in graph.node) != 1:
         return 1  # not an integer factor, or its input feeds other nodes too
     graph.node.remove(node)
     for name in node.input[1:]:  # its roi/scales constants, unless something else reads them
@@ -74,13 +74,15 @@ def lift_trailing_resize(model) -> int:
     graph.output.remove(out)
     dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
     if len(dims) == 4:  # (N, C, H, W): the spatial sides before the resize
-        dims[2:] = [d // int(k) if isinstance(d, int) and d else f"{d or 'dim'}_before_resize" for d in dims[2:]]
+        dims[2:] = [d // k if isinstance(d, int) and d else f"{d or 'dim'}_before_resize" for d in dims[2:]]
     graph.output.append(helper.make_tensor_value_info(node.input[0], out.type.tensor_type.elem_type,
                                                       dims if len(dims) == 4 else None))
-    return int(k)
+    return k
 
 
-def _constant(graph, name: str, numpy_helper) -> np.ndarray | None:
+def _constant(graph, name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
     for init in graph.initializer:
         if init.name == name:
             return numpy_helper.to_array(init)

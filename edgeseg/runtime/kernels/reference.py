@@ -118,13 +118,12 @@ def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, fra
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     scores = np.asarray(scores)
-    if upsample > 1:
+    if upsample > 1:  # the model's own last step, then the usual nearest path
         if scores.ndim != 4 or mode != "nearest":
             raise ValueError("upsample > 1 needs (1, C, h, w) logits and mode='nearest'")
         h, w = scores.shape[-2:]
-        labels = resize_bilinear(scores[0].transpose(1, 2, 0), (h * upsample, w * upsample)).argmax(-1)
-        labels = resize_nearest(labels.astype(np.uint8), frame_hw)
-    elif mode == "bilinear" and scores.ndim == 4 and np.issubdtype(scores.dtype, np.floating):
+        scores = resize_bilinear(scores[0].transpose(1, 2, 0), (h * upsample, w * upsample)).transpose(2, 0, 1)[None]
+    if mode == "bilinear" and scores.ndim == 4 and np.issubdtype(scores.dtype, np.floating):
         labels = resize_bilinear(scores[0].transpose(1, 2, 0), frame_hw).argmax(-1).astype(np.uint8)
     else:
         labels = resize_nearest(scores_to_labels(scores), frame_hw)
