@@ -54,9 +54,12 @@ def rss_mb() -> float:
         return peak_rss_mb()
 
 
-def gpu_memory_mb() -> float | None:
-    """Device memory in use on the current GPU (``cudaMemGetInfo``: all of it, CUDA context
-    included), or None without a GPU."""
+def gpu_memory_mb(device: str) -> float | None:
+    """Device memory in use on the GPU a configuration ran on (``cudaMemGetInfo``: all of it,
+    CUDA context included), or None when it ran on the CPU (asking would create a CUDA context
+    in a CPU configuration's process, and report other processes' memory as its own)."""
+    if not device.startswith("cuda"):
+        return None
     try:
         import torch
 

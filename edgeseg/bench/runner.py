@@ -202,7 +202,7 @@ def measure_config(path: str, backend: str, device: str, source: str, frames: in
         "pipeline": {"fps": report["fps"], "frames": report["frames_out"],
                      "latency_ms": {k: report["latency_ms"][k] for k in ("p50", "p99")},
                      "stages_ms": report["stages_ms"]},
-        "peak_rss_mb": peak_rss_mb(), "rss_before_model_mb": rss_start, "gpu_mem_mb": gpu_memory_mb(),
+        "peak_rss_mb": peak_rss_mb(), "rss_before_model_mb": rss_start, "gpu_mem_mb": gpu_memory_mb(seg.backend.device),
     }
     if seg.backend.name == "tensorrt":
         from edgeseg.bench.baselines import tensorrt_compute

@@ -78,9 +78,20 @@ class DistInfo:
 def _setup_distributed(device_kind: str) -> DistInfo:
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistInfo()
+    if device_kind == "cuda":
+        check_gpu_per_process(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                              torch.cuda.device_count())
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def check_gpu_per_process(local_rank: int, local_world: int, gpus: int) -> None:
+    """Each CUDA process needs a GPU of its own (NCCL refuses two ranks on one device): more
+    processes than GPUs is an error before any rank joins the group, not a crash inside it."""
+    if local_world > gpus or local_rank >= gpus:
+        raise EdgesegError(f"torchrun started {local_world} processes on this machine but it has {gpus} CUDA GPU(s); "
+                           f"use --nproc_per_node {gpus} or less, or train on the CPU with --device cpu")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

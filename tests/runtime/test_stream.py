@@ -84,6 +84,32 @@ def test_realtime_mode_drops_and_counts_when_the_consumer_is_slow(seg, workers):
     assert rep["latency_ms"]["p99"] < 400
 
 
+class FirstCallSlow:
+    """A backend whose first call pays a one-off cost, as CUDA and ONNX Runtime first calls do."""
+
+    def __init__(self, backend, cost_s: float) -> None:
+        self.backend, self.cost_s, self.calls = backend, cost_s, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def infer(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.cost_s)
+        return self.backend.infer(x)
+
+
+def test_one_off_costs_are_paid_before_capture_starts(seg):
+    src = SyntheticSource((96, 160), fps=25, max_frames=20)
+    pipe = StreamPipeline(seg, [src], [], mode="realtime", infer_workers=1)
+    pipe.infer_backends = [FirstCallSlow(b, 0.8) for b in pipe.infer_backends]
+    rep = pipe.run()
+    assert pipe.infer_backends[0].calls == rep["frames_out"] + 1  # the warm-up call, then every frame
+    # paid on the first real frame, the cost would be its latency and ~20 dropped frames
+    assert rep["latency_ms"]["max"] < 500 and rep["frames_out"] + rep["frames_dropped"] == 20
+
+
 def test_reconnects_a_live_source_that_dies(seg, clip):
     # A real OpenCV capture of a 24-frame file, treated as a live URL: at its end it "drops",
     # and the pipeline must reopen it (twice, to reach 60 frames).

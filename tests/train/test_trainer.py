@@ -10,6 +10,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.train.checkpoint import load_model, read_checkpoint
 from edgeseg.train.trainer import (
     TrainConfig,
+    check_gpu_per_process,
     default_input_size,
     default_workers,
     freeze_batchnorm,
@@ -86,7 +87,8 @@ def test_distributed_training_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "edgeseg", "train", "--data", "synthetic:8", "--model", "mbv3_unet_small", "--out", str(tmp_path),
-           "--epochs", "1", "--batch-size", "4", "--input-size", "64x128", "--workers", "0"]
+           "--epochs", "1", "--batch-size", "4", "--input-size", "64x128", "--workers", "0",
+           "--device", "cpu"]  # on a GPU machine, auto would pick CUDA
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = read_checkpoint(tmp_path / "last.pt")
@@ -94,6 +96,14 @@ def test_distributed_training_two_cpu_processes(tmp_path):
     # Both ranks trained on disjoint halves: 8 images / 2 processes / 2 per process = 2 steps each.
     assert "2 processes" in proc.stderr
     assert torch.isfinite(torch.tensor(json.loads((tmp_path / "metrics.json").read_text())["val_miou"]))
+
+
+def test_more_cuda_processes_than_gpus_is_refused_before_the_group_forms():
+    check_gpu_per_process(1, 2, 2)
+    with pytest.raises(EdgesegError, match="started 2 processes on this machine but it has 1 CUDA GPU.*--nproc_per_node 1"):
+        check_gpu_per_process(0, 2, 1)
+    with pytest.raises(EdgesegError, match="--device cpu"):
+        check_gpu_per_process(0, 1, 0)
 
 
 def test_resume_from_best_is_refused_with_a_pointer_to_last(tiny_run, tmp_path):
