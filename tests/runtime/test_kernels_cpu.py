@@ -69,6 +69,19 @@ def test_edge_sizes(frame_hw, model_hw):
         check_postprocess(scores, frame, rng.integers(0, 256, (19, 3)), 0.5, mode)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.integers(1, 24), w=st.integers(1, 80), k=st.integers(2, 4), C=st.integers(1, 24),
+       half=st.booleans(), ties=st.booleans(), seed=st.integers(0, 2**16))
+def test_upsample_matches_reference_at_random_sizes(h, w, k, C, half, ties, seed):
+    """Rows long enough for the 16-pixel register blocks, with their scalar edges and tails."""
+    rng = np.random.default_rng(seed)
+    dtype = np.float16 if half else np.float32
+    scores = (rng.integers(-2, 3, (1, C, h, w)) if ties else rng.standard_normal((1, C, h, w))).astype(dtype)
+    hw = (h * k + 3, w * k - 1)  # frame size off the model's grid: the nearest step runs too
+    np.testing.assert_array_equal(kernels.postprocess(scores, hw, upsample=k), ref.postprocess(scores, hw, upsample=k))
+    np.testing.assert_array_equal(kernels.postprocess(scores, hw), ref.postprocess(scores, hw))
+
+
 @pytest.mark.parametrize("C", [1, 2, 19, 255, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_class_counts_and_half_logits(C, dtype):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -108,6 +109,16 @@ def test_one_off_costs_are_paid_before_capture_starts(seg):
     assert pipe.infer_backends[0].calls == rep["frames_out"] + 1  # the warm-up call, then every frame
     # paid on the first real frame, the cost would be its latency and ~20 dropped frames
     assert rep["latency_ms"]["max"] < 500 and rep["frames_out"] + rep["frames_dropped"] == 20
+
+
+def test_ffmpeg_sources_decode_on_one_thread_where_the_pipeline_fills_the_cores(clip, monkeypatch):
+    threads = lambda src: src.cap.get(cv2.CAP_PROP_N_THREADS)  # noqa: E731
+    assert threads(CaptureSource(str(clip), "url", "live")) == 1  # live: no frame-threading delay
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert threads(open_source(str(clip))) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert threads(open_source(str(clip))) == threads(SimpleNamespace(cap=cv2.VideoCapture(str(clip))))  # FFmpeg's choice
+    assert threads(CaptureSource(str(clip), "url", "live")) == 1
 
 
 def test_reconnects_a_live_source_that_dies(seg, clip):
