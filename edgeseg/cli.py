@@ -324,16 +324,34 @@ def cmd_demo(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _LazyHelp(str):
+    """Help text made only when help is printed. The model registry imports PyTorch (~1.5 s and
+    ~200 MB), which commands such as ``stream`` on an ONNX model never need."""
+
+    def __new__(cls, make):
+        obj = super().__new__(cls, "(computed when shown)")
+        obj.make = make
+        return obj
+
+    def __mod__(self, params):  # argparse expands every help string with ``help % params``
+        return self.make() % params
+
+
+def _model_names() -> str:
     from edgeseg.models import list_models
-    from edgeseg.train.losses import LOSSES
+
+    return f"one of: {', '.join(list_models())}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgeseg.train import LOSSES
 
     p = argparse.ArgumentParser(prog="edgeseg", description="Real-time semantic segmentation for the edge.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a dataset")
     t.add_argument("--data", required=True, help="camvid:PATH, cityscapes:PATH, folder:PATH or synthetic[:N]")
-    t.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    t.add_argument("--model", required=True, help=_LazyHelp(_model_names))
     t.add_argument("--out", required=True, help="folder for best.pt, last.pt, metrics.json, curves.png")
     budget = t.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=int)

@@ -95,3 +95,23 @@ def test_predict_with_cpp_kernels_equals_reference_path_on_camvid(tiny_onnx, cam
     for a, b, f in zip(outs["cpu"], outs["reference"], frames):
         assert a.shape == cv2.imread(str(f)).shape[:2]
         np.testing.assert_array_equal(a, b)
+
+
+def test_streaming_an_onnx_model_never_imports_pytorch(tiny_onnx, tmp_path):
+    """PyTorch costs ~1.5 s and ~200 MB at start-up; an ONNX deployment must not pay for it."""
+    code = ("import sys; from edgeseg.cli import main; "
+            f"rc = main(['stream', '--source', 'synthetic:160x96@0', '--model', {str(tiny_onnx)!r}, "
+            f"'--mode', 'every-frame', '--max-frames', '3', '--report', {str(tmp_path / 'r.json')!r}]); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-2:] == ["0", "False"], out.stderr[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())["frames_out"] == 3
+
+
+def test_train_help_still_lists_the_registered_models(capsys):
+    from edgeseg.cli import main
+    from edgeseg.models import list_models
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"one of: {', '.join(list_models())}" in capsys.readouterr().out

@@ -1,8 +1,5 @@
 """Datasets (``build_dataset``) and paired image/mask transforms."""
 
-from edgeseg.data.datasets import DatasetInfo, SegDataset, build_dataset
-from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
-
 __all__ = [
     "build_dataset",
     "SegDataset",
@@ -12,3 +9,17 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
+
+_HOMES = {"build_dataset": "datasets", "SegDataset": "datasets", "DatasetInfo": "datasets",
+          "TrainTransform": "transforms", "EvalTransform": "transforms", "IMAGENET_MEAN": "transforms",
+          "IMAGENET_STD": "transforms"}
+
+
+def __getattr__(name: str):
+    # Resolved on first use: datasets and transforms import PyTorch, and the synthetic scenes in
+    # this package feed ONNX-only streams (``--source synthetic``) that must not load it.
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"edgeseg.data.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'edgeseg.data' has no attribute {name!r}")

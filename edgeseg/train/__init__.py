@@ -1,1 +1,4 @@
 """Training: losses, metrics and the trainer."""
+
+# The loss names alone, free of PyTorch, so the CLI can offer them without importing it.
+LOSSES = ("ce", "ohem", "ce+dice")

@@ -7,8 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.errors import EdgesegError, did_you_mean
-
-LOSSES = ("ce", "ohem", "ce+dice")
+from edgeseg.train import LOSSES
 
 
 class OhemCrossEntropy(nn.Module):
