@@ -65,7 +65,7 @@ def gpu_memory_mb(device: str) -> float | None:
 
         if not torch.cuda.is_available():
             return None
-        free, total = torch.cuda.mem_get_info()
+        free, total = torch.cuda.mem_get_info(torch.device(device))
         return round((total - free) / 2**20, 1)
     except Exception:
         return None

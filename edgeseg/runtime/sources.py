@@ -105,6 +105,8 @@ class CaptureSource(Source):
             self.cap = cv2.VideoCapture(self.target, cv2.CAP_V4L2) if os.name == "posix" else cv2.VideoCapture(self.target)
         elif cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
             self.cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, self._ffmpeg_params())
+            if not self.cap.isOpened() and self.kind == "file":  # another backend may read it
+                self.cap = cv2.VideoCapture(self.target)
         else:  # e.g. a Jetson's system OpenCV built without FFmpeg: GStreamer opens files too
             self.cap = cv2.VideoCapture(self.target)
         if self.kind in ("url", "camera"):

@@ -386,7 +386,11 @@ class StreamPipeline:
             self.seg(blank, overlay_alpha=self.alpha if self.overlay else None)
 
     def start(self) -> None:
-        self.warmup()
+        try:
+            self.warmup()
+        except Exception:  # e.g. CUDA out of memory: release the sources, finalise the sinks
+            self.close()
+            raise
         names = [f"capture-{i}" for i in range(len(self.sources))]
         self._threads = [threading.Thread(target=self._capture, args=(i,), name=n, daemon=True)
                          for i, n in enumerate(names)]
@@ -457,10 +461,13 @@ def stream(segmenter: Segmenter, source, mode: str | None = None, max_frames: in
                           mode, max_frames, duration, reconnect, overlay_alpha if overlay_alpha is not None else 0.5)
     done = threading.Event()
     report: dict = {}
+    failed: list[BaseException] = []
 
     def run() -> None:
         try:
             report.update(pipe.run())
+        except BaseException as e:  # raised again in the caller's thread, not lost with this one
+            failed.append(e)
         finally:
             done.set()
 
@@ -471,6 +478,8 @@ def stream(segmenter: Segmenter, source, mode: str | None = None, max_frames: in
                 yield q.get(timeout=_POLL)
             except queue.Empty:
                 continue
+        if failed:
+            raise failed[0]
     finally:
         pipe.stop()
         while not done.is_set():  # unblock the output stage if it waits on a full iterator queue

@@ -111,6 +111,37 @@ def test_one_off_costs_are_paid_before_capture_starts(seg):
     assert rep["latency_ms"]["max"] < 500 and rep["frames_out"] + rep["frames_dropped"] == 20
 
 
+class Broken:
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def infer(self, x):
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_a_failed_warm_up_still_closes_sources_and_sinks(seg, clip, tmp_path):
+    video = VideoSink(tmp_path / "out.mp4")
+    pipe = StreamPipeline(seg, [str(clip)], [video], infer_workers=1)
+    pipe.infer_backends = [Broken(b) for b in pipe.infer_backends]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pipe.run()
+    cap = pipe.sources[0].cap
+    assert cap is None or not cap.isOpened()  # released
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written temp file
+
+
+def test_the_iterator_raises_what_stopped_the_pipeline(seg, clip, monkeypatch):
+    def fail(self):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(StreamPipeline, "warmup", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(seg.stream(str(clip)))
+
+
 def test_ffmpeg_sources_decode_on_one_thread_where_the_pipeline_fills_the_cores(clip, monkeypatch):
     threads = lambda src: src.cap.get(cv2.CAP_PROP_N_THREADS)  # noqa: E731
     assert threads(CaptureSource(str(clip), "url", "live")) == 1  # live: no frame-threading delay
