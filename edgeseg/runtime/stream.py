@@ -249,14 +249,8 @@ class StreamPipeline:
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        backends = [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads, fuse_resize=self.seg.upsample > 1)
-                    for _ in range(workers)]
-        # ONNX Runtime allocates its arena and picks kernels on the first run: do that now, not on
-        # the first frames (they would show it as a latency spike).
-        x = np.zeros((1, 3, *self.seg.spec.input_hw), np.float32)
-        for be in backends:
-            be.infer(x)
-        return backends
+        return [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads, fuse_resize=self.seg.upsample > 1)
+                for _ in range(workers)]  # warmed up by warmup() when the pipeline starts
 
     def _inference(self, backend) -> None:
         self._single_threaded_kernels()
@@ -376,14 +370,12 @@ class StreamPipeline:
         realtime mode, as frames dropped before the stream has settled.
         """
         h, w = self.seg.spec.input_hw
-        blank = np.zeros((h, w, 3), np.uint8)
-        if self.split:
-            spec = self.seg.spec
-            x = kernels.preprocess(blank, spec.input_hw, spec.input.mean, spec.input.std)
+        if self.split:  # only the model runs on the inference threads
+            x = np.zeros((1, 3, h, w), np.float32)
             for backend in self.infer_backends:
                 backend.infer(x)
         else:
-            self.seg(blank, overlay_alpha=self.alpha if self.overlay else None)
+            self.seg(np.zeros((h, w, 3), np.uint8), overlay_alpha=self.alpha if self.overlay else None)
 
     def start(self) -> None:
         try:
