@@ -34,7 +34,9 @@ def _compiler_accepts(flag: str) -> bool:
         src = Path(d, "t.cpp")
         src.write_text("int main() { return 0; }\n")
         try:
-            r = subprocess.run([cxx, flag, "-c", str(src), "-o", str(Path(d, "t.o"))], capture_output=True)
+            r = subprocess.run(
+                [cxx, flag, "-c", str(src), "-o", str(Path(d, "t.o"))], capture_output=True
+            )
         except OSError:
             return False
         return r.returncode == 0

@@ -26,16 +26,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             continue
         base = members["baseline"][0]
         for cand in members["candidate"]:
-            rows.append({"group": group, "baseline": base.name, "candidate": cand.name,
-                         "baseline_ms": base.stats.median * 1e3, "candidate_ms": cand.stats.median * 1e3,
-                         "speedup": base.stats.median / cand.stats.median})
+            rows.append(
+                {
+                    "group": group,
+                    "baseline": base.name,
+                    "candidate": cand.name,
+                    "baseline_ms": base.stats.median * 1e3,
+                    "candidate_ms": cand.stats.median * 1e3,
+                    "speedup": base.stats.median / cand.stats.median,
+                }
+            )
     if not rows:
         return
     tr = terminalreporter
     tr.section("speed-up against the baseline (median, same run)")
     for r in rows:
-        tr.write_line(f"{r['group']:<34} {r['candidate']:<42} {r['candidate_ms']:8.3f} ms   "
-                      f"{r['baseline']:<28} {r['baseline_ms']:8.3f} ms   x{r['speedup']:.2f}")
+        tr.write_line(
+            f"{r['group']:<34} {r['candidate']:<42} {r['candidate_ms']:8.3f} ms   "
+            f"{r['baseline']:<28} {r['baseline_ms']:8.3f} ms   x{r['speedup']:.2f}"
+        )
     out = os.environ.get("EDGESEG_BENCH_JSON")
     if out:
         with open(out, "w") as f:

@@ -48,17 +48,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         seg = Segmenter(a.model)
         src = SyntheticSource((h, w), fps=0, max_frames=a.frames)
-        pipe = StreamPipeline(seg, [src], [CallbackSink(on_result), VideoSink(Path(d) / "soak.mp4")],
-                              mode="every-frame")
+        pipe = StreamPipeline(
+            seg,
+            [src],
+            [CallbackSink(on_result), VideoSink(Path(d) / "soak.mp4")],
+            mode="every-frame",
+        )
         t0 = time.perf_counter()
         report = pipe.run()
         dt = time.perf_counter() - t0
     after_warmup = next(m for i, m in samples if i >= a.warmup)
     end = samples[-1][1]
-    res = {"frames_out": report["frames_out"], "seconds": round(dt, 1), "fps": report["fps"],
-           "rss_mb_after_warmup": round(after_warmup, 1), "rss_mb_end": round(end, 1),
-           "rss_growth_mb": round(end - after_warmup, 2), "rss_max_mb": round(max(m for _, m in samples), 1),
-           "latency_ms": report["latency_ms"], "samples": samples}
+    res = {
+        "frames_out": report["frames_out"],
+        "seconds": round(dt, 1),
+        "fps": report["fps"],
+        "rss_mb_after_warmup": round(after_warmup, 1),
+        "rss_mb_end": round(end, 1),
+        "rss_growth_mb": round(end - after_warmup, 2),
+        "rss_max_mb": round(max(m for _, m in samples), 1),
+        "latency_ms": report["latency_ms"],
+        "samples": samples,
+    }
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))

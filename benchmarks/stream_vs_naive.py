@@ -25,7 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video" / "dashcam_960x540.mp4"
+VIDEO = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video" / "dashcam_960x540.mp4"
+)
 
 
 def naive_loop(model: str, video: str, out: str) -> dict:
@@ -47,7 +49,9 @@ def naive_loop(model: str, video: str, out: str) -> dict:
         ok, frame = cap.read()
         if not ok:
             break
-        blob = cv2.dnn.blobFromImage(frame, 1.0, (spec.input.width, spec.input.height), spec.input.mean, swapRB=True)
+        blob = cv2.dnn.blobFromImage(
+            frame, 1.0, (spec.input.width, spec.input.height), spec.input.mean, swapRB=True
+        )
         logits = sess.run(None, {name: blob / std})[0]
         labels = logits[0].argmax(0).astype(np.uint8)
         labels = cv2.resize(labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
@@ -65,13 +69,46 @@ def edgeseg_stream(model: str, video: str, tmp: Path) -> dict:
     """The issue's command, timed; then once more with --save-masks for the label check (untimed:
     writing 221 PNGs is not part of the comparison)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "edgeseg", "stream", "--source", video, "--model", model,
-                    "--mode", "every-frame", "--record", str(tmp / "out.mp4"), "--report", str(tmp / "r.json")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeseg",
+            "stream",
+            "--source",
+            video,
+            "--model",
+            model,
+            "--mode",
+            "every-frame",
+            "--record",
+            str(tmp / "out.mp4"),
+            "--report",
+            str(tmp / "r.json"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - t0
     report = json.loads((tmp / "r.json").read_text())
-    subprocess.run([sys.executable, "-m", "edgeseg", "stream", "--source", video, "--model", model,
-                    "--mode", "every-frame", "--save-masks", str(tmp / "masks")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeseg",
+            "stream",
+            "--source",
+            video,
+            "--model",
+            model,
+            "--mode",
+            "every-frame",
+            "--save-masks",
+            str(tmp / "masks"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return {**report, "wall_s_with_startup": round(wall, 3)}
 
 
@@ -96,27 +133,58 @@ def check_labels(model: str, video: str, masks: Path, every: int = 20) -> dict:
             checked += 1
         i += 1
     kernels.set_backend("cpu" if kernels._cpu is not None else "reference")
-    return {"frames_checked": checked, "pixels_different": mismatched, "pixels": pixels,
-            "pixels_different_from_whole_graph": whole_diff}
+    return {
+        "frames_checked": checked,
+        "pixels_different": mismatched,
+        "pixels": pixels,
+        "pixels_different_from_whole_graph": whole_diff,
+    }
 
 
 def realtime_latency(model: str, tmp: Path, seconds: float = 10.0) -> dict:
-    subprocess.run([sys.executable, "-m", "edgeseg", "stream", "--source", "synthetic:960x540@25", "--model", model,
-                    "--duration", str(seconds), "--record", str(tmp / "rt.mp4"), "--report", str(tmp / "rt.json")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeseg",
+            "stream",
+            "--source",
+            "synthetic:960x540@25",
+            "--model",
+            model,
+            "--duration",
+            str(seconds),
+            "--record",
+            str(tmp / "rt.mp4"),
+            "--report",
+            str(tmp / "rt.json"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     r = json.loads((tmp / "rt.json").read_text())
     lat = r["latency_ms"]
-    return {"fps": r["fps"], "frames_dropped": r["frames_dropped"], "latency_ms": lat,
-            "p99_over_p50": round(lat["p99"] / lat["p50"], 3)}
+    return {
+        "fps": r["fps"],
+        "frames_dropped": r["frames_dropped"],
+        "latency_ms": lat,
+        "p99_over_p50": round(lat["p99"] / lat["p50"], 3),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--video", default=str(VIDEO))
     ap.add_argument("--json")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="alternate naive and edgeseg runs this many times; the medians are compared")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternate naive and edgeseg runs this many times; the medians are compared",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -128,17 +196,26 @@ def main() -> None:
         ours = sorted(ourss, key=lambda r: r["fps"])[len(ourss) // 2]
         labels = check_labels(a.model, a.video, tmp / "masks")
         rt = realtime_latency(a.model, tmp)
-    res = {"naive": naive, "edgeseg_stream": ours, "speedup_fps": round(ours["fps"] / naive["fps"], 3),
-           "naive_fps_runs": [r["fps"] for r in naives], "edgeseg_fps_runs": [r["fps"] for r in ourss],
-           "all_frames_out": ours["frames_out"] == naive["frames"], "labels_vs_reference": labels,
-           "realtime_synthetic": rt, "machine": f"{__import__('platform').processor() or 'cpu'}",
-           "date": time.strftime("%Y-%m-%d")}
+    res = {
+        "naive": naive,
+        "edgeseg_stream": ours,
+        "speedup_fps": round(ours["fps"] / naive["fps"], 3),
+        "naive_fps_runs": [r["fps"] for r in naives],
+        "edgeseg_fps_runs": [r["fps"] for r in ourss],
+        "all_frames_out": ours["frames_out"] == naive["frames"],
+        "labels_vs_reference": labels,
+        "realtime_synthetic": rt,
+        "machine": f"{__import__('platform').processor() or 'cpu'}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(json.dumps(res, indent=2))
-    print(f"\nmedian of {a.repeats}: naive {naive['fps']:.1f} FPS, edgeseg stream {ours['fps']:.1f} FPS: "
-          f"x{res['speedup_fps']:.2f} (runs: naive {res['naive_fps_runs']}, edgeseg {res['edgeseg_fps_runs']}); "
-          f"{ours['frames_out']}/{naive['frames']} frames; {labels['pixels_different']} label pixels differ from "
-          f"the reference on {labels['frames_checked']} frames ({labels['pixels_different_from_whole_graph']} of "
-          f"{labels['pixels']} from the whole graph on ONNX Runtime); realtime p99/p50 = {rt['p99_over_p50']}")
+    print(
+        f"\nmedian of {a.repeats}: naive {naive['fps']:.1f} FPS, edgeseg stream {ours['fps']:.1f} FPS: "
+        f"x{res['speedup_fps']:.2f} (runs: naive {res['naive_fps_runs']}, edgeseg {res['edgeseg_fps_runs']}); "
+        f"{ours['frames_out']}/{naive['frames']} frames; {labels['pixels_different']} label pixels differ from "
+        f"the reference on {labels['frames_checked']} frames ({labels['pixels_different_from_whole_graph']} of "
+        f"{labels['pixels']} from the whole graph on ONNX Runtime); realtime p99/p50 = {rt['p99_over_p50']}"
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 

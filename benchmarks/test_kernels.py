@@ -29,7 +29,9 @@ def _data(size: str):
     frame = rng.integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
     # smooth logits, like a network's: labels form regions rather than salt and pepper
     small = rng.standard_normal((C, model_hw[0] // 16, model_hw[1] // 16)).astype(np.float32)
-    logits = np.stack([cv2.resize(c, model_hw[::-1], interpolation=cv2.INTER_LINEAR) for c in small])[None]
+    logits = np.stack(
+        [cv2.resize(c, model_hw[::-1], interpolation=cv2.INTER_LINEAR) for c in small]
+    )[None]
     palette = rng.integers(0, 256, (C, 3))
     return frame, np.ascontiguousarray(logits), palette, frame_hw, model_hw
 
@@ -58,7 +60,9 @@ def test_preprocess_edgeseg_cpu(benchmark, size):
     out = np.empty((1, 3, *model_hw), np.float32)
     benchmark.group = f"preprocess {size}"
     benchmark(kernels.preprocess, frame, model_hw, MEAN, STD, out=out)
-    np.testing.assert_allclose(out, kernels.reference.preprocess(frame, model_hw, MEAN, STD), atol=1e-5)
+    np.testing.assert_allclose(
+        out, kernels.reference.preprocess(frame, model_hw, MEAN, STD), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -80,7 +84,9 @@ def test_postprocess_edgeseg_cpu(benchmark, size):
     labels = np.empty(frame_hw, np.uint8)
     vis = np.empty_like(frame)
     benchmark.group = f"postprocess+overlay {size}"
-    benchmark(kernels.postprocess, logits, frame_hw, palette, frame, 0.5, out=labels, overlay_out=vis)
+    benchmark(
+        kernels.postprocess, logits, frame_hw, palette, frame, 0.5, out=labels, overlay_out=vis
+    )
     # (cv2's INTER_NEAREST samples pixel corners, not centres, so it is not the reference here)
     want_labels, want_vis = kernels.reference.postprocess(logits, frame_hw, palette, frame, 0.5)
     np.testing.assert_array_equal(labels, want_labels)
@@ -104,7 +110,9 @@ def test_pre_post_edgeseg_cuda(benchmark, size):
 
     def run():
         kcuda.preprocess(d_frame, model_hw, MEAN, STD, out=x)
-        kcuda.postprocess(d_logits, frame_hw, palette, d_frame, 0.5, out=labels, overlay_out=vis, scratch=scratch)
+        kcuda.postprocess(
+            d_logits, frame_hw, palette, d_frame, 0.5, out=labels, overlay_out=vis, scratch=scratch
+        )
         torch.cuda.synchronize()
 
     benchmark.group = f"cuda pre+post {size}"

@@ -23,8 +23,9 @@ DEMO_SIZE = (128, 256)
 CLIP_FRAMES = 120
 
 
-def _write_overlay_video(seg, frames: list[tuple[np.ndarray, np.ndarray]], path: Path,
-                         num_classes: int) -> dict[str, Any]:
+def _write_overlay_video(
+    seg, frames: list[tuple[np.ndarray, np.ndarray]], path: Path, num_classes: int
+) -> dict[str, Any]:
     from edgeseg.train.metrics import ConfusionMatrix
 
     h, w = frames[0][0].shape[:2]
@@ -44,8 +45,11 @@ def _write_overlay_video(seg, frames: list[tuple[np.ndarray, np.ndarray]], path:
                 writer.write(res.overlay(0.5))
         finally:
             writer.release()
-    return {"clip_miou": cm.compute().miou, "ms_per_frame_p50": float(np.median(latencies)),
-            "fps": 1e3 / float(np.mean(latencies))}
+    return {
+        "clip_miou": cm.compute().miou,
+        "ms_per_frame_p50": float(np.median(latencies)),
+        "fps": 1e3 / float(np.mean(latencies)),
+    }
 
 
 def run_demo(out: str | Path = "edgeseg_demo", seconds: float = 60.0) -> dict[str, Any]:
@@ -62,9 +66,21 @@ def run_demo(out: str | Path = "edgeseg_demo", seconds: float = 60.0) -> dict[st
     out = Path(out)
     t_start = time.perf_counter()
     console.rule(f"1/3 train {DEMO_MODEL} on procedural road scenes for {seconds:.0f} s")
-    res = train(TrainConfig(data=DEMO_DATA, model=DEMO_MODEL, out=str(out / "train"), minutes=seconds / 60,
-                            batch_size=8, input_size=DEMO_SIZE, crop=DEMO_SIZE, scale=(0.75, 1.5),
-                            lr=5e-3, workers=1, val_every=1000))
+    res = train(
+        TrainConfig(
+            data=DEMO_DATA,
+            model=DEMO_MODEL,
+            out=str(out / "train"),
+            minutes=seconds / 60,
+            batch_size=8,
+            input_size=DEMO_SIZE,
+            crop=DEMO_SIZE,
+            scale=(0.75, 1.5),
+            lr=5e-3,
+            workers=1,
+            val_every=1000,
+        )
+    )
     console.rule("2/3 export to ONNX (checked against PyTorch)")
     exp = export_onnx(out / "train" / "best.pt", out)
     console.rule(f"3/3 segment a {CLIP_FRAMES}-frame synthetic drive with ONNX Runtime")
@@ -72,12 +88,20 @@ def run_demo(out: str | Path = "edgeseg_demo", seconds: float = 60.0) -> dict[st
     frames = list(render_clip(CLIP_FRAMES, (2 * DEMO_SIZE[0], 2 * DEMO_SIZE[1]), seed=7))
     clip = _write_overlay_video(seg, frames, out / "overlay.mp4", seg.spec.num_classes)
     summary = {
-        "model": DEMO_MODEL, "train_seconds": res["train_time_s"], "epochs": res["epochs"],
-        "val_miou": round(res["val_miou"], 4), "clip_miou": round(clip["clip_miou"], 4),
-        "onnx_max_abs_diff": exp["max_abs_diff"], "ms_per_frame_p50": round(clip["ms_per_frame_p50"], 2),
-        "fps": round(clip["fps"], 1), "total_seconds": round(time.perf_counter() - t_start, 1),
-        "files": {"checkpoint": str(out / "train" / "best.pt"), "onnx": str(out / "model.onnx"),
-                  "video": str(out / "overlay.mp4")},
+        "model": DEMO_MODEL,
+        "train_seconds": res["train_time_s"],
+        "epochs": res["epochs"],
+        "val_miou": round(res["val_miou"], 4),
+        "clip_miou": round(clip["clip_miou"], 4),
+        "onnx_max_abs_diff": exp["max_abs_diff"],
+        "ms_per_frame_p50": round(clip["ms_per_frame_p50"], 2),
+        "fps": round(clip["fps"], 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "files": {
+            "checkpoint": str(out / "train" / "best.pt"),
+            "onnx": str(out / "model.onnx"),
+            "video": str(out / "overlay.mp4"),
+        },
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     table = Table(title="edgeseg demo", title_justify="left")

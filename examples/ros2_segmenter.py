@@ -32,8 +32,10 @@ class SegmenterNode(Node):
         self.sub = self.create_subscription(Image, "image", self.on_image, qos)
         self.pub_labels = self.create_publisher(Image, "~/labels", 1)
         self.pub_overlay = self.create_publisher(Image, "~/overlay", 1) if self.alpha > 0 else None
-        self.get_logger().info(f"edgeseg: {model} ({self.seg.backend.name}, {self.seg.kernels} kernels), "
-                               f"{len(self.seg.spec.classes)} classes")
+        self.get_logger().info(
+            f"edgeseg: {model} ({self.seg.backend.name}, {self.seg.kernels} kernels), "
+            f"{len(self.seg.spec.classes)} classes"
+        )
 
     def on_image(self, msg: Image) -> None:
         frame = image_msg_to_bgr(msg)

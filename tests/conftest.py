@@ -34,8 +34,19 @@ def tiny_run(tmp_path_factory) -> Path:
     from edgeseg.train.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_run")
-    train(TrainConfig(data="synthetic:16", model="mbv3_unet_small", out=str(out), epochs=2, batch_size=4,
-                      input_size=(64, 128), crop=(64, 128), workers=0, quiet=True))
+    train(
+        TrainConfig(
+            data="synthetic:16",
+            model="mbv3_unet_small",
+            out=str(out),
+            epochs=2,
+            batch_size=4,
+            input_size=(64, 128),
+            crop=(64, 128),
+            workers=0,
+            quiet=True,
+        )
+    )
     return out
 
 

@@ -12,8 +12,13 @@ import pytest
 
 def run(*args, timeout=300, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -25,20 +30,59 @@ def assert_one_line_error(proc, *fragments):
         assert f in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["eval", "nope.onnx", "--data", "synthetic:4"], ["model not found: nope.onnx"]),
-    (["train", "--data", "camvd:/x", "--model", "mbv3_unet_small", "--out", "o", "--epochs", "1"], ["camvid"]),
-    (["train", "--data", "synthetic:4", "--model", "mbv3_unet_smal", "--out", "o", "--epochs", "1"],
-     ["did you mean 'mbv3_unet_small'"]),
-    (["info", "unet"], ["unknown model 'unet'"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["eval", "nope.onnx", "--data", "synthetic:4"], ["model not found: nope.onnx"]),
+        (
+            [
+                "train",
+                "--data",
+                "camvd:/x",
+                "--model",
+                "mbv3_unet_small",
+                "--out",
+                "o",
+                "--epochs",
+                "1",
+            ],
+            ["camvid"],
+        ),
+        (
+            [
+                "train",
+                "--data",
+                "synthetic:4",
+                "--model",
+                "mbv3_unet_smal",
+                "--out",
+                "o",
+                "--epochs",
+                "1",
+            ],
+            ["did you mean 'mbv3_unet_small'"],
+        ),
+        (["info", "unet"], ["unknown model 'unet'"]),
+    ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, args, fragments):
     assert_one_line_error(run(*args), *fragments)
 
 
 def test_wrong_architecture_checkpoint(tiny_run, tmp_path):
-    proc = run("train", "--data", "synthetic:8", "--model", "bisenetv2", "--out", tmp_path, "--epochs", "1",
-               "--resume", tiny_run / "last.pt")
+    proc = run(
+        "train",
+        "--data",
+        "synthetic:8",
+        "--model",
+        "bisenetv2",
+        "--out",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--resume",
+        tiny_run / "last.pt",
+    )
     assert_one_line_error(proc, "holds a 'mbv3_unet_small' model, not 'bisenetv2'")
 
 
@@ -59,13 +103,25 @@ def test_predict_writes_labels_and_overlays(tiny_onnx, tmp_path):
 def test_predict_unreadable_image(tiny_onnx, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    assert_one_line_error(run("predict", tiny_onnx, bad, "--out", tmp_path / "o"), "cannot read image", "broken.png")
+    assert_one_line_error(
+        run("predict", tiny_onnx, bad, "--out", tmp_path / "o"), "cannot read image", "broken.png"
+    )
 
 
 def test_eval_json_and_export(tiny_run, tmp_path):
-    proc = run("export", tiny_run / "best.pt", "--out", tmp_path, "--json", tmp_path / "export.json")
+    proc = run(
+        "export", tiny_run / "best.pt", "--out", tmp_path, "--json", tmp_path / "export.json"
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = run("eval", tmp_path / "model.onnx", "--data", "synthetic:16", "--json", tmp_path / "m.json", "--hd95")
+    proc = run(
+        "eval",
+        tmp_path / "model.onnx",
+        "--data",
+        "synthetic:16",
+        "--json",
+        tmp_path / "m.json",
+        "--hd95",
+    )
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "m.json").read_text())
     assert {"miou", "per_class_iou", "pixel_acc", "mean_dice", "per_class_hd95"} <= set(m)
@@ -88,10 +144,19 @@ def test_predict_with_cpp_kernels_equals_reference_path_on_camvid(tiny_onnx, cam
         (imgs / f.name).symlink_to(f)
     outs = {}
     for impl in ("cpu", "reference"):
-        proc = run("predict", tiny_onnx, imgs, "--out", tmp_path / impl, env_extra={"EDGESEG_KERNELS": impl})
+        proc = run(
+            "predict",
+            tiny_onnx,
+            imgs,
+            "--out",
+            tmp_path / impl,
+            env_extra={"EDGESEG_KERNELS": impl},
+        )
         assert proc.returncode == 0, proc.stderr
         assert f"{impl} kernels" in proc.stdout
-        outs[impl] = [cv2.imread(str(tmp_path / impl / f"{f.stem}.png"), cv2.IMREAD_UNCHANGED) for f in frames]
+        outs[impl] = [
+            cv2.imread(str(tmp_path / impl / f"{f.stem}.png"), cv2.IMREAD_UNCHANGED) for f in frames
+        ]
     for a, b, f in zip(outs["cpu"], outs["reference"], frames):
         assert a.shape == cv2.imread(str(f)).shape[:2]
         np.testing.assert_array_equal(a, b)
@@ -99,10 +164,12 @@ def test_predict_with_cpp_kernels_equals_reference_path_on_camvid(tiny_onnx, cam
 
 def test_streaming_an_onnx_model_never_imports_pytorch(tiny_onnx, tmp_path):
     """PyTorch costs ~1.5 s and ~200 MB at start-up; an ONNX deployment must not pay for it."""
-    code = ("import sys; from edgeseg.cli import main; "
-            f"rc = main(['stream', '--source', 'synthetic:160x96@0', '--model', {str(tiny_onnx)!r}, "
-            f"'--mode', 'every-frame', '--max-frames', '3', '--report', {str(tmp_path / 'r.json')!r}]); "
-            "print(rc, 'torch' in sys.modules)")
+    code = (
+        "import sys; from edgeseg.cli import main; "
+        f"rc = main(['stream', '--source', 'synthetic:160x96@0', '--model', {str(tiny_onnx)!r}, "
+        f"'--mode', 'every-frame', '--max-frames', '3', '--report', {str(tmp_path / 'r.json')!r}]); "
+        "print(rc, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split()[-2:] == ["0", "False"], out.stderr[-2000:]
     assert json.loads((tmp_path / "r.json").read_text())["frames_out"] == 3

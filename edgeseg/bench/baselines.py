@@ -42,8 +42,13 @@ def _frames_for_naive(source: str, frames: int):
         cap.release()
 
 
-def naive_loop(onnx_path: str | os.PathLike, source: str, frames: int, out_video: str | os.PathLike,
-               warmup: int = 5) -> dict[str, Any]:
+def naive_loop(
+    onnx_path: str | os.PathLike,
+    source: str,
+    frames: int,
+    out_video: str | os.PathLike,
+    warmup: int = 5,
+) -> dict[str, Any]:
     """Run the naive single-thread loop over ``frames`` frames of ``source``; FPS and per-frame
     latency (read to written)."""
     import cv2
@@ -76,7 +81,9 @@ def naive_loop(onnx_path: str | os.PathLike, source: str, frames: int, out_video
         labels = cv2.resize(labels, frame.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         vis = cv2.addWeighted(frame, 0.5, lut[labels], 0.5, 0)
         if writer is None:
-            writer = cv2.VideoWriter(str(out_video), cv2.VideoWriter_fourcc(*"mp4v"), 25, frame.shape[1::-1])
+            writer = cv2.VideoWriter(
+                str(out_video), cv2.VideoWriter_fourcc(*"mp4v"), 25, frame.shape[1::-1]
+            )
         writer.write(vis)
         lat.append((time.perf_counter() - t) * 1e3)
     dt = time.perf_counter() - t0
@@ -85,11 +92,17 @@ def naive_loop(onnx_path: str | os.PathLike, source: str, frames: int, out_video
     if not lat:
         return {"frames": 0, "fps": 0.0, "latency_ms": None}
     s = summarize(lat)
-    return {"frames": len(lat), "seconds": round(dt, 3), "fps": round(len(lat) / dt, 3),
-            "latency_ms": {"p50": s["p50"], "p99": s["p99"]}}
+    return {
+        "frames": len(lat),
+        "seconds": round(dt, 3),
+        "fps": round(len(lat) / dt, 3),
+        "latency_ms": {"p50": s["p50"], "p99": s["p99"]},
+    }
 
 
-def torch_eager(checkpoint: str | os.PathLike, warmup: int, iters: int, device: str = "cpu") -> dict[str, Any]:
+def torch_eager(
+    checkpoint: str | os.PathLike, warmup: int, iters: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Model-only latency of a checkpoint in eager PyTorch (no_grad, batch 1, float32)."""
     import torch
 

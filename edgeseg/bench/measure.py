@@ -22,9 +22,16 @@ def summarize(samples_ms) -> dict[str, float]:
         raise ValueError("no latency samples")
     p50, p90, p99 = (float(np.percentile(a, q)) for q in (50, 90, 99))
     mean = float(a.mean())
-    return {"p50": round(p50, 4), "p90": round(p90, 4), "p99": round(p99, 4), "mean": round(mean, 4),
-            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4),
-            "throughput_fps": round(1e3 / mean, 3) if mean > 0 else 0.0, "samples": int(a.size)}
+    return {
+        "p50": round(p50, 4),
+        "p90": round(p90, 4),
+        "p99": round(p99, 4),
+        "mean": round(mean, 4),
+        "min": round(float(a.min()), 4),
+        "max": round(float(a.max()), 4),
+        "throughput_fps": round(1e3 / mean, 3) if mean > 0 else 0.0,
+        "samples": int(a.size),
+    }
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
@@ -83,15 +90,25 @@ def onnx_complexity(path: str | os.PathLike) -> dict[str, float]:
     g = model.graph
     shapes: dict[str, list[int]] = {}
     for vi in [*g.input, *g.value_info, *g.output]:
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim
+        ]
         shapes[vi.name] = dims
     inits = {i.name: i for i in g.initializer}
     for name, init in inits.items():
         shapes[name] = list(init.dims)
-    qdq_params = {n.input[i] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                  for i in (1, 2) if i < len(n.input)}
-    params = sum(int(np.prod(init.dims)) for name, init in inits.items()
-                 if name not in qdq_params and len(init.dims) >= 1 and int(np.prod(init.dims)) > 1)
+    qdq_params = {
+        n.input[i]
+        for n in g.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for i in (1, 2)
+        if i < len(n.input)
+    }
+    params = sum(
+        int(np.prod(init.dims))
+        for name, init in inits.items()
+        if name not in qdq_params and len(init.dims) >= 1 and int(np.prod(init.dims)) > 1
+    )
     macs = 0
     for n in g.node:
         if n.op_type in ("Conv", "ConvTranspose"):

@@ -27,34 +27,91 @@ def print_table(report: dict[str, Any], console=None) -> None:
         if not console.is_terminal:  # a file or pipe: do not squeeze 13 columns into 80 characters
             console = Console(width=220)
     m = report["machine"]
-    t = Table(title=f"edgeseg bench — {m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m['gpu'] else ''}, "
-                    f"{report['settings']['frames']} frames of {report['settings']['source']}", title_justify="left")
-    for col in ("model", "backend", "prec", "params M", "GFLOPs", "model ms p50/p90/p99", "model FPS",
-                "e2e FPS", "e2e ms p50/p99", "stages p50 ms dec/pre/inf/post/sink", "RSS MB", "x eager", "x naive"):
+    t = Table(
+        title=f"edgeseg bench — {m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m['gpu'] else ''}, "
+        f"{report['settings']['frames']} frames of {report['settings']['source']}",
+        title_justify="left",
+    )
+    for col in (
+        "model",
+        "backend",
+        "prec",
+        "params M",
+        "GFLOPs",
+        "model ms p50/p90/p99",
+        "model FPS",
+        "e2e FPS",
+        "e2e ms p50/p99",
+        "stages p50 ms dec/pre/inf/post/sink",
+        "RSS MB",
+        "x eager",
+        "x naive",
+    ):
         t.add_column(col, justify="left" if col in ("model", "backend", "prec") else "right")
     for r in report["results"]:
         if "skipped" in r:
-            t.add_row(r["name"], r["backend_requested"], r["precision_requested"],
-                      f"[yellow]skipped: {r['skipped']}[/]", *[""] * 9)
+            t.add_row(
+                r["name"],
+                r["backend_requested"],
+                r["precision_requested"],
+                f"[yellow]skipped: {r['skipped']}[/]",
+                *[""] * 9,
+            )
             continue
         mo, pl = r["model_only_ms"], r["pipeline"]
         st = "/".join(_fmt(pl["stages_ms"][s]["p50"]) for s in STAGES)
         ra = r["ratios"]
-        t.add_row(r["name"], r["backend"], r["precision"], _fmt(r["params"] / 1e6 if r["params"] else None, 2),
-                  _fmt(r["gflops"], 2), f"{mo['p50']:.1f}/{mo['p90']:.1f}/{mo['p99']:.1f}",
-                  _fmt(mo["throughput_fps"]), _fmt(pl["fps"]),
-                  f"{pl['latency_ms']['p50']:.1f}/{pl['latency_ms']['p99']:.1f}", st, _fmt(r["peak_rss_mb"], 0),
-                  _fmt(ra["model_only_vs_torch_eager"], 2), _fmt(ra["pipeline_fps_vs_naive_loop"], 2))
+        t.add_row(
+            r["name"],
+            r["backend"],
+            r["precision"],
+            _fmt(r["params"] / 1e6 if r["params"] else None, 2),
+            _fmt(r["gflops"], 2),
+            f"{mo['p50']:.1f}/{mo['p90']:.1f}/{mo['p99']:.1f}",
+            _fmt(mo["throughput_fps"]),
+            _fmt(pl["fps"]),
+            f"{pl['latency_ms']['p50']:.1f}/{pl['latency_ms']['p99']:.1f}",
+            st,
+            _fmt(r["peak_rss_mb"], 0),
+            _fmt(ra["model_only_vs_torch_eager"], 2),
+            _fmt(ra["pipeline_fps_vs_naive_loop"], 2),
+        )
     for model, base in report["baselines"].items():
         name = os.path.splitext(os.path.basename(model))[0]
         if "torch_eager_ms" in base:
             e = base["torch_eager_ms"]
-            t.add_row(name, "[dim]PyTorch eager[/]", "fp32", "", "", f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f}",
-                      _fmt(e["throughput_fps"]), "", "", "", "", "1.00", "")
+            t.add_row(
+                name,
+                "[dim]PyTorch eager[/]",
+                "fp32",
+                "",
+                "",
+                f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f}",
+                _fmt(e["throughput_fps"]),
+                "",
+                "",
+                "",
+                "",
+                "1.00",
+                "",
+            )
         if base.get("naive_loop", {}).get("latency_ms"):
             n = base["naive_loop"]
-            t.add_row(name, "[dim]naive loop[/]", "fp32", "", "", "", "", _fmt(n["fps"]),
-                      f"{n['latency_ms']['p50']:.1f}/{n['latency_ms']['p99']:.1f}", "", "", "", "1.00")
+            t.add_row(
+                name,
+                "[dim]naive loop[/]",
+                "fp32",
+                "",
+                "",
+                "",
+                "",
+                _fmt(n["fps"]),
+                f"{n['latency_ms']['p50']:.1f}/{n['latency_ms']['p99']:.1f}",
+                "",
+                "",
+                "",
+                "1.00",
+            )
     console.print(t)
 
 
@@ -83,7 +140,9 @@ def _stage_bars(ax, report: dict[str, Any]) -> None:
     ax.legend(fontsize=7, loc="lower right")
 
 
-def write_plot(report: dict[str, Any], path: str | os.PathLike, samples: dict[str, list[float]] | None = None) -> None:
+def write_plot(
+    report: dict[str, Any], path: str | os.PathLike, samples: dict[str, list[float]] | None = None
+) -> None:
     """Model-only latency histograms (``samples``: label -> ms; by default each result's
     ``model_only_samples_ms``) and stacked per-stage bars; written atomically."""
     import matplotlib
@@ -95,7 +154,11 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike, samples: dict[st
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
     if samples is None:
-        samples = {_label(r): r.get("model_only_samples_ms", []) for r in report["results"] if "skipped" not in r}
+        samples = {
+            _label(r): r.get("model_only_samples_ms", [])
+            for r in report["results"]
+            if "skipped" not in r
+        }
     _histograms(a, {k: v for k, v in samples.items() if v})
     _stage_bars(b, report)
     fig.tight_layout()
@@ -130,10 +193,22 @@ def write_zoo_plot(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     xy = [(r["latency_ms_p50"], r["miou"]) for r in pts]
     ax.scatter([p[0] for p in xy], [p[1] for p in xy])
     for r, (x, y) in zip(pts, xy):
-        ax.annotate(f"{r['model']} {r['size']}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(
+            f"{r['model']} {r['size']}",
+            (x, y),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     front = pareto_front(xy)
     if front:
-        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="gray", label="Pareto front")
+        ax.plot(
+            [xy[i][0] for i in front],
+            [xy[i][1] for i in front],
+            "--",
+            color="gray",
+            label="Pareto front",
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel("model-only latency p50 (ms)")
     ax.set_ylabel("val mIoU")

@@ -118,7 +118,11 @@ class Artifacts:
             if precision != "fp32" or ckpt is None:
                 raise Skip("the torch backend runs FP32 checkpoints only")
             return ckpt
-        if model.suffix.lower() != ".pt" and precision == own and _natural_backend(model) == backend:
+        if (
+            model.suffix.lower() != ".pt"
+            and precision == own
+            and _natural_backend(model) == backend
+        ):
             return model
         key = (precision, backend, model)
         if key in self._cache:
@@ -166,7 +170,9 @@ def _first_frame(source: str):
     return f.image
 
 
-def measure_config(path: str, backend: str, device: str, source: str, frames: int, warmup: int) -> dict[str, Any]:
+def measure_config(
+    path: str, backend: str, device: str, source: str, frames: int, warmup: int
+) -> dict[str, Any]:
     """Model-only and end-to-end figures of one model file on one backend (run in a fresh process)."""
     from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb, summarize, time_calls
     from edgeseg.runtime import kernels
@@ -191,18 +197,29 @@ def measure_config(path: str, backend: str, device: str, source: str, frames: in
     for _ in range(min(warmup, 5)):
         seg(frame, overlay_alpha=0.5)
     with tempfile.TemporaryDirectory() as d:
-        pipe = StreamPipeline(seg, [source], [VideoSink(Path(d) / "out.mp4")], mode="every-frame",
-                              max_frames=frames)
+        pipe = StreamPipeline(
+            seg, [source], [VideoSink(Path(d) / "out.mp4")], mode="every-frame", max_frames=frames
+        )
         report = pipe.run()
     complexity = _complexity(Path(path), spec)
     res = {
-        "backend": seg.backend.name, "device": seg.backend.device, "kernels": seg.kernels,
-        "precision": spec.precision, "input_size": list(spec.input_hw), **complexity,
-        "model_only_ms": model_only, "model_only_samples_ms": [round(v, 4) for v in samples],
-        "pipeline": {"fps": report["fps"], "frames": report["frames_out"],
-                     "latency_ms": {k: report["latency_ms"][k] for k in ("p50", "p99")},
-                     "stages_ms": report["stages_ms"]},
-        "peak_rss_mb": peak_rss_mb(), "rss_before_model_mb": rss_start, "gpu_mem_mb": gpu_memory_mb(seg.backend.device),
+        "backend": seg.backend.name,
+        "device": seg.backend.device,
+        "kernels": seg.kernels,
+        "precision": spec.precision,
+        "input_size": list(spec.input_hw),
+        **complexity,
+        "model_only_ms": model_only,
+        "model_only_samples_ms": [round(v, 4) for v in samples],
+        "pipeline": {
+            "fps": report["fps"],
+            "frames": report["frames_out"],
+            "latency_ms": {k: report["latency_ms"][k] for k in ("p50", "p99")},
+            "stages_ms": report["stages_ms"],
+        },
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_model_mb": rss_start,
+        "gpu_mem_mb": gpu_memory_mb(seg.backend.device),
     }
     if seg.backend.name == "tensorrt":
         from edgeseg.bench.baselines import tensorrt_compute
@@ -221,20 +238,28 @@ def _complexity(path: Path, spec) -> dict[str, Any]:
         from edgeseg.train.checkpoint import load_model
 
         model, _, _ = load_model(path, "cpu")
-        return {"params": count_params(model), "gflops": round(count_gflops(model, spec.input_hw), 4)}
-    onnx = path.with_suffix(".onnx")  # an engine: count the ONNX it was built from, when it is beside it
+        return {
+            "params": count_params(model),
+            "gflops": round(count_gflops(model, spec.input_hw), 4),
+        }
+    onnx = path.with_suffix(
+        ".onnx"
+    )  # an engine: count the ONNX it was built from, when it is beside it
     return onnx_complexity(onnx) if onnx.is_file() else {"params": None, "gflops": None}
 
 
-def measure_baselines(model: str, fp32_onnx: str | None, source: str, frames: int, warmup: int,
-                      device: str) -> dict[str, Any]:
+def measure_baselines(
+    model: str, fp32_onnx: str | None, source: str, frames: int, warmup: int, device: str
+) -> dict[str, Any]:
     """The naive loop (CPU, FP32 ONNX) and PyTorch eager for one model (run in a fresh process)."""
     from edgeseg.bench.baselines import checkpoint_for, naive_loop, torch_eager
 
     out: dict[str, Any] = {}
     if fp32_onnx:
         with tempfile.TemporaryDirectory() as d:
-            out["naive_loop"] = naive_loop(fp32_onnx, source, frames, Path(d) / "naive.mp4", warmup=min(warmup, 5))
+            out["naive_loop"] = naive_loop(
+                fp32_onnx, source, frames, Path(d) / "naive.mp4", warmup=min(warmup, 5)
+            )
     ckpt = checkpoint_for(model)
     if ckpt is not None:
         dev = "cuda" if device.startswith("cuda") or (device == "auto" and _cuda()) else "cpu"
@@ -275,9 +300,16 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "os": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "numpy": np.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _ratios(res: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
@@ -285,9 +317,11 @@ def _ratios(res: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None
     eager = base.get("torch_eager_ms", {}).get("p50")
     naive = base.get("naive_loop", {}).get("fps")
     trt = res.get("tensorrt_compute_ms", {}).get("p50")
-    return {"model_only_vs_torch_eager": round(eager / mo, 3) if eager and mo else None,
-            "pipeline_fps_vs_naive_loop": round(res["pipeline"]["fps"] / naive, 3) if naive else None,
-            "model_only_vs_tensorrt_compute": round(trt / mo, 3) if trt and mo else None}
+    return {
+        "model_only_vs_torch_eager": round(eager / mo, 3) if eager and mo else None,
+        "pipeline_fps_vs_naive_loop": round(res["pipeline"]["fps"] / naive, 3) if naive else None,
+        "model_only_vs_tensorrt_compute": round(trt / mo, 3) if trt and mo else None,
+    }
 
 
 def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
@@ -300,10 +334,14 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
         raise EdgesegError("--frames must be at least 1 and --warmup at least 0")
     for b in cfg.backends:
         if b not in BACKENDS:
-            raise EdgesegError(f"unknown backend '{b}'{did_you_mean(b, BACKENDS)}; choose from {', '.join(BACKENDS)}")
+            raise EdgesegError(
+                f"unknown backend '{b}'{did_you_mean(b, BACKENDS)}; choose from {', '.join(BACKENDS)}"
+            )
     for p in cfg.precisions or []:
         if p not in PRECISIONS:
-            raise EdgesegError(f"unknown precision '{p}'{did_you_mean(p, PRECISIONS)}; choose from {', '.join(PRECISIONS)}")
+            raise EdgesegError(
+                f"unknown precision '{p}'{did_you_mean(p, PRECISIONS)}; choose from {', '.join(PRECISIONS)}"
+            )
     models = [Path(m) for m in cfg.models]
     for m in models:
         if not m.is_file():
@@ -321,22 +359,54 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
                 except Skip:
                     fp32 = None
                 progress(f"baselines for {m.name}: naive loop, PyTorch eager")
-                baselines[str(m)] = _call(cfg.isolate, measure_baselines, str(m), fp32, source, cfg.frames,
-                                          cfg.warmup, cfg.device)
+                baselines[str(m)] = _call(
+                    cfg.isolate,
+                    measure_baselines,
+                    str(m),
+                    fp32,
+                    source,
+                    cfg.frames,
+                    cfg.warmup,
+                    cfg.device,
+                )
             for backend in dict.fromkeys(backends):
                 for precision in precisions:
-                    row: dict[str, Any] = {"model": str(m), "name": m.stem, "backend_requested": backend,
-                                           "precision_requested": precision}
+                    row: dict[str, Any] = {
+                        "model": str(m),
+                        "name": m.stem,
+                        "backend_requested": backend,
+                        "precision_requested": precision,
+                    }
                     try:
                         path = arts.file_for(m, backend, precision)
                         progress(f"{m.name} [{backend}, {precision}]: {cfg.frames} frames")
-                        row.update(_call(cfg.isolate, measure_config, str(path), backend, cfg.device, source,
-                                         cfg.frames, cfg.warmup))
-                        derived = str(path).startswith(work)  # exported/quantized/built for this run
-                        row["file"] = f"{path.name} (derived from {m.name})" if derived else str(path)
+                        row.update(
+                            _call(
+                                cfg.isolate,
+                                measure_config,
+                                str(path),
+                                backend,
+                                cfg.device,
+                                source,
+                                cfg.frames,
+                                cfg.warmup,
+                            )
+                        )
+                        derived = str(path).startswith(
+                            work
+                        )  # exported/quantized/built for this run
+                        row["file"] = (
+                            f"{path.name} (derived from {m.name})" if derived else str(path)
+                        )
                         row["ratios"] = _ratios(row, baselines.get(str(m), {}))
                     except (Skip, EdgesegError) as e:
                         row["skipped"] = str(e)
                     results.append(row)
-    return {"schema": SCHEMA, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
-            "settings": {**asdict(cfg), "source": source}, "baselines": baselines, "results": results}
+    return {
+        "schema": SCHEMA,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_info(),
+        "settings": {**asdict(cfg), "source": source},
+        "baselines": baselines,
+        "results": results,
+    }

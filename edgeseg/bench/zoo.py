@@ -21,7 +21,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         try:
             w, h = (int(v) for v in part.lower().strip().split("x"))
         except ValueError:
-            raise EdgesegError(f"bad size '{part}' in --sizes; use WIDTHxHEIGHT[,WIDTHxHEIGHT...], e.g. 480x360,960x720") from None
+            raise EdgesegError(
+                f"bad size '{part}' in --sizes; use WIDTHxHEIGHT[,WIDTHxHEIGHT...], e.g. 480x360,960x720"
+            ) from None
         if w < 16 or h < 16:
             raise EdgesegError(f"--sizes: {part} is too small")
         sizes.append((max(32, round(h / 32) * 32), max(32, round(w / 32) * 32)))
@@ -50,17 +52,29 @@ def _untrained_checkpoint(arch: str, data: str, path: Path) -> Path:
     info = build_dataset(data, "val").info
     n = len(info.classes)
     model = create_model(arch, n).eval()
-    spec = ModelSpec(arch=arch, num_classes=n, classes=list(info.classes),
-                     palette=[list(map(int, c)) for c in info.palette[:n]], ignore_index=info.ignore_index,
-                     input=InputSpec(height=352, width=480, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
-                     output=OutputSpec("logits", getattr(model, "output_stride", 1)),
-                     source={"untrained": True})
+    spec = ModelSpec(
+        arch=arch,
+        num_classes=n,
+        classes=list(info.classes),
+        palette=[list(map(int, c)) for c in info.palette[:n]],
+        ignore_index=info.ignore_index,
+        input=InputSpec(height=352, width=480, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+        output=OutputSpec("logits", getattr(model, "output_stride", 1)),
+        source={"untrained": True},
+    )
     save_checkpoint(path, model, spec)
     return path
 
 
-def run_zoo(checkpoints: list[str], data: str, sizes: list[tuple[int, int]] | None = None, warmup: int = 10,
-            iters: int = 50, isolate: bool = True, progress=print) -> dict[str, Any]:
+def run_zoo(
+    checkpoints: list[str],
+    data: str,
+    sizes: list[tuple[int, int]] | None = None,
+    warmup: int = 10,
+    iters: int = 50,
+    isolate: bool = True,
+    progress=print,
+) -> dict[str, Any]:
     """One row per registered architecture and size: params, GFLOPs, latency p50/p99, val mIoU
     (None without a trained checkpoint of that architecture)."""
     from edgeseg.bench.measure import onnx_complexity
@@ -75,20 +89,46 @@ def run_zoo(checkpoints: list[str], data: str, sizes: list[tuple[int, int]] | No
     for c in checkpoints:
         arch = read_checkpoint(c)["arch"]
         if arch in by_arch:
-            raise EdgesegError(f"two checkpoints of {arch} given ({by_arch[arch]}, {c}); the zoo takes one per architecture")
+            raise EdgesegError(
+                f"two checkpoints of {arch} given ({by_arch[arch]}, {c}); the zoo takes one per architecture"
+            )
         by_arch[arch] = c
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeseg-zoo-") as work:
         for arch in list_models():
-            ckpt = by_arch.get(arch) or str(_untrained_checkpoint(arch, data, Path(work) / f"{arch}.pt"))
+            ckpt = by_arch.get(arch) or str(
+                _untrained_checkpoint(arch, data, Path(work) / f"{arch}.pt")
+            )
             for h, w in sizes:
                 out = Path(work) / f"{arch}_{h}x{w}"
-                progress(f"zoo: {arch} at {w}x{h}" + ("" if arch in by_arch else " (untrained: latency only)"))
+                progress(
+                    f"zoo: {arch} at {w}x{h}"
+                    + ("" if arch in by_arch else " (untrained: latency only)")
+                )
                 onnx = export_onnx(ckpt, out, input_size=(h, w))["path"]
                 lat = _call(isolate, _latency, onnx, warmup, iters)
-                miou = round(evaluate(onnx, data, "val", "ort", "cpu")["miou"], 4) if arch in by_arch else None
-                rows.append({"model": arch, "size": f"{w}x{h}", "input_size": [h, w], "checkpoint": by_arch.get(arch),
-                             **onnx_complexity(onnx), "latency_ms_p50": lat["p50"], "latency_ms_p99": lat["p99"],
-                             "throughput_fps": lat["throughput_fps"], "miou": miou})
-    return {"schema": "edgeseg-zoo-v1", "machine": machine_info(), "data": data, "backend": "onnxruntime-cpu",
-            "rows": rows}
+                miou = (
+                    round(evaluate(onnx, data, "val", "ort", "cpu")["miou"], 4)
+                    if arch in by_arch
+                    else None
+                )
+                rows.append(
+                    {
+                        "model": arch,
+                        "size": f"{w}x{h}",
+                        "input_size": [h, w],
+                        "checkpoint": by_arch.get(arch),
+                        **onnx_complexity(onnx),
+                        "latency_ms_p50": lat["p50"],
+                        "latency_ms_p99": lat["p99"],
+                        "throughput_fps": lat["throughput_fps"],
+                        "miou": miou,
+                    }
+                )
+    return {
+        "schema": "edgeseg-zoo-v1",
+        "machine": machine_info(),
+        "data": data,
+        "backend": "onnxruntime-cpu",
+        "rows": rows,
+    }

@@ -52,8 +52,11 @@ def measure(checkpoint: str | os.PathLike, data: str | None, device: str = "cpu"
     with tempfile.TemporaryDirectory() as d:
         export_onnx(checkpoint, d)
         latency = ort_latency_ms(Path(d) / "model.onnx")
-    res = {"params": count_params(model), "gflops": round(count_gflops(model, spec.input_hw), 4),
-           "ort_cpu_ms": round(latency, 3)}
+    res = {
+        "params": count_params(model),
+        "gflops": round(count_gflops(model, spec.input_hw), 4),
+        "ort_cpu_ms": round(latency, 3),
+    }
     if data:
         res["val_miou"] = round(evaluate(checkpoint, data, "val", "torch", device)["miou"], 4)
     return res
@@ -62,31 +65,54 @@ def measure(checkpoint: str | os.PathLike, data: str | None, device: str = "cpu"
 def _ignored_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     """Classifiers (their width is the class count), grouped convolutions with a channel
     multiplier, and whatever the architecture declares in ``pruning_ignored()``."""
-    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d) and (
-        m.out_channels == num_classes or (m.groups > 1 and m.out_channels != m.in_channels))]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+        and (m.out_channels == num_classes or (m.groups > 1 and m.out_channels != m.in_channels))
+    ]
     return layers + (model.pruning_ignored() if hasattr(model, "pruning_ignored") else [])
 
 
-def prune_model(model: nn.Module, ratio: float, input_hw: tuple[int, int], num_classes: int) -> nn.Module:
+def prune_model(
+    model: nn.Module, ratio: float, input_hw: tuple[int, int], num_classes: int
+) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable layer group (in place); returns the model."""
     import torch_pruning as tp
 
     if not 0.0 < ratio < 1.0:
-        raise EdgesegError(f"--ratio must be between 0 and 1 (the fraction of channels to remove), got {ratio}")
+        raise EdgesegError(
+            f"--ratio must be between 0 and 1 (the fraction of channels to remove), got {ratio}"
+        )
     model.eval()
     example = torch.randn(1, 3, *input_hw)
-    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=_ignored_layers(model, num_classes),
-                                  round_to=8)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=_ignored_layers(model, num_classes),
+        round_to=8,
+    )
     pruner.step()
     model.edgeseg_pruned = True
     return model
 
 
-def prune_checkpoint(checkpoint: str | os.PathLike, ratio: float, data: str, out_dir: str | os.PathLike,
-                     finetune_epochs: int | None = None, finetune_minutes: float | None = None,
-                     lr: float = 1e-3, batch_size: int = 4, device: str = "auto", workers: int | None = None,
-                     distill: bool = True, quiet: bool = False) -> dict[str, Any]:
+def prune_checkpoint(
+    checkpoint: str | os.PathLike,
+    ratio: float,
+    data: str,
+    out_dir: str | os.PathLike,
+    finetune_epochs: int | None = None,
+    finetune_minutes: float | None = None,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    device: str = "auto",
+    workers: int | None = None,
+    distill: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Prune, fine-tune and measure; writes ``out_dir/pruned.pt`` (before fine-tuning) and the
     fine-tuned ``out_dir/best.pt``; returns the before/after table.
 
@@ -103,17 +129,39 @@ def prune_checkpoint(checkpoint: str | os.PathLike, ratio: float, data: str, out
     model, spec, ckpt = load_model(checkpoint, "cpu")
     before = measure(checkpoint, data)
     prune_model(model, ratio, spec.input_hw, spec.num_classes)
-    pruned_spec = replace(spec, source={**spec.source, "pruned": {"ratio": ratio, "from": str(checkpoint)}})
+    pruned_spec = replace(
+        spec, source={**spec.source, "pruned": {"ratio": ratio, "from": str(checkpoint)}}
+    )
     save_checkpoint(out / "pruned.pt", model, pruned_spec, ckpt.get("model_kwargs", {}))
     right_after = measure(out / "pruned.pt", data)
     extra = {"workers": workers} if workers is not None else {}
-    train(TrainConfig(data=data, model=spec.arch, out=str(out), epochs=finetune_epochs, minutes=finetune_minutes,
-                      lr=lr, batch_size=batch_size, input_size=spec.input_hw, init_from=str(out / "pruned.pt"),
-                      teacher=str(checkpoint) if distill else None, device=device, warmup=0.0, quiet=quiet,
-                      **extra))
+    train(
+        TrainConfig(
+            data=data,
+            model=spec.arch,
+            out=str(out),
+            epochs=finetune_epochs,
+            minutes=finetune_minutes,
+            lr=lr,
+            batch_size=batch_size,
+            input_size=spec.input_hw,
+            init_from=str(out / "pruned.pt"),
+            teacher=str(checkpoint) if distill else None,
+            device=device,
+            warmup=0.0,
+            quiet=quiet,
+            **extra,
+        )
+    )
     after = measure(out / "best.pt", data)
-    return {"before": before, "pruned": right_after, "after": after, "ratio": ratio,
-            "gflops_cut": round(1 - after["gflops"] / before["gflops"], 4),
-            "latency_speedup": round(before["ort_cpu_ms"] / after["ort_cpu_ms"], 3),
-            "miou_change": round(after.get("val_miou", 0) - before.get("val_miou", 0), 4),
-            "distilled": distill, "checkpoint": str(out / "best.pt")}
+    return {
+        "before": before,
+        "pruned": right_after,
+        "after": after,
+        "ratio": ratio,
+        "gflops_cut": round(1 - after["gflops"] / before["gflops"], 4),
+        "latency_speedup": round(before["ort_cpu_ms"] / after["ort_cpu_ms"], 3),
+        "miou_change": round(after.get("val_miou", 0) - before.get("val_miou", 0), 4),
+        "distilled": distill,
+        "checkpoint": str(out / "best.pt"),
+    }

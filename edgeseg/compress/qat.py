@@ -31,7 +31,10 @@ from edgeseg.errors import EdgesegError
 
 # Integer grids of ONNX Runtime's quantizer per target (quant_utils.get_qmin_qmax_for_qType):
 # trt: symmetric INT8 [-127, 127]; cpu: 7-bit ("reduce range") INT8 weights [-64, 64], UINT8 activations [0, 255].
-_GRIDS = {"trt": {"weight": (-127, 127), "act": (-127, 127)}, "cpu": {"weight": (-64, 64), "act": (0, 255)}}
+_GRIDS = {
+    "trt": {"weight": (-127, 127), "act": (-127, 127)},
+    "cpu": {"weight": (-64, 64), "act": (0, 255)},
+}
 
 
 def _fake_quant(kind: str, target: str) -> nn.Module:
@@ -43,13 +46,29 @@ def _fake_quant(kind: str, target: str) -> nn.Module:
 
     lo, hi = _GRIDS[target][kind]
     if kind == "weight":  # symmetric, per output channel
-        return FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=lo, quant_max=hi, dtype=torch.qint8,
-                            qscheme=torch.per_channel_symmetric, ch_axis=0)
+        return FakeQuantize(
+            observer=PerChannelMinMaxObserver,
+            quant_min=lo,
+            quant_max=hi,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
+        )
     if target == "trt":  # TensorRT activations: symmetric, zero point 0
-        return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=lo, quant_max=hi,
-                            dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=lo, quant_max=hi, dtype=torch.quint8,
-                        qscheme=torch.per_tensor_affine)
+        return FakeQuantize(
+            observer=MovingAverageMinMaxObserver,
+            quant_min=lo,
+            quant_max=hi,
+            dtype=torch.qint8,
+            qscheme=torch.per_tensor_symmetric,
+        )
+    return FakeQuantize(
+        observer=MovingAverageMinMaxObserver,
+        quant_min=lo,
+        quant_max=hi,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+    )
 
 
 class QuantConv2d(nn.Module):
@@ -78,7 +97,9 @@ class QuantConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._folded()
         c = self.conv
-        return F.conv2d(self.input_fq(x), self.weight_fq(w), b, c.stride, c.padding, c.dilation, c.groups)
+        return F.conv2d(
+            self.input_fq(x), self.weight_fq(w), b, c.stride, c.padding, c.dilation, c.groups
+        )
 
 
 def prepare_qat(model: nn.Module, target: str = "trt") -> list[tuple]:
@@ -113,9 +134,18 @@ def restore(swaps) -> None:
             parent._modules[bn_name] = bn
 
 
-def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.PathLike, epochs: int = 2,
-                 target: str = "trt", lr: float = 2e-4, batch_size: int = 4, device: str = "auto",
-                 observe_frac: float = 0.1, quiet: bool = False) -> dict[str, Any]:
+def qat_finetune(
+    checkpoint: str | os.PathLike,
+    data: str,
+    out_path: str | os.PathLike,
+    epochs: int = 2,
+    target: str = "trt",
+    lr: float = 2e-4,
+    batch_size: int = 4,
+    device: str = "auto",
+    observe_frac: float = 0.1,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` under fake quantization for ``epochs`` on ``data``; writes the
     trained float checkpoint to ``out_path`` and returns its val mIoU under fake quantization.
 
@@ -137,11 +167,19 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
     model, spec, ckpt = load_model(checkpoint, "cpu")
     train_set, val_set = build_dataset(data, "train"), build_dataset(data, "val")
     if list(train_set.info.classes) != list(spec.classes):
-        raise EdgesegError(f"{checkpoint} predicts {spec.classes[:3]}... but {data} has "
-                           f"{list(train_set.info.classes)[:3]}...; fine-tune on the dataset the model was trained on")
+        raise EdgesegError(
+            f"{checkpoint} predicts {spec.classes[:3]}... but {data} has "
+            f"{list(train_set.info.classes)[:3]}...; fine-tune on the dataset the model was trained on"
+        )
     mean, std = spec.input.mean, spec.input.std
-    train_set.transform = TrainTransform(default_crop(spec.input_hw), scale=(0.5, 1.75),
-                                         ignore_index=spec.ignore_index, mean=mean, std=std, base_hw=spec.input_hw)
+    train_set.transform = TrainTransform(
+        default_crop(spec.input_hw),
+        scale=(0.5, 1.75),
+        ignore_index=spec.ignore_index,
+        mean=mean,
+        std=std,
+        base_hw=spec.input_hw,
+    )
     val_set.transform = EvalTransform(spec.input_hw, mean=mean, std=std)
     if len(train_set) <= 2000:
         train_set.preload()
@@ -157,7 +195,9 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
     total = epochs * len(loader)
     observe_until = max(1, int(observe_frac * total))
     step, t0 = 0, time.perf_counter()
-    console.print(f"[bold]QAT[/] {spec.arch} ({target}): {epochs} epochs x {len(loader)} steps on {data}, lr {lr}")
+    console.print(
+        f"[bold]QAT[/] {spec.arch} ({target}): {epochs} epochs x {len(loader)} steps on {data}, lr {lr}"
+    )
     for epoch in range(epochs):
         model.train()
         freeze_batchnorm(model)  # folding uses the running statistics
@@ -173,13 +213,25 @@ def qat_finetune(checkpoint: str | os.PathLike, data: str, out_path: str | os.Pa
             optimizer.step()
             loss_sum += loss.item()
             step += 1
-        console.print(f"QAT epoch {epoch + 1}/{epochs}: loss {loss_sum / len(loader):.4f} "
-                      f"({time.perf_counter() - t0:.0f} s)")
+        console.print(
+            f"QAT epoch {epoch + 1}/{epochs}: loss {loss_sum / len(loader):.4f} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     fq_miou = validate(model, val_loader, spec.num_classes, spec.ignore_index, dev).miou
     restore(swaps)
     model.to("cpu").eval()
-    out_spec = replace(spec, source={**spec.source, "qat": {"from": str(checkpoint), "data": data,
-                                                            "epochs": epochs, "target": target}})
+    out_spec = replace(
+        spec,
+        source={
+            **spec.source,
+            "qat": {"from": str(checkpoint), "data": data, "epochs": epochs, "target": target},
+        },
+    )
     save_checkpoint(out_path, model, out_spec, ckpt.get("model_kwargs", {}))
-    return {"checkpoint": str(out_path), "fake_quant_val_miou": round(float(fq_miou), 4),
-            "epochs": epochs, "steps": step, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "checkpoint": str(out_path),
+        "fake_quant_val_miou": round(float(fq_miou), 4),
+        "epochs": epochs,
+        "steps": step,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

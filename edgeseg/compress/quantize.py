@@ -56,7 +56,10 @@ def calibration_inputs(source: str, spec: ModelSpec, count: int = 128) -> list[n
             all_frames = [f.image for f in src]
         if not all_frames:
             raise EdgesegError(f"no frames in calibration source {source}")
-        frames = [all_frames[i] for i in np.linspace(0, len(all_frames) - 1, min(count, len(all_frames))).astype(int)]
+        frames = [
+            all_frames[i]
+            for i in np.linspace(0, len(all_frames) - 1, min(count, len(all_frames))).astype(int)
+        ]
     return [kernels.preprocess(f, spec.input_hw, spec.input.mean, spec.input.std) for f in frames]
 
 
@@ -85,9 +88,18 @@ def _settings(target: str) -> dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType
 
     if target == "trt":
-        return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
-                "per_channel": True, "op_types_to_quantize": ["Conv"],
-                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+        return {
+            "quant_format": QuantFormat.QDQ,
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            "per_channel": True,
+            "op_types_to_quantize": ["Conv"],
+            "extra_options": {
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+            },
+        }
     # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply U8 x S8 pairs with
     # VPMADDUBSW, whose 16-bit sums saturate at full range (measured here: CamVid val mIoU 0.15
     # instead of 0.60); ONNX Runtime's documented remedy. Convolutions only, the tensors QAT
@@ -95,9 +107,15 @@ def _settings(target: str) -> dict[str, Any]:
     # mbv3_unet_small (12.7 vs 13.9 ms in a one-off two-thread timing loop) without changing the
     # verdict (FP32: 7.8 ms there), while on ReLU networks conv-only INT8 already beats FP32
     # (bisenetv2 on CamVid: 75.3 vs 98.7 ms with `edgeseg bench`).
-    return {"quant_format": QuantFormat.QDQ, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
-            "per_channel": True, "reduce_range": True, "op_types_to_quantize": ["Conv"],
-            "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+        "per_channel": True,
+        "reduce_range": True,
+        "op_types_to_quantize": ["Conv"],
+        "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True},
+    }
 
 
 def _conv_nodes(path: str | os.PathLike) -> list[str]:
@@ -117,24 +135,39 @@ def _preprocess(fp32: Path, out: Path) -> Path:
         return fp32
 
 
-def _quantize(fp32: Path, out: Path, inputs: list[np.ndarray], method: str, target: str,
-              exclude: list[str]) -> None:
+def _quantize(
+    fp32: Path, out: Path, inputs: list[np.ndarray], method: str, target: str, exclude: list[str]
+) -> None:
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, quantize_static
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-process nags
-    cal = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-           "percentile": CalibrationMethod.Percentile}[method]
+    logging.getLogger().setLevel(
+        max(logging.getLogger().level, logging.ERROR)
+    )  # its pre-process nags
+    cal = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     settings = _settings(target)
     extra = dict(settings.pop("extra_options"))
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
-    quantize_static(str(fp32), str(out), _Reader(inputs), calibrate_method=cal, nodes_to_exclude=exclude or None,
-                    extra_options=extra, **settings)
+    quantize_static(
+        str(fp32),
+        str(out),
+        _Reader(inputs),
+        calibrate_method=cal,
+        nodes_to_exclude=exclude or None,
+        extra_options=extra,
+        **settings,
+    )
 
 
-def layer_sensitivity(fp32: Path, inputs: list[np.ndarray], method: str, target: str) -> dict[str, float]:
+def layer_sensitivity(
+    fp32: Path, inputs: list[np.ndarray], method: str, target: str
+) -> dict[str, float]:
     """Conv node -> SQNR (dB) of its output when the whole model is quantized (local error: the
     tensor before quantization against after), lowest = most sensitive."""
     import onnx
@@ -153,21 +186,36 @@ def layer_sensitivity(fp32: Path, inputs: list[np.ndarray], method: str, target:
         graph = onnx.load(str(fp32)).graph
     by_output = {n.output[0]: n.name for n in graph.node if n.op_type == "Conv"}
     # The Conv's output is quantized on entry to the next node: its qdq error is that tensor's.
-    return {by_output[t]: float(e["qdq_err"]) for t, e in errors.items() if t in by_output and "qdq_err" in e}
+    return {
+        by_output[t]: float(e["qdq_err"])
+        for t, e in errors.items()
+        if t in by_output and "qdq_err" in e
+    }
 
 
-def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: str, count: int = 128,
-                  method: str = "minmax", target: str = "trt", keep_fp32: int = 0) -> dict[str, Any]:
+def quantize_int8(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calib: str,
+    count: int = 128,
+    method: str = "minmax",
+    target: str = "trt",
+    keep_fp32: int = 0,
+) -> dict[str, Any]:
     """Q/DQ INT8 ONNX from an FP32 ONNX and calibration frames; returns the report."""
     import onnx
 
     from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
     if method not in METHODS:
-        raise EdgesegError(f"unknown --calib-method '{method}'{did_you_mean(method, METHODS)}; "
-                           f"choose one of: {', '.join(METHODS)}")
+        raise EdgesegError(
+            f"unknown --calib-method '{method}'{did_you_mean(method, METHODS)}; "
+            f"choose one of: {', '.join(METHODS)}"
+        )
     if target not in TARGETS:
-        raise EdgesegError(f"unknown --target '{target}'; choose trt (TensorRT) or cpu (ONNX Runtime CPU)")
+        raise EdgesegError(
+            f"unknown --target '{target}'; choose trt (TensorRT) or cpu (ONNX Runtime CPU)"
+        )
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     spec = read_onnx_spec(fp32_path)
     inputs = calibration_inputs(calib, spec, count)
@@ -180,16 +228,32 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             kept = sorted(sens, key=sens.get)[:keep_fp32]
         _quantize(src, Path(tmp), inputs, method, target, kept)
         proto = onnx.load(str(tmp))
-        q_spec = replace(spec, precision="int8",
-                         source={**spec.source, "int8": {"target": target, "method": method,
-                                                         "calib": calib, "calib_count": len(inputs),
-                                                         "kept_fp32": kept}})
+        q_spec = replace(
+            spec,
+            precision="int8",
+            source={
+                **spec.source,
+                "int8": {
+                    "target": target,
+                    "method": method,
+                    "calib": calib,
+                    "calib_count": len(inputs),
+                    "kept_fp32": kept,
+                },
+            },
+        )
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, q_spec.to_json()
         onnx.save(proto, str(tmp))
     convs = _conv_nodes(fp32_path)
-    return {"path": str(out_path), "target": target, "method": method, "calib_frames": len(inputs),
-            "convs": len(convs), "kept_fp32": kept,
-            "kept_sqnr_db": {k: round(sens[k], 2) for k in kept},
-            "size_mb": round(out_path.stat().st_size / 2**20, 3)}
+    return {
+        "path": str(out_path),
+        "target": target,
+        "method": method,
+        "calib_frames": len(inputs),
+        "convs": len(convs),
+        "kept_fp32": kept,
+        "kept_sqnr_db": {k: round(sens[k], 2) for k in kept},
+        "size_mb": round(out_path.stat().st_size / 2**20, 3),
+    }

@@ -10,9 +10,15 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-_HOMES = {"build_dataset": "datasets", "SegDataset": "datasets", "DatasetInfo": "datasets",
-          "TrainTransform": "transforms", "EvalTransform": "transforms", "IMAGENET_MEAN": "transforms",
-          "IMAGENET_STD": "transforms"}
+_HOMES = {
+    "build_dataset": "datasets",
+    "SegDataset": "datasets",
+    "DatasetInfo": "datasets",
+    "TrainTransform": "transforms",
+    "EvalTransform": "transforms",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+}
 
 
 def __getattr__(name: str):

@@ -34,20 +34,39 @@ class ArgmaxHead(torch.nn.Module):
         return self.model(x).argmax(1).to(torch.uint8)
 
 
-def _export_graph(model: torch.nn.Module, x: torch.Tensor, path: Path, output_name: str = "logits") -> None:
+def _export_graph(
+    model: torch.nn.Module, x: torch.Tensor, path: Path, output_name: str = "logits"
+) -> None:
     # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for these
     # convolutional graphs. Batch is dynamic so eval and multi-stream can batch frames.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), opset_version=OPSET, dynamo=False,
-                          input_names=["input"], output_names=[output_name],
-                          dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["input"],
+            output_names=[output_name],
+            dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}},
+        )
 
 
 # Ops kept in FP32 by --fp16: reductions and transcendental functions lose too much in half
 # precision (a 16x16 global average of FP16 activations, softmax exponentials).
-FP16_KEEP_FP32 = ["GlobalAveragePool", "ReduceMean", "ReduceSum", "Softmax", "LogSoftmax", "Exp", "Log", "Pow",
-                  "Sqrt", "ArgMax"]
+FP16_KEEP_FP32 = [
+    "GlobalAveragePool",
+    "ReduceMean",
+    "ReduceSum",
+    "Softmax",
+    "LogSoftmax",
+    "Exp",
+    "Log",
+    "Pow",
+    "Sqrt",
+    "ArgMax",
+]
 
 
 def to_fp16(proto):
@@ -56,8 +75,9 @@ def to_fp16(proto):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns for every tiny weight it rounds to zero
-        return float16.convert_float_to_float16(proto, keep_io_types=True,
-                                                op_block_list=float16.DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32)
+        return float16.convert_float_to_float16(
+            proto, keep_io_types=True, op_block_list=float16.DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32
+        )
 
 
 def _finalise(path: Path, spec: ModelSpec, simplify: bool, fp16: bool = False) -> dict[str, Any]:
@@ -80,8 +100,14 @@ def _finalise(path: Path, spec: ModelSpec, simplify: bool, fp16: bool = False) -
     return {"nodes_before": nodes_before, "nodes": len(proto.graph.node)}
 
 
-def verify_onnx(path: Path, model: torch.nn.Module, spec: ModelSpec, samples: int = 2,
-                rtol: float = 1e-3, min_agreement: float = 0.0) -> dict[str, float]:
+def verify_onnx(
+    path: Path,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    samples: int = 2,
+    rtol: float = 1e-3,
+    min_agreement: float = 0.0,
+) -> dict[str, float]:
     """Compare ONNX Runtime (CPU) with PyTorch on random inputs.
 
     Tolerance is relative to the logits' range: ``rtol * max(1, max|torch logits|)``.
@@ -100,22 +126,29 @@ def verify_onnx(path: Path, model: torch.nn.Module, spec: ModelSpec, samples: in
             ref = model(x).float().numpy()
         got = sess.run(None, {"input": x.numpy()})[0].astype(np.float32)
         if got.shape != ref.shape:
-            raise EdgesegError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}; the export is broken")
+            raise EdgesegError(
+                f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}; the export is broken"
+            )
         max_diff = max(max_diff, float(np.abs(got - ref).max()))
         scale = max(scale, float(np.abs(ref).max()))
         agree.append(float((got.argmax(1) == ref.argmax(1)).mean()))
     tol = rtol * scale
     if min(agree) < min_agreement:
-        raise EdgesegError(f"ONNX Runtime's labels agree with PyTorch on only {min(agree):.2%} of pixels "
-                           f"(need {min_agreement:.0%}); the file was not written")
+        raise EdgesegError(
+            f"ONNX Runtime's labels agree with PyTorch on only {min(agree):.2%} of pixels "
+            f"(need {min_agreement:.0%}); the file was not written"
+        )
     if not max_diff <= tol:
-        raise EdgesegError(f"ONNX Runtime disagrees with PyTorch: max |difference| {max_diff:.3g} exceeds "
-                           f"the tolerance {tol:.3g}; the file was not written (report this with the checkpoint)")
+        raise EdgesegError(
+            f"ONNX Runtime disagrees with PyTorch: max |difference| {max_diff:.3g} exceeds "
+            f"the tolerance {tol:.3g}; the file was not written (report this with the checkpoint)"
+        )
     return {"max_abs_diff": max_diff, "tolerance": tol, "label_agreement": min(agree)}
 
 
-def _verify_labels(sess, model: torch.nn.Module, spec: ModelSpec, samples: int,
-                   min_agreement: float = 0.999) -> dict[str, float]:
+def _verify_labels(
+    sess, model: torch.nn.Module, spec: ModelSpec, samples: int, min_agreement: float = 0.999
+) -> dict[str, float]:
     """Labels cannot be compared with a tolerance: require (almost) every pixel to agree.
 
     Pixels may flip only where two classes' logits are within float noise of each other.
@@ -128,18 +161,27 @@ def _verify_labels(sess, model: torch.nn.Module, spec: ModelSpec, samples: int,
             ref = model(x).float().argmax(1).numpy()
         got = sess.run(None, {"input": x.numpy()})[0]
         if got.shape != ref.shape or got.dtype != np.uint8:
-            raise EdgesegError(f"ONNX labels {got.dtype} {got.shape} differ from the expected uint8 {ref.shape}; "
-                               "the export is broken")
+            raise EdgesegError(
+                f"ONNX labels {got.dtype} {got.shape} differ from the expected uint8 {ref.shape}; "
+                "the export is broken"
+            )
         agree.append(float((got == ref).mean()))
     if min(agree) < min_agreement:
-        raise EdgesegError(f"ONNX Runtime's labels agree with PyTorch on only {min(agree):.2%} of pixels "
-                           f"(need {min_agreement:.1%}); the file was not written")
+        raise EdgesegError(
+            f"ONNX Runtime's labels agree with PyTorch on only {min(agree):.2%} of pixels "
+            f"(need {min_agreement:.1%}); the file was not written"
+        )
     return {"max_abs_diff": 0.0, "tolerance": 0.0, "label_agreement": min(agree)}
 
 
-def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                input_size: tuple[int, int] | None = None, simplify: bool = False,
-                argmax: bool = False, fp16: bool = False) -> dict[str, Any]:
+def export_onnx(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    input_size: tuple[int, int] | None = None,
+    simplify: bool = False,
+    argmax: bool = False,
+    fp16: bool = False,
+) -> dict[str, Any]:
     """Write ``out_dir/model.onnx`` from a training checkpoint; returns a report dict.
 
     ``argmax=True`` ends the graph with ArgMax + Cast: a (N, h, w) uint8 ``labels`` output
@@ -153,7 +195,9 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         spec = replace(spec, precision="fp16")
     if argmax:
         if spec.num_classes > 256:
-            raise EdgesegError(f"--argmax needs at most 256 classes for uint8 labels, the model has {spec.num_classes}")
+            raise EdgesegError(
+                f"--argmax needs at most 256 classes for uint8 labels, the model has {spec.num_classes}"
+            )
         spec = replace(spec, output=replace(spec.output, kind="labels"))
     if input_size is not None:
         h, w = input_size
@@ -163,10 +207,24 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir) / ("model.fp16.onnx" if fp16 else "model.onnx")
     with atomic_path(out) as tmp:
         graph_model = ArgmaxHead(model).eval() if argmax else model
-        _export_graph(graph_model, torch.zeros(1, 3, *spec.input_hw), tmp, "labels" if argmax else "logits")
+        _export_graph(
+            graph_model, torch.zeros(1, 3, *spec.input_hw), tmp, "labels" if argmax else "logits"
+        )
         graph = _finalise(tmp, spec, simplify, fp16)
         # FP16 carries ~3 significant digits: compare at 1% of the logit range, and by labels
-        check = verify_onnx(tmp, model, spec, rtol=1e-2, min_agreement=0.99) if fp16 else verify_onnx(tmp, model, spec)
-    return {"path": str(out), "size_mb": round(out.stat().st_size / 2**20, 3), "opset": OPSET,
-            "input_size": list(spec.input_hw), "simplified": simplify, "precision": spec.precision,
-            "output": spec.output.kind, **graph, **check}
+        check = (
+            verify_onnx(tmp, model, spec, rtol=1e-2, min_agreement=0.99)
+            if fp16
+            else verify_onnx(tmp, model, spec)
+        )
+    return {
+        "path": str(out),
+        "size_mb": round(out.stat().st_size / 2**20, 3),
+        "opset": OPSET,
+        "input_size": list(spec.input_hw),
+        "simplified": simplify,
+        "precision": spec.precision,
+        "output": spec.output.kind,
+        **graph,
+        **check,
+    }

@@ -63,7 +63,9 @@ class ModelSpec:
                 f"model spec has {len(self.palette)} palette colours for {self.num_classes} classes"
             )
         if self.output.kind not in ("logits", "labels"):
-            raise EdgesegError(f"model spec output kind must be 'logits' or 'labels', got {self.output.kind!r}")
+            raise EdgesegError(
+                f"model spec output kind must be 'logits' or 'labels', got {self.output.kind!r}"
+            )
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -94,12 +96,16 @@ class ModelSpec:
             d["output"] = OutputSpec(**d.get("output", {}))
             return cls(**d)
         except (KeyError, TypeError) as e:
-            raise EdgesegError(f"{origin}: the edgeseg model spec is incomplete or malformed ({e})") from None
+            raise EdgesegError(
+                f"{origin}: the edgeseg model spec is incomplete or malformed ({e})"
+            ) from None
 
     @classmethod
     def from_json(cls, text: str, origin: str = "model") -> ModelSpec:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise EdgesegError(f"{origin}: the edgeseg model spec is not valid JSON ({e})") from None
+            raise EdgesegError(
+                f"{origin}: the edgeseg model spec is not valid JSON ({e})"
+            ) from None
         return cls.from_dict(d, origin)

@@ -49,7 +49,9 @@ class EngineOptions:
         try:
             lo, opt, hi = (int(v) for v in text.split(","))
         except ValueError:
-            raise EdgesegError(f"--dynamic needs MIN,OPT,MAX batch sizes like 1,4,8; got '{text}'") from None
+            raise EdgesegError(
+                f"--dynamic needs MIN,OPT,MAX batch sizes like 1,4,8; got '{text}'"
+            ) from None
         if not 1 <= lo <= opt <= hi:
             raise EdgesegError(f"--dynamic needs 1 <= MIN <= OPT <= MAX, got {lo},{opt},{hi}")
         return cls(workspace_mb, lo, opt, hi)
@@ -81,36 +83,52 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
     """The ModelSpec + build record beside an engine; a clear error when it is missing or foreign."""
     path = sidecar_path(engine)
     if not Path(engine).is_file():
-        raise EdgesegError(f"engine not found: {engine}; build one with 'edgeseg export CKPT --trt'")
+        raise EdgesegError(
+            f"engine not found: {engine}; build one with 'edgeseg export CKPT --trt'"
+        )
     if not path.is_file():
-        raise EdgesegError(f"{engine} has no {path.name} beside it (the ModelSpec and build record); "
-                           "rebuild it with 'edgeseg export CKPT --trt'")
+        raise EdgesegError(
+            f"{engine} has no {path.name} beside it (the ModelSpec and build record); "
+            "rebuild it with 'edgeseg export CKPT --trt'"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise EdgesegError(f"{path} is not valid JSON; rebuild the engine with 'edgeseg export CKPT --trt'") from None
+        raise EdgesegError(
+            f"{path} is not valid JSON; rebuild the engine with 'edgeseg export CKPT --trt'"
+        ) from None
     if meta.get("format") != SIDECAR_FORMAT:
-        raise EdgesegError(f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT --trt'")
+        raise EdgesegError(
+            f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT --trt'"
+        )
     return meta
 
 
-def check_engine(meta: dict[str, Any], trt_version: str, gpu_name: str, engine: str | os.PathLike) -> None:
+def check_engine(
+    meta: dict[str, Any], trt_version: str, gpu_name: str, engine: str | os.PathLike
+) -> None:
     """Refuse a plan built for another TensorRT version or GPU (it would fail or crash to load)."""
     built = meta.get("tensorrt", {})
     if built.get("version") != trt_version:
-        raise EdgesegError(f"{engine} was built with TensorRT {built.get('version')}, this machine has {trt_version}; "
-                           "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT --trt'")
+        raise EdgesegError(
+            f"{engine} was built with TensorRT {built.get('version')}, this machine has {trt_version}; "
+            "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT --trt'"
+        )
     if built.get("gpu") != gpu_name:
-        raise EdgesegError(f"{engine} was built for {built.get('gpu')}, this GPU is {gpu_name}; "
-                           "rebuild it on this machine with 'edgeseg export CKPT --trt'")
+        raise EdgesegError(
+            f"{engine} was built for {built.get('gpu')}, this GPU is {gpu_name}; "
+            "rebuild it on this machine with 'edgeseg export CKPT --trt'"
+        )
 
 
 def _import_trt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise EdgesegError("TensorRT is not installed: on a Jetson it comes with JetPack (python3-libnvinfer); "
-                           "on x86-64: pip install tensorrt (NVIDIA's index)") from None
+        raise EdgesegError(
+            "TensorRT is not installed: on a Jetson it comes with JetPack (python3-libnvinfer); "
+            "on x86-64: pip install tensorrt (NVIDIA's index)"
+        ) from None
     return trt
 
 
@@ -124,8 +142,13 @@ def gpu_name(device: int = 0) -> str:
     return str(drv.dev.name())
 
 
-def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, options: EngineOptions = EngineOptions(),
-                 timing_cache: str | os.PathLike | None = None, use_cache: bool = True) -> dict[str, Any]:
+def build_engine(
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    options: EngineOptions = EngineOptions(),
+    timing_cache: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> dict[str, Any]:
     """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; returns the record."""
     from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
@@ -135,9 +158,18 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, opti
     digest = file_sha256(onnx_path)
     gpu = gpu_name()
     key = cache_key(digest, trt.__version__, gpu, options)
-    meta = {"format": SIDECAR_FORMAT, "spec": spec.to_dict(),
-            "tensorrt": {"version": trt.__version__, "gpu": gpu, "onnx_sha256": digest, "cache_key": key,
-                         "options": asdict(options), "strongly_typed": True}}
+    meta = {
+        "format": SIDECAR_FORMAT,
+        "spec": spec.to_dict(),
+        "tensorrt": {
+            "version": trt.__version__,
+            "gpu": gpu,
+            "onnx_sha256": digest,
+            "cache_key": key,
+            "options": asdict(options),
+            "strongly_typed": True,
+        },
+    }
     cached = engine_cache_dir() / f"{key}.engine"
     if use_cache and cached.is_file():
         with atomic_path(out_path) as tmp:
@@ -158,7 +190,12 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, opti
     inp = network.get_input(0)
     h, w = spec.input_hw
     profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (options.min_batch, 3, h, w), (options.opt_batch, 3, h, w), (options.max_batch, 3, h, w))
+    profile.set_shape(
+        inp.name,
+        (options.min_batch, 3, h, w),
+        (options.opt_batch, 3, h, w),
+        (options.max_batch, 3, h, w),
+    )
     config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None:
@@ -167,8 +204,10 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, opti
         config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EdgesegError(f"TensorRT failed to build an engine from {onnx_path} (see the log above); "
-                           "try a larger --workspace")
+        raise EdgesegError(
+            f"TensorRT failed to build an engine from {onnx_path} (see the log above); "
+            "try a larger --workspace"
+        )
     with atomic_path(out_path) as tmp:
         Path(tmp).write_bytes(bytes(plan))
     write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))

@@ -46,19 +46,28 @@ _NP_KIND = {"P": np.uint64, "i": np.int32, "q": np.int64, "H": np.uint16}
 def kernel_sources() -> dict[str, str]:
     """The .cu and .h texts: from the source checkout, or the copy shipped inside the package."""
     here = Path(__file__).resolve().parent
-    for inc, cu in ((here.parents[1] / "cpp_ext" / "include", here.parents[1] / "cpp_ext" / "cuda"),
-                    (here / "_kernel_src" / "include", here / "_kernel_src" / "cuda")):
+    for inc, cu in (
+        (here.parents[1] / "cpp_ext" / "include", here.parents[1] / "cpp_ext" / "cuda"),
+        (here / "_kernel_src" / "include", here / "_kernel_src" / "cuda"),
+    ):
         if (inc / HEADER_FILE).is_file() and (cu / KERNEL_FILE).is_file():
-            return {HEADER_FILE: (inc / HEADER_FILE).read_text(), KERNEL_FILE: (cu / KERNEL_FILE).read_text()}
-    raise EdgesegError("the CUDA kernel sources (kernels.cu, pixel_ops.h) are missing from this install; "
-                       "reinstall edgeseg (pip install -e . from a checkout)")
+            return {
+                HEADER_FILE: (inc / HEADER_FILE).read_text(),
+                KERNEL_FILE: (cu / KERNEL_FILE).read_text(),
+            }
+    raise EdgesegError(
+        "the CUDA kernel sources (kernels.cu, pixel_ops.h) are missing from this install; "
+        "reinstall edgeseg (pip install -e . from a checkout)"
+    )
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "cuda"
 
 
-def pack_args(signature: tuple[str, ...], args: tuple[Any, ...]) -> tuple[list[np.ndarray], np.ndarray]:
+def pack_args(
+    signature: tuple[str, ...], args: tuple[Any, ...]
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Kernel arguments as the driver API wants them: an array of pointers to each value.
 
     Returns the value holders too: they must stay alive until the launch has been issued.
@@ -114,8 +123,10 @@ class Driver:
             from cuda.bindings import driver as cu
             from cuda.bindings import nvrtc
         except ImportError:
-            raise EdgesegError("CUDA kernels need cuda-python: pip install 'cuda-python>=12' "
-                               "(or pycuda, where a stack already uses it)") from None
+            raise EdgesegError(
+                "CUDA kernels need cuda-python: pip install 'cuda-python>=12' "
+                "(or pycuda, where a stack already uses it)"
+            ) from None
         self.cu, self.nvrtc = cu, nvrtc
         try:
             _check(cu.cuInit(0))
@@ -125,11 +136,19 @@ class Driver:
             self.context = _check(cu.cuDevicePrimaryCtxRetain(self.device))
             _check(cu.cuCtxSetCurrent(self.context))
         except Exception as e:
-            raise EdgesegError(f"no usable CUDA device {device} ({e}); check nvidia-smi and the driver") from None
-        major = _check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-                                               self.device))
-        minor = _check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-                                               self.device))
+            raise EdgesegError(
+                f"no usable CUDA device {device} ({e}); check nvidia-smi and the driver"
+            ) from None
+        major = _check(
+            cu.cuDeviceGetAttribute(
+                cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device
+            )
+        )
+        minor = _check(
+            cu.cuDeviceGetAttribute(
+                cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device
+            )
+        )
         self.arch = f"sm_{major}{minor}"
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
@@ -211,21 +230,40 @@ class Driver:
                 if "kernels" not in self._modules:
                     image = self.compile(kernel_sources())
                     self._modules["kernels"] = _check(self.cu.cuModuleLoadData(image))
-                self._functions[name] = _check(self.cu.cuModuleGetFunction(self._modules["kernels"], name.encode()))
+                self._functions[name] = _check(
+                    self.cu.cuModuleGetFunction(self._modules["kernels"], name.encode())
+                )
             return self._functions[name]
 
-    def launch(self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: tuple,
-               stream: int = 0) -> None:
+    def launch(
+        self,
+        name: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: tuple,
+        stream: int = 0,
+    ) -> None:
         self.make_current()
         holders, ptrs = pack_args(SIGNATURES[name], args)
-        _check(self.cu.cuLaunchKernel(self.function(name), *grid, *block, 0, stream, ptrs.ctypes.data, 0))
+        _check(
+            self.cu.cuLaunchKernel(
+                self.function(name), *grid, *block, 0, stream, ptrs.ctypes.data, 0
+            )
+        )
         del holders  # the driver has copied the values by the time cuLaunchKernel returns
 
 
 def nvrtc_compile(nv, sources: dict[str, str], options: tuple[str, ...], want_cubin: bool) -> bytes:
     """Compile ``kernels.cu`` with NVRTC; a compile error raises with NVRTC's log."""
-    prog = _check(nv.nvrtcCreateProgram(sources[KERNEL_FILE].encode(), KERNEL_FILE.encode(), 1,
-                                        [sources[HEADER_FILE].encode()], [HEADER_FILE.encode()]))
+    prog = _check(
+        nv.nvrtcCreateProgram(
+            sources[KERNEL_FILE].encode(),
+            KERNEL_FILE.encode(),
+            1,
+            [sources[HEADER_FILE].encode()],
+            [HEADER_FILE.encode()],
+        )
+    )
     try:
         opts = [o.encode() for o in options]
         err = nv.nvrtcCompileProgram(prog, len(opts), opts)[0]
@@ -233,7 +271,9 @@ def nvrtc_compile(nv, sources: dict[str, str], options: tuple[str, ...], want_cu
             size = _check(nv.nvrtcGetProgramLogSize(prog))
             log = b" " * size
             nv.nvrtcGetProgramLog(prog, log)
-            raise RuntimeError(f"NVRTC failed to compile {KERNEL_FILE}:\n{log.decode(errors='replace')}")
+            raise RuntimeError(
+                f"NVRTC failed to compile {KERNEL_FILE}:\n{log.decode(errors='replace')}"
+            )
         if want_cubin:
             size = _check(nv.nvrtcGetCUBINSize(prog))
             out = b" " * size
@@ -314,8 +354,13 @@ class PyCudaDriver(Driver):
                 inc = cache_dir() / "include"
                 inc.mkdir(parents=True, exist_ok=True)
                 (inc / HEADER_FILE).write_text(src[HEADER_FILE])
-                cubin = nvcc_compile(src[KERNEL_FILE], options=["--fmad=false", "-std=c++17"], arch=self.arch,
-                                     include_dirs=[str(inc)], no_extern_c=True)
+                cubin = nvcc_compile(
+                    src[KERNEL_FILE],
+                    options=["--fmad=false", "-std=c++17"],
+                    arch=self.arch,
+                    include_dirs=[str(inc)],
+                    no_extern_c=True,
+                )
                 self._module = self.drv.module_from_buffer(cubin)
             if name not in self._functions:
                 self._functions[name] = self._module.get_function(name)

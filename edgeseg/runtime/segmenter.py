@@ -54,8 +54,14 @@ class Segmenter:
     ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
 
-    def __init__(self, model: str | os.PathLike, backend: str = "auto", device: str = "auto",
-                 mode: str = "nearest", **backend_options) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        backend: str = "auto",
+        device: str = "auto",
+        mode: str = "nearest",
+        **backend_options,
+    ) -> None:
         # In nearest mode an ONNX model's trailing logits resize moves into the post-processing
         # kernel (fused with the argmax; ~20% of mbv3_unet_small's ORT CPU time): same labels.
         backend_options.setdefault("fuse_resize", mode == "nearest")
@@ -74,7 +80,9 @@ class Segmenter:
     @property
     def kernels(self) -> str:
         """Which pre/post-processing runs: ``cuda``, ``cpu`` (C++) or ``reference`` (NumPy)."""
-        return "cuda" if self._gpu is not None or hasattr(self.backend, "segment") else kernels.backend
+        return (
+            "cuda" if self._gpu is not None or hasattr(self.backend, "segment") else kernels.backend
+        )
 
     def __call__(self, frame_bgr: np.ndarray, overlay_alpha: float | None = None) -> SegResult:
         """Segment one BGR uint8 frame; with ``overlay_alpha`` the overlay is blended in the same
@@ -82,27 +90,55 @@ class Segmenter:
         if self._gpu is not None:
             return self._gpu(frame_bgr, overlay_alpha)
         if hasattr(self.backend, "segment"):  # TensorRT: the whole pipeline on the GPU
-            labels, vis, timings = self.backend.segment(kernels._check_frame(frame_bgr), self.mode, overlay_alpha)
+            labels, vis, timings = self.backend.segment(
+                kernels._check_frame(frame_bgr), self.mode, overlay_alpha
+            )
             return SegResult(labels, self.spec, frame_bgr, timings, vis, overlay_alpha)
         t0 = time.perf_counter()
-        x = kernels.preprocess(frame_bgr, self.spec.input_hw, self.spec.input.mean, self.spec.input.std,
-                               out=self._input)
+        x = kernels.preprocess(
+            frame_bgr,
+            self.spec.input_hw,
+            self.spec.input.mean,
+            self.spec.input.std,
+            out=self._input,
+        )
         t1 = time.perf_counter()
         scores = self.backend.infer(x)
         t2 = time.perf_counter()
         vis = None
         if overlay_alpha is None:
-            labels = kernels.postprocess(scores, frame_bgr.shape[:2], mode=self.mode, upsample=self.upsample)
+            labels = kernels.postprocess(
+                scores, frame_bgr.shape[:2], mode=self.mode, upsample=self.upsample
+            )
         else:
-            labels, vis = kernels.postprocess(scores, frame_bgr.shape[:2], self.spec.palette, frame_bgr,
-                                              overlay_alpha, mode=self.mode, upsample=self.upsample)
+            labels, vis = kernels.postprocess(
+                scores,
+                frame_bgr.shape[:2],
+                self.spec.palette,
+                frame_bgr,
+                overlay_alpha,
+                mode=self.mode,
+                upsample=self.upsample,
+            )
         t3 = time.perf_counter()
-        return SegResult(labels, self.spec, frame_bgr,
-                         {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3},
-                         vis, overlay_alpha)
+        return SegResult(
+            labels,
+            self.spec,
+            frame_bgr,
+            {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3},
+            vis,
+            overlay_alpha,
+        )
 
-    def stream(self, source, mode: str | None = None, max_frames: int | None = None,
-               duration: float | None = None, overlay_alpha: float | None = None, reconnect: bool = False):
+    def stream(
+        self,
+        source,
+        mode: str | None = None,
+        max_frames: int | None = None,
+        duration: float | None = None,
+        overlay_alpha: float | None = None,
+        reconnect: bool = False,
+    ):
         """Iterate over results for a source through the threaded pipeline.
 
         ``source``: camera index, video file, image folder or glob, rtsp:// or http:// URL,
@@ -116,16 +152,23 @@ class Segmenter:
 
 
 def _gpu_pipeline_possible(backend) -> bool:
-    if getattr(backend, "name", "") != "torch" or not str(getattr(backend, "device", "")).startswith("cuda"):
+    if getattr(backend, "name", "") != "torch" or not str(
+        getattr(backend, "device", "")
+    ).startswith("cuda"):
         return False
     try:
         from edgeseg.runtime.cuda import get_driver
 
         get_driver()
         return True
-    except Exception as e:  # no cuda-python / pycuda: the model still runs on the GPU, kernels on CPU
-        warnings.warn(f"CUDA kernels unavailable ({e}); pre/post-processing runs on the CPU", RuntimeWarning,
-                      stacklevel=3)
+    except (
+        Exception
+    ) as e:  # no cuda-python / pycuda: the model still runs on the GPU, kernels on CPU
+        warnings.warn(
+            f"CUDA kernels unavailable ({e}); pre/post-processing runs on the CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return False
 
 
@@ -144,7 +187,9 @@ class _GpuPipeline:
         self.device = torch.device(seg.backend.device)
         h, w = seg.spec.input_hw
         self.input = torch.empty((1, 3, h, w), dtype=torch.float32, device=self.device)
-        self.scratch = torch.empty((h * w,), dtype=torch.uint8, device=self.device)  # labels at model size
+        self.scratch = torch.empty(
+            (h * w,), dtype=torch.uint8, device=self.device
+        )  # labels at model size
         self.frame_hw: tuple[int, int] | None = None
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
 
@@ -172,15 +217,28 @@ class _GpuPipeline:
         e = self.events
         e[0].record()
         self.dev_frame.copy_(self.host_frame, non_blocking=True)
-        kcuda.preprocess(self.dev_frame, spec.input_hw, spec.input.mean, spec.input.std, out=self.input)
+        kcuda.preprocess(
+            self.dev_frame, spec.input_hw, spec.input.mean, spec.input.std, out=self.input
+        )
         e[1].record()
         scores = self.seg.backend.infer_tensor(self.input)
         e[2].record()
         if overlay_alpha is None:
-            kcuda.postprocess(scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode, scratch=self.scratch)
+            kcuda.postprocess(
+                scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode, scratch=self.scratch
+            )
         else:
-            kcuda.postprocess(scores, self.frame_hw, spec.palette, self.dev_frame, overlay_alpha, out=self.dev_labels,
-                              mode=self.seg.mode, overlay_out=self.dev_vis, scratch=self.scratch)
+            kcuda.postprocess(
+                scores,
+                self.frame_hw,
+                spec.palette,
+                self.dev_frame,
+                overlay_alpha,
+                out=self.dev_labels,
+                mode=self.seg.mode,
+                overlay_out=self.dev_vis,
+                scratch=self.scratch,
+            )
             self.host_vis.copy_(self.dev_vis, non_blocking=True)
         self.host_labels.copy_(self.dev_labels, non_blocking=True)
         e[3].record()
@@ -188,6 +246,16 @@ class _GpuPipeline:
         labels = self.host_labels.numpy().copy()  # the staging buffers are reused by the next frame
         vis = self.host_vis.numpy().copy() if overlay_alpha is not None else None
         total = (time.perf_counter() - t0) * 1e3
-        pre, infer, post = (e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2]), e[2].elapsed_time(e[3]))
-        return SegResult(labels, spec, frame_bgr, {"pre": pre, "infer": infer, "post": post, "total": total},
-                         vis, overlay_alpha)
+        pre, infer, post = (
+            e[0].elapsed_time(e[1]),
+            e[1].elapsed_time(e[2]),
+            e[2].elapsed_time(e[3]),
+        )
+        return SegResult(
+            labels,
+            spec,
+            frame_bgr,
+            {"pre": pre, "infer": infer, "post": post, "total": total},
+            vis,
+            overlay_alpha,
+        )

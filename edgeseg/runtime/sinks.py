@@ -43,7 +43,9 @@ class VideoSink(Sink):
         self.fps = fps if fps and fps > 0 else 25.0
         self.name = f"record {self.path.name}"
         if not self.path.parent.exists():
-            raise EdgesegError(f"cannot record to {self.path}: folder {self.path.parent} does not exist")
+            raise EdgesegError(
+                f"cannot record to {self.path}: folder {self.path.parent} does not exist"
+            )
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
         self.writer = None
         self.size: tuple[int, int] | None = None
@@ -54,7 +56,9 @@ class VideoSink(Sink):
         vis = result.vis
         h, w = vis.shape[:2]
         if self.writer is None:
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self.writer = cv2.VideoWriter(
+                str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h)
+            )
             if not self.writer.isOpened():
                 raise EdgesegError(f"cannot write {self.path}: OpenCV has no mp4v encoder here")
             self.size = (w, h)
@@ -111,8 +115,10 @@ def display_available() -> str | None:
         cv2.namedWindow("edgeseg-probe", cv2.WINDOW_NORMAL)
         cv2.destroyWindow("edgeseg-probe")
     except cv2.error:
-        return ("this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for --display, "
-                "or use --record out.mp4 instead")
+        return (
+            "this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for --display, "
+            "or use --record out.mp4 instead"
+        )
     return None
 
 
@@ -122,7 +128,9 @@ class DisplaySink(Sink):
     needs_overlay = True
     name = "display"
 
-    def __init__(self, classes: list[str], palette: list[list[int]], stats=None, title: str = "edgeseg") -> None:
+    def __init__(
+        self, classes: list[str], palette: list[list[int]], stats=None, title: str = "edgeseg"
+    ) -> None:
         why = display_available()
         if why:
             raise EdgesegError(f"--display refused: {why}")
@@ -140,7 +148,9 @@ class DisplaySink(Sink):
             vis[:lh, -lw:] = self.legend
         hud = self.stats.status_line() if self.stats is not None else f"frame {result.index}"
         cv2.putText(vis, hud, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(vis, hud, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            vis, hud, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA
+        )
         cv2.imshow(self.title, vis)
         if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27):
             self._stop = True
@@ -166,5 +176,14 @@ def _legend(classes: list[str], palette: list[list[int]]) -> np.ndarray:
     for i, (name, rgb) in enumerate(zip(classes, palette)):
         y = 3 + i * row
         cv2.rectangle(img, (4, y + 2), (18, y + row - 3), tuple(int(c) for c in rgb[::-1]), -1)
-        cv2.putText(img, name[:16], (24, y + row - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            name[:16],
+            (24, y + row - 5),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.42,
+            (235, 235, 235),
+            1,
+            cv2.LINE_AA,
+        )
     return img

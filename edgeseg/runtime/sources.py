@@ -102,7 +102,11 @@ class CaptureSource(Source):
         if self.kind == "gstreamer":
             self.cap = cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
         elif self.kind == "camera":
-            self.cap = cv2.VideoCapture(self.target, cv2.CAP_V4L2) if os.name == "posix" else cv2.VideoCapture(self.target)
+            self.cap = (
+                cv2.VideoCapture(self.target, cv2.CAP_V4L2)
+                if os.name == "posix"
+                else cv2.VideoCapture(self.target)
+            )
         elif cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
             self.cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, self._ffmpeg_params())
             if not self.cap.isOpened() and self.kind == "file":  # another backend may read it
@@ -141,14 +145,27 @@ class CaptureSource(Source):
 
         if self.kind == "camera":
             cams = _available_cameras()
-            return (f"camera {self.target} is not there; " +
-                    (f"devices present: {', '.join(cams)}" if cams else "no /dev/video* devices exist on this machine") +
-                    " (pass --camera N for one of them, or --source FILE|URL)")
+            return (
+                f"camera {self.target} is not there; "
+                + (
+                    f"devices present: {', '.join(cams)}"
+                    if cams
+                    else "no /dev/video* devices exist on this machine"
+                )
+                + " (pass --camera N for one of them, or --source FILE|URL)"
+            )
         if self.kind == "gstreamer":
             gst = "GStreamer:                    YES" in cv2.getBuildInformation()
-            return ("cannot open the GStreamer pipeline" + ("" if gst else " (this OpenCV build has no GStreamer support: "
-                    "use the system OpenCV on a Jetson, or pip's opencv-python built with GStreamer)") +
-                    f": {self.target}")
+            return (
+                "cannot open the GStreamer pipeline"
+                + (
+                    ""
+                    if gst
+                    else " (this OpenCV build has no GStreamer support: "
+                    "use the system OpenCV on a Jetson, or pip's opencv-python built with GStreamer)"
+                )
+                + f": {self.target}"
+            )
         if self.kind == "url":
             return f"cannot open stream {self.target}: check the address, credentials and network"
         return f"cannot decode video {self.target}: the file is corrupt or in a format OpenCV's FFmpeg cannot read"
@@ -194,7 +211,9 @@ class ImageFolderSource(Source):
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)
             t1 = time.perf_counter()
             if img is None:
-                raise EdgesegError(f"cannot read image {path}: the file is missing, empty or not an image")
+                raise EdgesegError(
+                    f"cannot read image {path}: the file is missing, empty or not an image"
+                )
             f = Frame(img, self.index, t1, (t1 - t0) * 1e3, self.name)
             self.index += 1
             return f
@@ -210,11 +229,19 @@ class SyntheticSource(Source):
 
     live = True
 
-    def __init__(self, size_hw: tuple[int, int] = (360, 640), fps: float = 30.0, loop: int = 48,
-                 max_frames: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        size_hw: tuple[int, int] = (360, 640),
+        fps: float = 30.0,
+        loop: int = 48,
+        max_frames: int | None = None,
+        seed: int = 0,
+    ) -> None:
         from edgeseg.data.synthetic import render_clip
 
-        self.frames = [np.ascontiguousarray(img[..., ::-1]) for img, _ in render_clip(loop, size_hw, seed)]
+        self.frames = [
+            np.ascontiguousarray(img[..., ::-1]) for img, _ in render_clip(loop, size_hw, seed)
+        ]
         self.fps, self.max_frames = fps, max_frames
         self.name = f"synthetic:{size_hw[1]}x{size_hw[0]}@{fps:g}"
         self.index = 0
@@ -247,9 +274,13 @@ def _parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
             w, h = rest.lower().split("x")
             size = (int(h), int(w))
     except ValueError:
-        raise EdgesegError(f"bad synthetic source '{spec}'; use synthetic, synthetic:640x360 or synthetic:640x360@30") from None
+        raise EdgesegError(
+            f"bad synthetic source '{spec}'; use synthetic, synthetic:640x360 or synthetic:640x360@30"
+        ) from None
     if min(size) < 8 or fps < 0:
-        raise EdgesegError(f"bad synthetic source '{spec}': frames need at least 8x8 pixels and fps >= 0")
+        raise EdgesegError(
+            f"bad synthetic source '{spec}': frames need at least 8x8 pixels and fps >= 0"
+        )
     return size, fps
 
 
@@ -279,6 +310,8 @@ def open_source(spec: str | int, max_frames: int | None = None) -> Source:
             raise EdgesegError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
         return ImageFolderSource(files, str(path))
     if not path.exists():
-        raise EdgesegError(f"source not found: {spec}; pass a video file, an image folder or glob, a camera index, "
-                           "an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'")
+        raise EdgesegError(
+            f"source not found: {spec}; pass a video file, an image folder or glob, a camera index, "
+            "an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'"
+        )
     return CaptureSource(str(path), "file", path.name)

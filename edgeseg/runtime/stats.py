@@ -82,8 +82,10 @@ class StreamStats:
         with self.lock:
             lat = self.latency.values()[-300:]  # recent frames: what the stream does now
             p = percentiles(lat, (50, 99))
-            return (f"{self.frames_out} frames  {self.fps():5.1f} FPS  latency p50 {p['p50']:.1f} ms "
-                    f"p99 {p['p99']:.1f} ms  dropped {self.frames_dropped}")
+            return (
+                f"{self.frames_out} frames  {self.fps():5.1f} FPS  latency p50 {p['p50']:.1f} ms "
+                f"p99 {p['p99']:.1f} ms  dropped {self.frames_dropped}"
+            )
 
     def report(self, source: str, model: str, backend: str) -> dict:
         """The ``--report`` JSON: exactly the documented fields."""
@@ -94,7 +96,10 @@ class StreamStats:
                 "frames_out": self.frames_out,
                 "frames_dropped": self.frames_dropped,
                 "fps": round(self.fps(), 3),
-                "latency_ms": {**percentiles(lat, (50, 95, 99)), "max": round(float(lat.max()), 3) if lat.size else 0.0},
+                "latency_ms": {
+                    **percentiles(lat, (50, 95, 99)),
+                    "max": round(float(lat.max()), 3) if lat.size else 0.0,
+                },
                 "stages_ms": {s: percentiles(self.stages[s].values(), (50, 99)) for s in STAGES},
                 "source": source,
                 "model": model,

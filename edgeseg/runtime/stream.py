@@ -126,11 +126,23 @@ class StreamPipeline:
             (realtime). Otherwise 1.
     """
 
-    def __init__(self, segmenter: Segmenter | str, sources: list, sinks: list[Sink] | None = None,
-                 mode: str | None = None, max_frames: int | None = None, duration: float | None = None,
-                 reconnect: bool = False, alpha: float = 0.5, queue_size: int = 4,
-                 backend: str = "auto", device: str = "auto", max_backoff_s: float = 8.0,
-                 kernel_threads: int = 1, infer_workers: int | str = "auto") -> None:
+    def __init__(
+        self,
+        segmenter: Segmenter | str,
+        sources: list,
+        sinks: list[Sink] | None = None,
+        mode: str | None = None,
+        max_frames: int | None = None,
+        duration: float | None = None,
+        reconnect: bool = False,
+        alpha: float = 0.5,
+        queue_size: int = 4,
+        backend: str = "auto",
+        device: str = "auto",
+        max_backoff_s: float = 8.0,
+        kernel_threads: int = 1,
+        infer_workers: int | str = "auto",
+    ) -> None:
         if mode is not None and mode not in MODES:
             raise EdgesegError(f"unknown --mode '{mode}'; choose realtime or every-frame")
         if max_frames is not None and max_frames < 1:
@@ -139,7 +151,9 @@ class StreamPipeline:
             raise EdgesegError("--duration must be positive")
         if not 0.0 <= alpha <= 1.0:
             raise EdgesegError(f"--alpha must be between 0 and 1, got {alpha}")
-        self.seg = segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter, backend, device)
+        self.seg = (
+            segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter, backend, device)
+        )
         self.sources: list[Source] = []
         try:
             for s in sources:
@@ -161,7 +175,9 @@ class StreamPipeline:
         self.split = self.seg.kernels in ("cpu", "reference")
         self.infer_backends = self._worker_backends(infer_workers)
         realtime = self.mode == "realtime"
-        self.in_queues = [LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources]
+        self.in_queues = [
+            LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources
+        ]
         self.out_queue = LatestSlot() if realtime else BlockingQueue(queue_size)
         self.stats = StreamStats()
         self.stop_event = threading.Event()
@@ -204,8 +220,12 @@ class StreamPipeline:
                 self.stats.frame_in(frame.decode_ms)
                 if self.split:  # the capture thread also preprocesses: one stage less on inference
                     t0 = time.perf_counter()
-                    frame.tensor = kernels.preprocess(frame.image, self.seg.spec.input_hw, self.seg.spec.input.mean,
-                                                      self.seg.spec.input.std)
+                    frame.tensor = kernels.preprocess(
+                        frame.image,
+                        self.seg.spec.input_hw,
+                        self.seg.spec.input.mean,
+                        self.seg.spec.input.std,
+                    )
                     frame.pre_ms = (time.perf_counter() - t0) * 1e3
                 if q.put((i, n - 1, frame), self.stop_event):
                     self.stats.dropped()
@@ -243,14 +263,20 @@ class StreamPipeline:
         if workers == "auto":
             workers = 2 if ort_cpu and (os.cpu_count() or 1) >= 2 else 1
         if not isinstance(workers, int) or workers < 1:
-            raise EdgesegError(f"infer_workers must be 'auto' or a positive integer, got {workers!r}")
+            raise EdgesegError(
+                f"infer_workers must be 'auto' or a positive integer, got {workers!r}"
+            )
         if workers == 1 or not ort_cpu:
             return [b]
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        return [OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads, fuse_resize=self.seg.upsample > 1)
-                for _ in range(workers)]  # warmed up by warmup() when the pipeline starts
+        return [
+            OnnxRuntimeBackend(
+                self.seg.model_path, "cpu", threads=threads, fuse_resize=self.seg.upsample > 1
+            )
+            for _ in range(workers)
+        ]  # warmed up by warmup() when the pipeline starts
 
     def _inference(self, backend) -> None:
         self._single_threaded_kernels()
@@ -265,7 +291,9 @@ class StreamPipeline:
                         if self._captures_done[i].is_set() and q.empty():
                             pending.remove(i)  # this source is finished and drained
                         continue
-                    if self.out_queue.put((seq, self._segment(sid, frame, backend)), self.stop_event):
+                    if self.out_queue.put(
+                        (seq, self._segment(sid, frame, backend)), self.stop_event
+                    ):
                         self.stats.dropped()
         except Exception as e:
             self._error(f"inference: {e}")
@@ -284,9 +312,18 @@ class StreamPipeline:
             frame.tensor = None
             return sid, frame, scores
         r = self.seg(frame.image, overlay_alpha=self.alpha if self.overlay else None)
-        return StreamResult(labels=r.labels, spec=r.spec, frame=frame.image, timings_ms=r.timings_ms, vis=r.vis,
-                            vis_alpha=r.vis_alpha, index=frame.index, source_id=sid, source=frame.source,
-                            t_capture=frame.t_capture)
+        return StreamResult(
+            labels=r.labels,
+            spec=r.spec,
+            frame=frame.image,
+            timings_ms=r.timings_ms,
+            vis=r.vis,
+            vis_alpha=r.vis_alpha,
+            index=frame.index,
+            source_id=sid,
+            source=frame.source,
+            t_capture=frame.t_capture,
+        )
 
     def _postprocess(self, item) -> StreamResult:
         sid, frame, scores = item
@@ -294,14 +331,34 @@ class StreamPipeline:
         spec, hw = self.seg.spec, frame.image.shape[:2]
         vis = None
         if self.overlay:
-            labels, vis = kernels.postprocess(scores, hw, spec.palette, frame.image, self.alpha, mode=self.seg.mode,
-                                              upsample=self.seg.upsample)
+            labels, vis = kernels.postprocess(
+                scores,
+                hw,
+                spec.palette,
+                frame.image,
+                self.alpha,
+                mode=self.seg.mode,
+                upsample=self.seg.upsample,
+            )
         else:
             labels = kernels.postprocess(scores, hw, mode=self.seg.mode, upsample=self.seg.upsample)
-        timings = {"pre": frame.pre_ms, "infer": frame.infer_ms, "post": (time.perf_counter() - t0) * 1e3}
-        return StreamResult(labels=labels, spec=spec, frame=frame.image, timings_ms=timings, vis=vis,
-                            vis_alpha=self.alpha if self.overlay else None, index=frame.index, source_id=sid,
-                            source=frame.source, t_capture=frame.t_capture)
+        timings = {
+            "pre": frame.pre_ms,
+            "infer": frame.infer_ms,
+            "post": (time.perf_counter() - t0) * 1e3,
+        }
+        return StreamResult(
+            labels=labels,
+            spec=spec,
+            frame=frame.image,
+            timings_ms=timings,
+            vis=vis,
+            vis_alpha=self.alpha if self.overlay else None,
+            index=frame.index,
+            source_id=sid,
+            source=frame.source,
+            t_capture=frame.t_capture,
+        )
 
     def _in_order(self) -> Iterator:
         """Inference results in capture order per source. every-frame: a result waits until
@@ -375,7 +432,9 @@ class StreamPipeline:
             for backend in self.infer_backends:
                 backend.infer(x)
         else:
-            self.seg(np.zeros((h, w, 3), np.uint8), overlay_alpha=self.alpha if self.overlay else None)
+            self.seg(
+                np.zeros((h, w, 3), np.uint8), overlay_alpha=self.alpha if self.overlay else None
+            )
 
     def start(self) -> None:
         try:
@@ -384,16 +443,22 @@ class StreamPipeline:
             self.close()
             raise
         names = [f"capture-{i}" for i in range(len(self.sources))]
-        self._threads = [threading.Thread(target=self._capture, args=(i,), name=n, daemon=True)
-                         for i, n in enumerate(names)]
-        self._threads += [threading.Thread(target=self._inference, args=(b,), name=f"inference-{k}", daemon=True)
-                          for k, b in enumerate(self.infer_backends)]
+        self._threads = [
+            threading.Thread(target=self._capture, args=(i,), name=n, daemon=True)
+            for i, n in enumerate(names)
+        ]
+        self._threads += [
+            threading.Thread(target=self._inference, args=(b,), name=f"inference-{k}", daemon=True)
+            for k, b in enumerate(self.infer_backends)
+        ]
         self._threads.append(threading.Thread(target=self._output, name="output", daemon=True))
         self.stats = StreamStats()
         for t in self._threads:
             t.start()
 
-    def join(self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0) -> dict:
+    def join(
+        self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0
+    ) -> dict:
         """Wait for the end (sources exhausted, duration, stop()); close everything; return the report."""
         t_end = time.perf_counter() + self.duration if self.duration else None
         next_status = time.perf_counter() + status_every
@@ -414,7 +479,9 @@ class StreamPipeline:
             self.close()
         return self.report()
 
-    def run(self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0) -> dict:
+    def run(
+        self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0
+    ) -> dict:
         self.start()
         return self.join(on_status, status_every)
 
@@ -429,8 +496,11 @@ class StreamPipeline:
 
     def report(self) -> dict:
         b = self.seg.backend
-        return self.stats.report(self.source_names, self.seg.model_path,
-                                 f"{b.name} ({b.device}, {self.seg.kernels} kernels)")
+        return self.stats.report(
+            self.source_names,
+            self.seg.model_path,
+            f"{b.name} ({b.device}, {self.seg.kernels} kernels)",
+        )
 
 
 class _QueueSink(Sink):
@@ -443,14 +513,29 @@ class _QueueSink(Sink):
         self.q.put(result)
 
 
-def stream(segmenter: Segmenter, source, mode: str | None = None, max_frames: int | None = None,
-           duration: float | None = None, overlay_alpha: float | None = None, reconnect: bool = False,
-           sinks: list[Sink] | None = None) -> Iterator[StreamResult]:
+def stream(
+    segmenter: Segmenter,
+    source,
+    mode: str | None = None,
+    max_frames: int | None = None,
+    duration: float | None = None,
+    overlay_alpha: float | None = None,
+    reconnect: bool = False,
+    sinks: list[Sink] | None = None,
+) -> Iterator[StreamResult]:
     """Iterate over a source's results through the threaded pipeline (see Segmenter.stream)."""
     q: queue.Queue = queue.Queue(maxsize=8)
     sink = _QueueSink(q, overlay_alpha is not None)
-    pipe = StreamPipeline(segmenter, source if isinstance(source, list) else [source], [sink, *(sinks or [])],
-                          mode, max_frames, duration, reconnect, overlay_alpha if overlay_alpha is not None else 0.5)
+    pipe = StreamPipeline(
+        segmenter,
+        source if isinstance(source, list) else [source],
+        [sink, *(sinks or [])],
+        mode,
+        max_frames,
+        duration,
+        reconnect,
+        overlay_alpha if overlay_alpha is not None else 0.5,
+    )
     done = threading.Event()
     report: dict = {}
     failed: list[BaseException] = []

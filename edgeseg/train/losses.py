@@ -17,8 +17,13 @@ class OhemCrossEntropy(nn.Module):
     them, so the loss never collapses onto a handful of pixels late in training.
     """
 
-    def __init__(self, ignore_index: int, weight: torch.Tensor | None = None,
-                 thresh: float = 0.7, min_kept: int = 100_000) -> None:
+    def __init__(
+        self,
+        ignore_index: int,
+        weight: torch.Tensor | None = None,
+        thresh: float = 0.7,
+        min_kept: int = 100_000,
+    ) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.register_buffer("weight", weight)
@@ -26,9 +31,10 @@ class OhemCrossEntropy(nn.Module):
         self.min_kept = min_kept
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                               reduction="none").flatten()
-        valid = (target.flatten() != self.ignore_index)
+        loss = F.cross_entropy(
+            logits, target, weight=self.weight, ignore_index=self.ignore_index, reduction="none"
+        ).flatten()
+        valid = target.flatten() != self.ignore_index
         loss = loss[valid]
         if loss.numel() == 0:
             return logits.sum() * 0
@@ -57,7 +63,9 @@ class DiceLoss(nn.Module):
         p_true = prob.gather(1, t).flatten()
         keep = valid.flatten()
         cls = t.flatten()[keep]
-        inter = torch.zeros(c, dtype=prob.dtype, device=prob.device).index_add_(0, cls, p_true[keep])
+        inter = torch.zeros(c, dtype=prob.dtype, device=prob.device).index_add_(
+            0, cls, p_true[keep]
+        )
         count = torch.bincount(cls, minlength=c).to(prob.dtype)
         denom = prob.sum((0, 2, 3)) + count
         present = count > 0
@@ -66,7 +74,9 @@ class DiceLoss(nn.Module):
 
 
 class CEDice(nn.Module):
-    def __init__(self, ignore_index: int, weight: torch.Tensor | None = None, dice_weight: float = 0.5) -> None:
+    def __init__(
+        self, ignore_index: int, weight: torch.Tensor | None = None, dice_weight: float = 0.5
+    ) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
         self.dice = DiceLoss(ignore_index)
@@ -84,15 +94,21 @@ def build_loss(name: str, ignore_index: int, weight: torch.Tensor | None = None)
         return OhemCrossEntropy(ignore_index, weight)
     if name == "ce+dice":
         return CEDice(ignore_index, weight)
-    raise EdgesegError(f"unknown loss '{name}'{did_you_mean(name, LOSSES)}; choose one of: {', '.join(LOSSES)}")
+    raise EdgesegError(
+        f"unknown loss '{name}'{did_you_mean(name, LOSSES)}; choose one of: {', '.join(LOSSES)}"
+    )
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
     """Pixel-wise KL divergence from the teacher's softened class distribution to the student's
     (Hinton et al., 2015), scaled by T² so its gradients keep their size as T changes; averaged
     over pixels, void ones included (the teacher has an opinion there, the labels do not)."""
     if student.shape != teacher.shape:
-        teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+        teacher = F.interpolate(
+            teacher, size=student.shape[-2:], mode="bilinear", align_corners=False
+        )
     t = temperature
     log_p = F.log_softmax(student / t, dim=1)
     log_q = F.log_softmax(teacher / t, dim=1)
@@ -100,8 +116,12 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return kl.mean() * t * t
 
 
-def segmentation_loss(outputs: torch.Tensor | tuple, target: torch.Tensor, criterion: nn.Module,
-                      aux_weight: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+def segmentation_loss(
+    outputs: torch.Tensor | tuple,
+    target: torch.Tensor,
+    criterion: nn.Module,
+    aux_weight: float = 0.4,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, main logits) of a model's training output: plain logits, or (logits,
     [auxiliary logits]) from models with deep supervision (bisenetv2's heads in train mode)."""
     main, aux = (outputs[0], outputs[1]) if isinstance(outputs, tuple) else (outputs, [])

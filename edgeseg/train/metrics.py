@@ -47,7 +47,9 @@ class ConfusionMatrix:
         pr = m.sum(0)
         union = gt + pr - tp
         iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-        dice = torch.where(gt + pr > 0, 2 * tp / (gt + pr).clamp(min=1), torch.full_like(tp, float("nan")))
+        dice = torch.where(
+            gt + pr > 0, 2 * tp / (gt + pr).clamp(min=1), torch.full_like(tp, float("nan"))
+        )
         total = m.sum()
         return SegMetrics(
             miou=_nanmean(iou),
@@ -118,7 +120,11 @@ class HD95Meter:
         """Add one image's label maps (H, W)."""
         pred = np.asarray(pred)
         target = np.asarray(target)
-        valid = np.ones_like(target, dtype=bool) if self.ignore_index is None else target != self.ignore_index
+        valid = (
+            np.ones_like(target, dtype=bool)
+            if self.ignore_index is None
+            else target != self.ignore_index
+        )
         for c in range(self.num_classes):
             d = hd95((pred == c) & valid, target == c)
             if not math.isnan(d):

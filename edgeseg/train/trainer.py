@@ -57,8 +57,12 @@ class TrainConfig:
     ema: float = 0.999
     freeze_bn: float = 0.15  # last fraction of the run trained with BatchNorm statistics frozen
     resume: str | None = None
-    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning, pruned models)
-    teacher: str | None = None  # distil from this checkpoint's predictions (pruned models recover faster)
+    init_from: str | None = (
+        None  # start from this checkpoint's weights (fine-tuning, pruned models)
+    )
+    teacher: str | None = (
+        None  # distil from this checkpoint's predictions (pruned models recover faster)
+    )
     distill_weight: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
@@ -79,8 +83,11 @@ def _setup_distributed(device_kind: str) -> DistInfo:
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistInfo()
     if device_kind == "cuda":
-        check_gpu_per_process(int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-                              torch.cuda.device_count())
+        check_gpu_per_process(
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            torch.cuda.device_count(),
+        )
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
@@ -90,8 +97,10 @@ def check_gpu_per_process(local_rank: int, local_world: int, gpus: int) -> None:
     """Each CUDA process needs a GPU of its own (NCCL refuses two ranks on one device): more
     processes than GPUs is an error before any rank joins the group, not a crash inside it."""
     if local_world > gpus or local_rank >= gpus:
-        raise EdgesegError(f"torchrun started {local_world} processes on this machine but it has {gpus} CUDA GPU(s); "
-                           f"use --nproc_per_node {gpus} or less, or train on the CPU with --device cpu")
+        raise EdgesegError(
+            f"torchrun started {local_world} processes on this machine but it has {gpus} CUDA GPU(s); "
+            f"use --nproc_per_node {gpus} or less, or train on the CPU with --device cpu"
+        )
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -100,8 +109,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise EdgesegError("--device cuda was asked for but PyTorch sees no CUDA GPU; "
-                               "use --device cpu or install a CUDA build of torch")
+            raise EdgesegError(
+                "--device cuda was asked for but PyTorch sees no CUDA GPU; "
+                "use --device cpu or install a CUDA build of torch"
+            )
         return torch.device(name if ":" in name else f"cuda:{local_rank}")
     if name != "cpu":
         raise EdgesegError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
@@ -168,7 +179,10 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def _ema_update(decay: float):
@@ -195,8 +209,15 @@ def _load_teacher(path: str, num_classes: int, device: torch.device) -> nn.Modul
     """A frozen model in eval mode (BN statistics fixed) whose logits the student learns from."""
     ckpt = read_checkpoint(path)
     if ckpt["spec"]["num_classes"] != num_classes:
-        raise EdgesegError(f"teacher {path} predicts {ckpt['spec']['num_classes']} classes, the data has {num_classes}")
-    teacher = build_model(ckpt, num_classes, raw=True).to(device).to(memory_format=torch.channels_last).eval()
+        raise EdgesegError(
+            f"teacher {path} predicts {ckpt['spec']['num_classes']} classes, the data has {num_classes}"
+        )
+    teacher = (
+        build_model(ckpt, num_classes, raw=True)
+        .to(device)
+        .to(memory_format=torch.channels_last)
+        .eval()
+    )
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -212,15 +233,18 @@ def _seed_worker(worker_id: int) -> None:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, num_classes: int, ignore_index: int,
-             device: torch.device) -> SegMetrics:
+def validate(
+    model: nn.Module, loader: DataLoader, num_classes: int, ignore_index: int, device: torch.device
+) -> SegMetrics:
     """mIoU at label resolution: logits are bilinearly resized to each mask before argmax."""
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
     for img, mask in loader:
         logits = model(img.to(device, non_blocking=True))
         if logits.shape[-2:] != mask.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False
+            )
         cm.update(logits.argmax(1), mask)
     cm.all_reduce()
     return cm.compute()
@@ -259,9 +283,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if (cfg.epochs is None) == (cfg.minutes is None):
         raise EdgesegError("give exactly one of --epochs or --minutes")
-    if (cfg.epochs is not None and cfg.epochs < 1) or (cfg.minutes is not None and cfg.minutes <= 0):
+    if (cfg.epochs is not None and cfg.epochs < 1) or (
+        cfg.minutes is not None and cfg.minutes <= 0
+    ):
         raise EdgesegError("--epochs must be >= 1 and --minutes > 0")
-    device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device_kind = (
+        "cuda"
+        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     dinfo = _setup_distributed(device_kind)
     device = resolve_device(cfg.device, dinfo.local_rank)
     if device.type == "cuda":
@@ -273,11 +303,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     ckpt = read_checkpoint(cfg.resume) if cfg.resume else None
     if ckpt is not None and ckpt["arch"] != cfg.model:
-        raise EdgesegError(f"{cfg.resume} holds a '{ckpt['arch']}' model, not '{cfg.model}'; "
-                           f"pass --model {ckpt['arch']} or drop --resume")
+        raise EdgesegError(
+            f"{cfg.resume} holds a '{ckpt['arch']}' model, not '{cfg.model}'; "
+            f"pass --model {ckpt['arch']} or drop --resume"
+        )
     if ckpt is not None and "optimizer" not in ckpt:
-        raise EdgesegError(f"{cfg.resume} has no optimizer state (best.pt keeps only the weights); "
-                           "resume from last.pt of the same run")
+        raise EdgesegError(
+            f"{cfg.resume} has no optimizer state (best.pt keeps only the weights); "
+            "resume from last.pt of the same run"
+        )
 
     train_set = build_dataset(cfg.data, "train")
     val_set = build_dataset(cfg.data, "val")
@@ -288,26 +322,48 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if input_hw[0] % 32 or input_hw[1] % 32:
         raise EdgesegError(f"--input-size must be multiples of 32, got {input_hw[0]}x{input_hw[1]}")
     crop_hw = tuple(cfg.crop) if cfg.crop else default_crop(input_hw)
-    train_set.transform = TrainTransform(crop_hw, scale=cfg.scale, ignore_index=info.ignore_index,
-                                         mean=IMAGENET_MEAN, std=IMAGENET_STD, base_hw=input_hw)
+    train_set.transform = TrainTransform(
+        crop_hw,
+        scale=cfg.scale,
+        ignore_index=info.ignore_index,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        base_hw=input_hw,
+    )
     val_set.transform = EvalTransform(input_hw, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     if len(train_set) <= 2000:  # decoding PNGs every epoch would dominate a CPU run
         train_set.preload()
         val_set.preload()
 
-    sampler = DistributedSampler(train_set, dinfo.world, dinfo.rank, seed=cfg.seed) if dinfo.world > 1 else None
+    sampler = (
+        DistributedSampler(train_set, dinfo.world, dinfo.rank, seed=cfg.seed)
+        if dinfo.world > 1
+        else None
+    )
     per_proc_batch = max(1, cfg.batch_size // dinfo.world)
     drop_last = len(train_set) // dinfo.world >= per_proc_batch
-    loader = DataLoader(train_set, per_proc_batch, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.workers, drop_last=drop_last, worker_init_fn=_seed_worker,
-                        persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
-                        # Forked workers inherit OpenCV's thread pool half-alive and hang in it;
-                        # spawned ones start clean (one-off start-up cost, workers persist).
-                        multiprocessing_context="spawn" if cfg.workers > 0 else None)
+    loader = DataLoader(
+        train_set,
+        per_proc_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=drop_last,
+        worker_init_fn=_seed_worker,
+        persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda",
+        # Forked workers inherit OpenCV's thread pool half-alive and hang in it;
+        # spawned ones start clean (one-off start-up cost, workers persist).
+        multiprocessing_context="spawn" if cfg.workers > 0 else None,
+    )
     # Masks stay at native resolution; batch 1 allows datasets whose images differ in size.
     # Each process scores a disjoint shard (no padding, unlike DistributedSampler); the confusion
     # matrices are summed, so every image counts exactly once.
-    val_shard = Subset(val_set, range(dinfo.rank, len(val_set), dinfo.world)) if dinfo.world > 1 else val_set
+    val_shard = (
+        Subset(val_set, range(dinfo.rank, len(val_set), dinfo.world))
+        if dinfo.world > 1
+        else val_set
+    )
     val_loader = DataLoader(val_shard, 1, shuffle=False, num_workers=0)
 
     init = ckpt if ckpt is not None else (read_checkpoint(cfg.init_from) if cfg.init_from else None)
@@ -315,8 +371,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if init["arch"] != cfg.model:
             raise EdgesegError(f"{cfg.init_from} holds a '{init['arch']}' model, not '{cfg.model}'")
         if init["spec"]["num_classes"] != num_classes:
-            raise EdgesegError(f"{cfg.init_from} predicts {init['spec']['num_classes']} classes, "
-                               f"{cfg.data} has {num_classes}")
+            raise EdgesegError(
+                f"{cfg.init_from} predicts {init['spec']['num_classes']} classes, "
+                f"{cfg.data} has {num_classes}"
+            )
     if init is not None:
         model = build_model(init, num_classes, raw=True).to(device)
     else:
@@ -328,15 +386,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if dinfo.world > 1:
         if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
     weight = _class_weights(cfg.class_weights, info, num_classes)
-    criterion = build_loss(cfg.loss, info.ignore_index, weight.to(device) if weight is not None else None).to(device)
+    criterion = build_loss(
+        cfg.loss, info.ignore_index, weight.to(device) if weight is not None else None
+    ).to(device)
     teacher = _load_teacher(cfg.teacher, num_classes, device) if cfg.teacher else None
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     # An exponential moving average of the weights (BN statistics included) is what gets
     # validated and saved: on a short, noisy CPU schedule it is steadier than the last step.
-    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(cfg.ema), use_buffers=True)
-           if cfg.ema > 0 else None)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=_ema_update(cfg.ema), use_buffers=True
+        )
+        if cfg.ema > 0
+        else None
+    )
     eval_model = ema.module if ema is not None else model
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -355,18 +422,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if dinfo.main:
         out.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec(
-        arch=cfg.model, num_classes=num_classes, classes=list(info.classes),
-        palette=[list(map(int, c)) for c in info.palette[:num_classes]], ignore_index=info.ignore_index,
-        input=InputSpec(height=input_hw[0], width=input_hw[1], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+        arch=cfg.model,
+        num_classes=num_classes,
+        classes=list(info.classes),
+        palette=[list(map(int, c)) for c in info.palette[:num_classes]],
+        ignore_index=info.ignore_index,
+        input=InputSpec(
+            height=input_hw[0], width=input_hw[1], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)
+        ),
         output=OutputSpec("logits", getattr(model, "output_stride", 1)),
         source={"dataset": cfg.data, "val_miou": None},
     )
     iters_per_epoch = len(loader)
     total_iters = (cfg.epochs or 0) * iters_per_epoch
     budget_s = cfg.minutes * 60 if cfg.minutes else None
-    console.print(f"[bold]edgeseg train[/] {cfg.model} on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
-                  f"{num_classes} classes, input {input_hw[0]}x{input_hw[1]}, crop {crop_hw[0]}x{crop_hw[1]}, "
-                  f"batch {cfg.batch_size}, device {device}" + (f", {dinfo.world} processes" if dinfo.world > 1 else ""))
+    console.print(
+        f"[bold]edgeseg train[/] {cfg.model} on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
+        f"{num_classes} classes, input {input_hw[0]}x{input_hw[1]}, crop {crop_hw[0]}x{crop_hw[1]}, "
+        f"batch {cfg.batch_size}, device {device}"
+        + (f", {dinfo.world} processes" if dinfo.world > 1 else "")
+    )
 
     t0 = time.perf_counter() - elapsed_before
     it = start_epoch * iters_per_epoch
@@ -390,9 +465,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         TimeRemainingColumn,
     )
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                   console=console, transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=False,
+    )
     with bar:
         task = bar.add_task("training", total=1.0, completed=progress(), status="")
         done = progress() >= 1.0
@@ -409,16 +491,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if not bn_frozen and cfg.freeze_bn > 0 and progress() >= 1 - cfg.freeze_bn:
                     freeze_batchnorm(model)
                     bn_frozen = True
-                img = img.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                img = img.to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last
+                )
                 mask = mask.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     loss, main = segmentation_loss(ddp_model(img), mask, criterion, cfg.aux_weight)
                     if teacher is not None:
                         with torch.no_grad():
                             target = teacher(img)
-                        loss = loss + cfg.distill_weight * distillation_loss(main.float(), target.float())
+                        loss = loss + cfg.distill_weight * distillation_loss(
+                            main.float(), target.float()
+                        )
                 if not torch.isfinite(loss):
-                    raise EdgesegError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})")
+                    raise EdgesegError(
+                        f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -428,14 +516,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 loss_sum += loss.item()
                 n += 1
                 it += 1
-                bar.update(task, completed=progress(),
-                           status=f"epoch {epoch + 1} loss {loss_sum / n:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
+                bar.update(
+                    task,
+                    completed=progress(),
+                    status=f"epoch {epoch + 1} loss {loss_sum / n:.3f} lr {optimizer.param_groups[0]['lr']:.2e}",
+                )
                 if progress() >= 1.0:
                     break
             epoch += 1
             done = progress() >= 1.0
-            record = {"epoch": epoch, "train_loss": loss_sum / max(1, n), "lr": optimizer.param_groups[0]["lr"],
-                      "elapsed_s": round(time.perf_counter() - t0, 1), "val_miou": None}
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(1, n),
+                "lr": optimizer.param_groups[0]["lr"],
+                "elapsed_s": round(time.perf_counter() - t0, 1),
+                "val_miou": None,
+            }
             line = f"epoch {epoch}: loss {record['train_loss']:.4f}"
             if cfg.val_every > 0:
                 due = epoch % cfg.val_every == 0
@@ -445,7 +541,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     next_val += 0.2
             chosen = eval_model
             if done or due:
-                last_metrics = validate(eval_model, val_loader, num_classes, info.ignore_index, device)
+                last_metrics = validate(
+                    eval_model, val_loader, num_classes, info.ignore_index, device
+                )
                 if done and ema is not None:
                     # At the end of a schedule decayed to zero the raw weights have settled, while the
                     # average still carries weights from higher learning rates: keep the better one
@@ -460,19 +558,40 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.console.print(f"{line}  ({time.perf_counter() - t0:.0f} s)")
             history.append(record)
             if dinfo.main:
-                state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "elapsed_s": time.perf_counter() - t0,
-                         "history": history, "config": _config_record(cfg)}
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "elapsed_s": time.perf_counter() - t0,
+                    "history": history,
+                    "config": _config_record(cfg),
+                }
                 if record["val_miou"] is not None and record["val_miou"] > best_miou:
                     best_miou = record["val_miou"]
                     best_metrics = last_metrics
                     spec.source["val_miou"] = round(best_miou, 4)
                     # best.pt is for deployment and evaluation: no optimizer state (a third of the size).
                     best_state = {k: v for k, v in state.items() if k != "optimizer"}
-                    save_checkpoint(out / "best.pt", chosen, spec, cfg.model_kwargs, best_miou=best_miou, **best_state)
+                    save_checkpoint(
+                        out / "best.pt",
+                        chosen,
+                        spec,
+                        cfg.model_kwargs,
+                        best_miou=best_miou,
+                        **best_state,
+                    )
                 spec.source["val_miou"] = round(best_miou, 4)
-                if ema is not None:  # the raw weights continue training; the average is what is deployed
+                if (
+                    ema is not None
+                ):  # the raw weights continue training; the average is what is deployed
                     state.update(raw_state_dict=model.state_dict(), ema_steps=int(ema.n_averaged))
-                save_checkpoint(out / "last.pt", eval_model, spec, cfg.model_kwargs, best_miou=best_miou, **state)
+                save_checkpoint(
+                    out / "last.pt",
+                    eval_model,
+                    spec,
+                    cfg.model_kwargs,
+                    best_miou=best_miou,
+                    **state,
+                )
 
     result: dict[str, Any] = {}
     if dinfo.main:

@@ -41,7 +41,11 @@ def test_onnx_complexity_counts_like_the_pytorch_counter(tiny_run, tiny_onnx):
     assert c["gflops"] == pytest.approx(count_gflops(model, spec.input_hw), rel=1e-3)
     # BatchNorm is folded into the convolutions in the ONNX: fewer parameters than the checkpoint
     bn = sum(m.weight.numel() * 2 for m in model.modules() if m.__class__.__name__ == "BatchNorm2d")
-    assert sum(p.numel() for p in model.parameters()) - bn <= c["params"] < sum(p.numel() for p in model.parameters())
+    assert (
+        sum(p.numel() for p in model.parameters()) - bn
+        <= c["params"]
+        < sum(p.numel() for p in model.parameters())
+    )
 
 
 def test_sizes_are_width_by_height_rounded_to_multiples_of_32():
@@ -52,8 +56,14 @@ def test_sizes_are_width_by_height_rounded_to_multiples_of_32():
 
 @pytest.fixture(scope="module")
 def bench_report(tiny_run):
-    cfg = BenchConfig(models=[str(tiny_run / "best.pt")], backends=["auto", "torch"], precisions=["fp32", "int8"],
-                      source="synthetic:256x128", frames=12, warmup=2)
+    cfg = BenchConfig(
+        models=[str(tiny_run / "best.pt")],
+        backends=["auto", "torch"],
+        precisions=["fp32", "int8"],
+        source="synthetic:256x128",
+        frames=12,
+        warmup=2,
+    )
     return run_bench(cfg, progress=lambda _m: None)
 
 
@@ -68,15 +78,28 @@ def test_bench_report_has_every_documented_field(bench_report):
         assert row["precision"] == key[1]
         assert row["params"] > 0 and row["gflops"] > 0
         mo = row["model_only_ms"]
-        assert 0 < mo["p50"] <= mo["p90"] <= mo["p99"] and mo["samples"] == 12 and mo["throughput_fps"] > 0
+        assert (
+            0 < mo["p50"] <= mo["p90"] <= mo["p99"]
+            and mo["samples"] == 12
+            and mo["throughput_fps"] > 0
+        )
         assert len(row["model_only_samples_ms"]) == 12
         pl = row["pipeline"]
-        assert pl["frames"] == 12 and pl["fps"] > 0 and 0 < pl["latency_ms"]["p50"] <= pl["latency_ms"]["p99"]
-        assert set(pl["stages_ms"]) == set(STAGES) and all(set(v) == {"p50", "p99"} for v in pl["stages_ms"].values())
+        assert (
+            pl["frames"] == 12
+            and pl["fps"] > 0
+            and 0 < pl["latency_ms"]["p50"] <= pl["latency_ms"]["p99"]
+        )
+        assert set(pl["stages_ms"]) == set(STAGES) and all(
+            set(v) == {"p50", "p99"} for v in pl["stages_ms"].values()
+        )
         assert row["peak_rss_mb"] > row["rss_before_model_mb"] > 0
         # device memory only for a configuration that ran on a GPU (torch picks CUDA where present)
         assert (row["gpu_mem_mb"] is None) == (not row["device"].startswith("cuda"))
-        assert row["ratios"]["model_only_vs_torch_eager"] > 0 and row["ratios"]["pipeline_fps_vs_naive_loop"] > 0
+        assert (
+            row["ratios"]["model_only_vs_torch_eager"] > 0
+            and row["ratios"]["pipeline_fps_vs_naive_loop"] > 0
+        )
     base = r["baselines"][str(rows["ort", "fp32"]["model"])]
     assert base["naive_loop"]["frames"] == 12 and base["naive_loop"]["fps"] > 0
     assert base["torch_eager_ms"]["samples"] == 12
@@ -90,8 +113,23 @@ def test_bench_plot_is_a_valid_png(bench_report, tmp_path):
 
 
 def test_bench_cli_writes_table_json_and_plot(tiny_onnx, tmp_path, capsys):
-    rc = main(["bench", str(tiny_onnx), "--source", "synthetic:256x128", "--frames", "6", "--warmup", "1",
-               "--no-isolate", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
+    rc = main(
+        [
+            "bench",
+            str(tiny_onnx),
+            "--source",
+            "synthetic:256x128",
+            "--frames",
+            "6",
+            "--warmup",
+            "1",
+            "--no-isolate",
+            "--json",
+            str(tmp_path / "b.json"),
+            "--plot",
+            str(tmp_path / "b.png"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "naive loop" in out and "onnxruntime" in out
@@ -100,14 +138,17 @@ def test_bench_cli_writes_table_json_and_plot(tiny_onnx, tmp_path, capsys):
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.onnx"], "model not found: missing.onnx"),
-    (["{onnx}", "--precision", "fp8"], "unknown precision 'fp8'"),
-    (["{onnx}", "--backend", "tensorrtt"], "unknown backend 'tensorrtt'"),
-    (["{onnx}", "--source", "nope.mp4"], "bench source not found: nope.mp4"),
-    (["--zoo"], "--zoo needs --data"),
-    ([], "give one or more models"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.onnx"], "model not found: missing.onnx"),
+        (["{onnx}", "--precision", "fp8"], "unknown precision 'fp8'"),
+        (["{onnx}", "--backend", "tensorrtt"], "unknown backend 'tensorrtt'"),
+        (["{onnx}", "--source", "nope.mp4"], "bench source not found: nope.mp4"),
+        (["--zoo"], "--zoo needs --data"),
+        ([], "give one or more models"),
+    ],
+)
 def test_bench_bad_input_is_one_clear_message(tiny_onnx, capsys, args, message):
     assert main(["bench", *(a.format(onnx=tiny_onnx) for a in args)]) != 0
     err = capsys.readouterr().err
@@ -117,13 +158,22 @@ def test_bench_bad_input_is_one_clear_message(tiny_onnx, capsys, args, message):
 def test_zoo_covers_every_registered_model_with_miou_where_trained(tiny_run, tmp_path):
     from edgeseg.models import list_models
 
-    res = run_zoo([str(tiny_run / "best.pt")], "synthetic:16", [(64, 128)], warmup=1, iters=3, isolate=False,
-                  progress=lambda _m: None)
+    res = run_zoo(
+        [str(tiny_run / "best.pt")],
+        "synthetic:16",
+        [(64, 128)],
+        warmup=1,
+        iters=3,
+        isolate=False,
+        progress=lambda _m: None,
+    )
     rows = {r["model"]: r for r in res["rows"]}
     assert set(rows) == set(list_models())
     assert 0 <= rows["mbv3_unet_small"]["miou"] <= 1
     assert all(r["miou"] is None for name, r in rows.items() if name != "mbv3_unet_small")
-    assert all(r["latency_ms_p50"] > 0 and r["gflops"] > 0 and r["size"] == "128x64" for r in rows.values())
+    assert all(
+        r["latency_ms_p50"] > 0 and r["gflops"] > 0 and r["size"] == "128x64" for r in rows.values()
+    )
     rows["bisenetv2"]["miou"] = 0.3  # a second trained point, to draw a front
     write_zoo_plot(list(rows.values()), tmp_path / "zoo.png")
     assert (tmp_path / "zoo.png").read_bytes()[:8] == PNG_MAGIC
@@ -134,8 +184,17 @@ def test_bench_on_the_gpu_reports_device_memory_and_tensorrt_compute_where_insta
     import importlib.util
 
     backends = ["torch"] + (["trt"] if importlib.util.find_spec("tensorrt") else [])
-    rep = run_bench(BenchConfig(models=[str(tiny_run / "best.pt")], backends=backends, source="synthetic:256x128",
-                                frames=10, warmup=2, device="cuda"), progress=lambda _m: None)
+    rep = run_bench(
+        BenchConfig(
+            models=[str(tiny_run / "best.pt")],
+            backends=backends,
+            source="synthetic:256x128",
+            frames=10,
+            warmup=2,
+            device="cuda",
+        ),
+        progress=lambda _m: None,
+    )
     rows = {r["backend_requested"]: r for r in rep["results"]}
     assert rows["torch"]["device"].startswith("cuda") and rows["torch"]["gpu_mem_mb"] > 0
     assert rep["machine"]["gpu"]

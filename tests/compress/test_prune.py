@@ -21,12 +21,16 @@ def test_pruning_removes_channels_and_keeps_the_model_working(name):
 def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path):
     from edgeseg.train.checkpoint import load_model
 
-    res = prune_checkpoint(tiny_run / "best.pt", 0.3, "synthetic:8", tmp_path, finetune_epochs=1, workers=0, quiet=True)
+    res = prune_checkpoint(
+        tiny_run / "best.pt", 0.3, "synthetic:8", tmp_path, finetune_epochs=1, workers=0, quiet=True
+    )
     assert res["gflops_cut"] >= 0.25
     assert res["after"]["params"] == res["pruned"]["params"] < res["before"]["params"]
     for k in ("params", "gflops", "ort_cpu_ms", "val_miou"):
         assert k in res["before"] and k in res["after"]
-    model, spec, ckpt = load_model(tmp_path / "best.pt")  # the pruned structure is rebuilt from the file
+    model, spec, ckpt = load_model(
+        tmp_path / "best.pt"
+    )  # the pruned structure is rebuilt from the file
     assert "pruned" in ckpt and count_params(model) == res["after"]["params"]
 
 

@@ -52,8 +52,11 @@ def test_every_model_trains_under_fake_quantization(name):
     model = create_model(name, num_classes=5)
     prepare_qat(model, "cpu")
     model.train()  # bisenetv2 returns its auxiliary heads too
-    loss, main = segmentation_loss(model(torch.randn(2, 3, 64, 96)), torch.randint(0, 5, (2, 64, 96)),
-                                   build_loss("ce+dice", 255))
+    loss, main = segmentation_loss(
+        model(torch.randn(2, 3, 64, 96)),
+        torch.randint(0, 5, (2, 64, 96)),
+        build_loss("ce+dice", 255),
+    )
     loss.backward()
     assert main.shape == (2, 5, 64, 96) and torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -67,7 +70,9 @@ def test_fake_quant_uses_the_grids_onnx_runtime_writes(target, lo, hi, w_max):
     q(x)
     w, _ = q._folded()
     absmax = w.detach().abs().amax((1, 2, 3))
-    torch.testing.assert_close(q.weight_fq.scale, absmax / w_max)  # symmetric per-channel INT8 (7-bit for cpu)
+    torch.testing.assert_close(
+        q.weight_fq.scale, absmax / w_max
+    )  # symmetric per-channel INT8 (7-bit for cpu)
     assert not q.weight_fq.zero_point.any()
     assert (q.input_fq.quant_min, q.input_fq.quant_max) == (lo, hi)
     if target == "trt":
@@ -78,15 +83,35 @@ def test_fake_quant_uses_the_grids_onnx_runtime_writes(target, lo, hi, w_max):
 
 def test_export_qat_trains_and_writes_a_qdq_onnx(tiny_run, tmp_path):
     out = tmp_path / "qat"
-    rc = main(["export", str(tiny_run / "best.pt"), "--out", str(out), "--qat", "--data", "synthetic:8",
-               "--epochs", "1", "--calib-count", "4", "--device", "cpu"])
+    rc = main(
+        [
+            "export",
+            str(tiny_run / "best.pt"),
+            "--out",
+            str(out),
+            "--qat",
+            "--data",
+            "synthetic:8",
+            "--epochs",
+            "1",
+            "--calib-count",
+            "4",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     before, after = read_checkpoint(tiny_run / "best.pt"), read_checkpoint(out / "qat.pt")
     assert list(after["state_dict"]) == list(before["state_dict"])  # an ordinary checkpoint again
-    changed = [k for k, v in after["state_dict"].items()
-               if v.is_floating_point() and not torch.equal(v, before["state_dict"][k])]
+    changed = [
+        k
+        for k, v in after["state_dict"].items()
+        if v.is_floating_point() and not torch.equal(v, before["state_dict"][k])
+    ]
     assert any(k.endswith("weight") for k in changed), "QAT did not train the weights"
-    assert all(not k.endswith(("running_mean", "running_var")) for k in changed), "BN statistics must stay frozen"
+    assert all(not k.endswith(("running_mean", "running_var")) for k in changed), (
+        "BN statistics must stay frozen"
+    )
     assert after["spec"]["source"]["qat"]["epochs"] == 1
     g = onnx.load(str(out / "model.int8-qat-trt.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}

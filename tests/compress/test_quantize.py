@@ -26,15 +26,23 @@ def test_trt_flavour_is_symmetric_per_channel_and_quantizes_every_conv_but_the_k
     path, rep = int8_trt
     g = onnx.load(str(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    zero_points = [inits[n.input[2]] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                   and len(n.input) > 2]
+    zero_points = [
+        inits[n.input[2]]
+        for n in g.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    ]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
     prod = _producers(g)
     kept = set(rep["kept_fp32"])
     assert len(kept) == 2
     for conv in (n for n in g.node if n.op_type == "Conv"):
         x, w = (prod.get(conv.input[0]), prod.get(conv.input[1]))
-        quantized = x is not None and x.op_type == "DequantizeLinear" and w is not None and w.op_type == "DequantizeLinear"
+        quantized = (
+            x is not None
+            and x.op_type == "DequantizeLinear"
+            and w is not None
+            and w.op_type == "DequantizeLinear"
+        )
         assert quantized != (conv.name in kept), conv.name
         if quantized:
             scale = inits[w.input[1]]
@@ -51,10 +59,18 @@ def test_int8_model_runs_and_tracks_fp32(int8_trt, tiny_onnx):
     from edgeseg.runtime import kernels
 
     spec = read_onnx_spec(tiny_onnx)
-    x = kernels.preprocess(render_scene(99, (64, 128))[0][..., ::-1].copy(), spec.input_hw, spec.input.mean,
-                           spec.input.std)
-    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-           for p in (int8_trt[0], tiny_onnx)}
+    x = kernels.preprocess(
+        render_scene(99, (64, 128))[0][..., ::-1].copy(),
+        spec.input_hw,
+        spec.input.mean,
+        spec.input.std,
+    )
+    run = {
+        p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[
+            0
+        ]
+        for p in (int8_trt[0], tiny_onnx)
+    }
     q, f = run[int8_trt[0]].ravel(), run[tiny_onnx].ravel()
     # A two-epoch toy model calibrated on 6 frames: a loose check that the logits follow FP32.
     # The accuracy bar (within 1 mIoU point) is measured on CamVid, not here.
@@ -67,16 +83,26 @@ def test_cpu_flavour_is_u8s8_with_7_bit_weights(tiny_onnx, tmp_path):
     quantize_int8(tiny_onnx, out, "synthetic:4", count=4, target="cpu", method="percentile")
     g = onnx.load(str(out)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    act_zp = [inits[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    act_zp = [
+        inits[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
     assert {z.dtype for z in act_zp} == {np.dtype(np.uint8)}
     # 7-bit weights: no saturation in the U8 x S8 multiply-adds of x86 CPUs without VNNI
-    stored = [inits[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    stored = [
+        inits[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    ]
     weights = [w for w in stored if w.dtype == np.int8]  # (biases are int32)
     assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)
 
 
-@pytest.mark.parametrize("kw,msg", [({"method": "kl"}, "unknown --calib-method"), ({"target": "gpu"}, "unknown --target"),
-                                    ({"count": 0}, "at least 1")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"method": "kl"}, "unknown --calib-method"),
+        ({"target": "gpu"}, "unknown --target"),
+        ({"count": 0}, "at least 1"),
+    ],
+)
 def test_bad_options(tiny_onnx, tmp_path, kw, msg):
     with pytest.raises(EdgesegError, match=msg):
         quantize_int8(tiny_onnx, tmp_path / "x.onnx", "synthetic:2", **kw)

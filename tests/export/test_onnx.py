@@ -87,17 +87,25 @@ def test_fp16_export_keeps_sensitive_ops_and_io_in_fp32(tiny_run, tiny_onnx, tmp
 
     rep = export_onnx(tiny_run / "best.pt", tmp_path, fp16=True)
     path = tmp_path / "model.fp16.onnx"
-    assert rep["path"] == str(path) and rep["precision"] == "fp16" and rep["label_agreement"] >= 0.99
+    assert (
+        rep["path"] == str(path) and rep["precision"] == "fp16" and rep["label_agreement"] >= 0.99
+    )
     assert read_onnx_spec(path).precision == "fp16"
     proto = onnx.load(str(path))
     assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
-    assert {i.data_type for i in proto.graph.initializer if i.name in conv_weights} == {TensorProto.FLOAT16}
+    assert {i.data_type for i in proto.graph.initializer if i.name in conv_weights} == {
+        TensorProto.FLOAT16
+    }
     # the kept ops compute in FP32: every input reaching them is a Cast to float (or a float tensor)
     kept = [n for n in proto.graph.node if n.op_type in FP16_KEEP_FP32]
     assert kept, "the models use GlobalAveragePool/ReduceMean in their SE blocks"
-    casts_to_fp32 = {n.output[0] for n in proto.graph.node if n.op_type == "Cast"
-                     and next(a.i for a in n.attribute if a.name == "to") == TensorProto.FLOAT}
+    casts_to_fp32 = {
+        n.output[0]
+        for n in proto.graph.node
+        if n.op_type == "Cast"
+        and next(a.i for a in n.attribute if a.name == "to") == TensorProto.FLOAT
+    }
     assert all(n.input[0] in casts_to_fp32 for n in kept)
     frame = np.random.default_rng(2).integers(0, 256, (80, 150, 3), dtype=np.uint8)
     assert (Segmenter(path)(frame).labels == Segmenter(tiny_onnx)(frame).labels).mean() > 0.99

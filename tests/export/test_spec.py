@@ -5,8 +5,14 @@ from edgeseg.export.spec import FORMAT_VERSION, InputSpec, ModelSpec
 
 
 def _spec(**kw):
-    d = dict(arch="mbv3_unet_small", num_classes=2, classes=["a", "b"], palette=[[0, 0, 0], [255, 0, 0]],
-             ignore_index=255, input=InputSpec(64, 128, [0.0] * 3, [1.0] * 3))
+    d = dict(
+        arch="mbv3_unet_small",
+        num_classes=2,
+        classes=["a", "b"],
+        palette=[[0, 0, 0], [255, 0, 0]],
+        ignore_index=255,
+        input=InputSpec(64, 128, [0.0] * 3, [1.0] * 3),
+    )
     d.update(kw)
     return ModelSpec(**d)
 

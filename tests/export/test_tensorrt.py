@@ -20,15 +20,19 @@ from edgeseg.export.tensorrt import (
 def test_cache_key_changes_with_everything_a_plan_depends_on():
     base = cache_key("a" * 64, "10.7.0", "NVIDIA H100", EngineOptions())
     assert base == cache_key("a" * 64, "10.7.0", "NVIDIA H100", EngineOptions())
-    others = [cache_key("b" * 64, "10.7.0", "NVIDIA H100", EngineOptions()),
-              cache_key("a" * 64, "11.0.0", "NVIDIA H100", EngineOptions()),
-              cache_key("a" * 64, "10.7.0", "Orin", EngineOptions()),
-              cache_key("a" * 64, "10.7.0", "NVIDIA H100", EngineOptions(workspace_mb=512)),
-              cache_key("a" * 64, "10.7.0", "NVIDIA H100", EngineOptions.parse_dynamic("1,2,4"))]
+    others = [
+        cache_key("b" * 64, "10.7.0", "NVIDIA H100", EngineOptions()),
+        cache_key("a" * 64, "11.0.0", "NVIDIA H100", EngineOptions()),
+        cache_key("a" * 64, "10.7.0", "Orin", EngineOptions()),
+        cache_key("a" * 64, "10.7.0", "NVIDIA H100", EngineOptions(workspace_mb=512)),
+        cache_key("a" * 64, "10.7.0", "NVIDIA H100", EngineOptions.parse_dynamic("1,2,4")),
+    ]
     assert len({base, *others}) == 6
 
 
-@pytest.mark.parametrize("text,err", [("1,2", "MIN,OPT,MAX"), ("4,2,8", "MIN <= OPT"), ("a,b,c", "MIN,OPT,MAX")])
+@pytest.mark.parametrize(
+    "text,err", [("1,2", "MIN,OPT,MAX"), ("4,2,8", "MIN <= OPT"), ("a,b,c", "MIN,OPT,MAX")]
+)
 def test_dynamic_profile_parsing(text, err):
     assert EngineOptions.parse_dynamic("1,4,8") == EngineOptions(None, 1, 4, 8)
     with pytest.raises(EdgesegError, match=err):
@@ -38,8 +42,11 @@ def test_dynamic_profile_parsing(text, err):
 def _engine(tmp_path, version="10.7.0", gpu="NVIDIA H100"):
     eng = tmp_path / "model.engine"
     eng.write_bytes(b"plan")
-    sidecar_path(eng).write_text(json.dumps({"format": SIDECAR_FORMAT, "spec": {},
-                                             "tensorrt": {"version": version, "gpu": gpu}}))
+    sidecar_path(eng).write_text(
+        json.dumps(
+            {"format": SIDECAR_FORMAT, "spec": {}, "tensorrt": {"version": version, "gpu": gpu}}
+        )
+    )
     return eng
 
 
@@ -47,7 +54,9 @@ def test_stale_or_foreign_engines_are_refused_clearly(tmp_path):
     eng = _engine(tmp_path)
     meta = read_sidecar(eng)
     check_engine(meta, "10.7.0", "NVIDIA H100", eng)  # the machine it was built on
-    with pytest.raises(EdgesegError, match="built with TensorRT 10.7.0, this machine has 11.0.0.*rebuild"):
+    with pytest.raises(
+        EdgesegError, match="built with TensorRT 10.7.0, this machine has 11.0.0.*rebuild"
+    ):
         check_engine(meta, "11.0.0", "NVIDIA H100", eng)
     with pytest.raises(EdgesegError, match="built for NVIDIA H100, this GPU is Orin"):
         check_engine(meta, "10.7.0", "Orin", eng)
@@ -96,6 +105,7 @@ def test_engine_build_and_label_agreement_with_onnxruntime(tiny_onnx, tmp_path, 
 def test_engine_without_tensorrt_installed_says_how_to_get_it(tmp_path):
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass

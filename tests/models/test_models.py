@@ -73,6 +73,7 @@ class TestModel:
         """The runtime lifts the final logits resize out of the graph (OnnxRuntimeBackend
         fuse_resize) and the post-processing kernel does it: the labels stay the model's."""
         import onnx
+
         ort = pytest.importorskip("onnxruntime")
         from edgeseg.runtime import kernels
         from edgeseg.runtime.backends.onnxruntime import lift_trailing_resize
@@ -83,8 +84,12 @@ class TestModel:
         assert k == {"bisenetv2": 8}.get(name, 2)
         onnx.checker.check_model(proto)  # a valid model, no dangling constants
         x = np.random.default_rng(0).standard_normal((1, 3, H, W)).astype(np.float32)
-        full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-        cut = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x}
+        )[0]
+        cut = ort.InferenceSession(
+            proto.SerializeToString(), providers=["CPUExecutionProvider"]
+        ).run(None, {"input": x})[0]
         assert cut.shape == (1, NUM_CLASSES, H // k, W // k)
         want = kernels.postprocess(full, (120, 200))
         got = kernels.postprocess(cut, (120, 200), upsample=k)
@@ -101,8 +106,15 @@ def _export(name: str, tmp_path) -> tuple[torch.nn.Module, object]:
     path = tmp_path / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, torch.randn(1, 3, H, W), str(path), opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["logits"])
+        torch.onnx.export(
+            model,
+            torch.randn(1, 3, H, W),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+        )
     return model, path
 
     def test_rejects_non_multiple_of_32(self, name: str) -> None:

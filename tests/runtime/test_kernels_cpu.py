@@ -47,9 +47,17 @@ def check_postprocess(scores, frame, palette, alpha=0.5, mode="nearest"):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(H=st.integers(1, 70), W=st.integers(1, 70), h=st.integers(1, 40), w=st.integers(1, 40),
-       C=st.integers(1, 24), half=st.booleans(), mode=st.sampled_from(["nearest", "bilinear"]),
-       alpha=st.floats(0, 1), seed=st.integers(0, 2**16))
+@given(
+    H=st.integers(1, 70),
+    W=st.integers(1, 70),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    C=st.integers(1, 24),
+    half=st.booleans(),
+    mode=st.sampled_from(["nearest", "bilinear"]),
+    alpha=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+)
 def test_random_shapes_match_reference(H, W, h, w, C, half, mode, alpha, seed):
     rng = np.random.default_rng(seed)
     frame = _frame(rng, H, W)
@@ -58,8 +66,16 @@ def test_random_shapes_match_reference(H, W, h, w, C, half, mode, alpha, seed):
     check_postprocess(scores, frame, rng.integers(0, 256, (C, 3)), alpha, mode)
 
 
-@pytest.mark.parametrize("frame_hw,model_hw", [((1, 1), (1, 1)), ((1, 1), (32, 32)), ((37, 53), (64, 32)),
-                                               ((721, 1279), (256, 512)), ((2160, 3840), (512, 1024))])
+@pytest.mark.parametrize(
+    "frame_hw,model_hw",
+    [
+        ((1, 1), (1, 1)),
+        ((1, 1), (32, 32)),
+        ((37, 53), (64, 32)),
+        ((721, 1279), (256, 512)),
+        ((2160, 3840), (512, 1024)),
+    ],
+)
 def test_edge_sizes(frame_hw, model_hw):
     rng = np.random.default_rng(0)
     frame = _frame(rng, *frame_hw)
@@ -70,15 +86,26 @@ def test_edge_sizes(frame_hw, model_hw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(h=st.integers(1, 24), w=st.integers(1, 80), k=st.integers(2, 4), C=st.integers(1, 24),
-       half=st.booleans(), ties=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    h=st.integers(1, 24),
+    w=st.integers(1, 80),
+    k=st.integers(2, 4),
+    C=st.integers(1, 24),
+    half=st.booleans(),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_upsample_matches_reference_at_random_sizes(h, w, k, C, half, ties, seed):
     """Rows long enough for the 16-pixel register blocks, with their scalar edges and tails."""
     rng = np.random.default_rng(seed)
     dtype = np.float16 if half else np.float32
-    scores = (rng.integers(-2, 3, (1, C, h, w)) if ties else rng.standard_normal((1, C, h, w))).astype(dtype)
+    scores = (
+        rng.integers(-2, 3, (1, C, h, w)) if ties else rng.standard_normal((1, C, h, w))
+    ).astype(dtype)
     hw = (h * k + 3, w * k - 1)  # frame size off the model's grid: the nearest step runs too
-    np.testing.assert_array_equal(kernels.postprocess(scores, hw, upsample=k), ref.postprocess(scores, hw, upsample=k))
+    np.testing.assert_array_equal(
+        kernels.postprocess(scores, hw, upsample=k), ref.postprocess(scores, hw, upsample=k)
+    )
     np.testing.assert_array_equal(kernels.postprocess(scores, hw), ref.postprocess(scores, hw))
 
 
@@ -100,15 +127,23 @@ def test_upsample_fuses_the_models_trailing_resize(k, dtype):
     rng = np.random.default_rng(k)
     frame = _frame(rng, 131, 197)
     palette = rng.integers(0, 256, (7, 3))
-    for scores in (rng.standard_normal((1, 7, 11, 15)).astype(dtype),
-                   rng.integers(-2, 3, (1, 7, 11, 15)).astype(dtype)):  # ties: first maximum wins
+    for scores in (
+        rng.standard_normal((1, 7, 11, 15)).astype(dtype),
+        rng.integers(-2, 3, (1, 7, 11, 15)).astype(dtype),
+    ):  # ties: first maximum wins
         labels, vis = kernels.postprocess(scores, frame.shape[:2], palette, frame, 0.5, upsample=k)
-        want_labels, want_vis = ref.postprocess(scores, frame.shape[:2], palette, frame, 0.5, upsample=k)
+        want_labels, want_vis = ref.postprocess(
+            scores, frame.shape[:2], palette, frame, 0.5, upsample=k
+        )
         np.testing.assert_array_equal(labels, want_labels)
         assert np.abs(vis.astype(np.int16) - want_vis).max() <= 1
         # the same labels as resizing the logits first and post-processing the full-size scores
-        full = ref.resize_bilinear(scores[0].transpose(1, 2, 0), (11 * k, 15 * k)).transpose(2, 0, 1)[None]
-        np.testing.assert_array_equal(labels, kernels.postprocess(np.ascontiguousarray(full), frame.shape[:2]))
+        full = ref.resize_bilinear(scores[0].transpose(1, 2, 0), (11 * k, 15 * k)).transpose(
+            2, 0, 1
+        )[None]
+        np.testing.assert_array_equal(
+            labels, kernels.postprocess(np.ascontiguousarray(full), frame.shape[:2])
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
@@ -139,8 +174,9 @@ def test_writes_into_caller_buffers():
     labels = np.empty((90, 120), np.uint8)
     vis = np.empty((90, 120, 3), np.uint8)
     scores = rng.standard_normal((1, 5, 64, 96)).astype(np.float32)
-    got_l, got_v = kernels.postprocess(scores, (90, 120), rng.integers(0, 256, (5, 3)), frame,
-                                       out=labels, overlay_out=vis)
+    got_l, got_v = kernels.postprocess(
+        scores, (90, 120), rng.integers(0, 256, (5, 3)), frame, out=labels, overlay_out=vis
+    )
     assert got_l is labels and got_v is vis
     np.testing.assert_array_equal(labels, ref.postprocess(scores, (90, 120)))
     o = np.empty_like(frame)
@@ -148,28 +184,104 @@ def test_writes_into_caller_buffers():
     assert np.abs(o.astype(int) - ref.overlay(frame, labels, [[255, 0, 0]] * 5, 0.3)).max() <= 1
 
 
-@pytest.mark.parametrize("call,err,match", [
-    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.float32), (8, 8), MEAN, STD), TypeError, "uint8"),
-    (lambda: kernels.preprocess(np.zeros((4, 4), np.uint8), (8, 8), MEAN, STD), ValueError, r"\(H, W, 3\)"),
-    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (0, 8), MEAN, STD), ValueError, "positive"),
-    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (8, 8), MEAN, STD, dtype=np.int8), ValueError, "float16"),
-    (lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (8, 8), MEAN, STD, out=np.empty((1, 3, 8, 9), np.float32)),
-     ValueError, "shape"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float64), (8, 8)), ValueError, "float32/float16"),
-    (lambda: kernels.postprocess(np.zeros((3, 4, 4), np.float32), (8, 8)), ValueError, r"\(1, C, h, w\)"),
-    (lambda: kernels.postprocess(np.zeros((1, 300, 4, 4), np.float32), (8, 8)), ValueError, "256 classes"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), mode="cubic"), ValueError, "mode"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), frame=np.zeros((8, 8, 3), np.uint8)),
-     ValueError, "palette"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), [[0, 0, 0]] * 3,
-                                 np.zeros((9, 8, 3), np.uint8)), ValueError, "frame_hw"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), alpha=2), ValueError, "alpha"),
-    (lambda: kernels.set_backend("gpu"), ValueError, "reference"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), upsample=0), ValueError, "positive"),
-    (lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), mode="bilinear", upsample=2),
-     ValueError, "nearest"),
-    (lambda: kernels.postprocess(np.zeros((1, 4, 4), np.uint8), (8, 8), upsample=2), ValueError, "logits"),
-])
+@pytest.mark.parametrize(
+    "call,err,match",
+    [
+        (
+            lambda: kernels.preprocess(np.zeros((4, 4, 3), np.float32), (8, 8), MEAN, STD),
+            TypeError,
+            "uint8",
+        ),
+        (
+            lambda: kernels.preprocess(np.zeros((4, 4), np.uint8), (8, 8), MEAN, STD),
+            ValueError,
+            r"\(H, W, 3\)",
+        ),
+        (
+            lambda: kernels.preprocess(np.zeros((4, 4, 3), np.uint8), (0, 8), MEAN, STD),
+            ValueError,
+            "positive",
+        ),
+        (
+            lambda: kernels.preprocess(
+                np.zeros((4, 4, 3), np.uint8), (8, 8), MEAN, STD, dtype=np.int8
+            ),
+            ValueError,
+            "float16",
+        ),
+        (
+            lambda: kernels.preprocess(
+                np.zeros((4, 4, 3), np.uint8),
+                (8, 8),
+                MEAN,
+                STD,
+                out=np.empty((1, 3, 8, 9), np.float32),
+            ),
+            ValueError,
+            "shape",
+        ),
+        (
+            lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float64), (8, 8)),
+            ValueError,
+            "float32/float16",
+        ),
+        (
+            lambda: kernels.postprocess(np.zeros((3, 4, 4), np.float32), (8, 8)),
+            ValueError,
+            r"\(1, C, h, w\)",
+        ),
+        (
+            lambda: kernels.postprocess(np.zeros((1, 300, 4, 4), np.float32), (8, 8)),
+            ValueError,
+            "256 classes",
+        ),
+        (
+            lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), mode="cubic"),
+            ValueError,
+            "mode",
+        ),
+        (
+            lambda: kernels.postprocess(
+                np.zeros((1, 3, 4, 4), np.float32), (8, 8), frame=np.zeros((8, 8, 3), np.uint8)
+            ),
+            ValueError,
+            "palette",
+        ),
+        (
+            lambda: kernels.postprocess(
+                np.zeros((1, 3, 4, 4), np.float32),
+                (8, 8),
+                [[0, 0, 0]] * 3,
+                np.zeros((9, 8, 3), np.uint8),
+            ),
+            ValueError,
+            "frame_hw",
+        ),
+        (
+            lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), alpha=2),
+            ValueError,
+            "alpha",
+        ),
+        (lambda: kernels.set_backend("gpu"), ValueError, "reference"),
+        (
+            lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), upsample=0),
+            ValueError,
+            "positive",
+        ),
+        (
+            lambda: kernels.postprocess(
+                np.zeros((1, 3, 4, 4), np.float32), (8, 8), mode="bilinear", upsample=2
+            ),
+            ValueError,
+            "nearest",
+        ),
+        (
+            lambda: kernels.postprocess(np.zeros((1, 4, 4), np.uint8), (8, 8), upsample=2),
+            ValueError,
+            "logits",
+        ),
+    ],
+)
 def test_wrong_input_is_a_clear_error(call, err, match):
     with pytest.raises(err, match=match):
         call()
@@ -180,7 +292,9 @@ def test_backend_is_visible_and_selectable():
     kernels.set_backend("reference")
     assert kernels.backend == "reference"
     frame = _frame(np.random.default_rng(4), 20, 30)
-    np.testing.assert_array_equal(kernels.preprocess(frame, (8, 8), MEAN, STD), ref.preprocess(frame, (8, 8), MEAN, STD))
+    np.testing.assert_array_equal(
+        kernels.preprocess(frame, (8, 8), MEAN, STD), ref.preprocess(frame, (8, 8), MEAN, STD)
+    )
 
 
 def test_threads_setting_round_trips():

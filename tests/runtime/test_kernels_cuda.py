@@ -28,9 +28,24 @@ def test_nvcc_compiles_kernels_to_ptx_for_lowest_arch(tmp_path):
     (tmp_path / "pixel_ops.h").write_text(src["pixel_ops.h"])
     (tmp_path / "kernels.cu").write_text(src["kernels.cu"])
     out = tmp_path / "kernels.ptx"
-    r = subprocess.run(["nvcc", "-ptx", f"-arch={LOWEST_ARCH}", "--fmad=false", "-std=c++17", "-Werror",
-                        "all-warnings", "-I", str(tmp_path), str(tmp_path / "kernels.cu"), "-o", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "nvcc",
+            "-ptx",
+            f"-arch={LOWEST_ARCH}",
+            "--fmad=false",
+            "-std=c++17",
+            "-Werror",
+            "all-warnings",
+            "-I",
+            str(tmp_path),
+            str(tmp_path / "kernels.cu"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     ptx = out.read_text()
     assert _ptx_entries(ptx) == ENTRY_POINTS  # every signature the host knows exists, and no others
@@ -43,18 +58,30 @@ def test_nvrtc_builds_the_shipped_sources():
         nvrtc.nvrtcVersion()
     except Exception as e:  # cuda-bindings without the NVRTC library
         pytest.skip(f"NVRTC library not available: {e}")
-    ptx = cudart.nvrtc_compile(nvrtc, cudart.kernel_sources(), (*cudart.NVRTC_OPTIONS, f"--gpu-architecture={LOWEST_ARCH}"),
-                               want_cubin=False).decode()
+    ptx = cudart.nvrtc_compile(
+        nvrtc,
+        cudart.kernel_sources(),
+        (*cudart.NVRTC_OPTIONS, f"--gpu-architecture={LOWEST_ARCH}"),
+        want_cubin=False,
+    ).decode()
     assert _ptx_entries(ptx) == ENTRY_POINTS
-    cubin = cudart.nvrtc_compile(nvrtc, cudart.kernel_sources(), (*cudart.NVRTC_OPTIONS, "--gpu-architecture=sm_87"),
-                                 want_cubin=True)
+    cubin = cudart.nvrtc_compile(
+        nvrtc,
+        cudart.kernel_sources(),
+        (*cudart.NVRTC_OPTIONS, "--gpu-architecture=sm_87"),
+        want_cubin=True,
+    )
     assert cubin[:4] == b"\x7fELF"
     with pytest.raises(RuntimeError, match="NVRTC failed"):
-        cudart.nvrtc_compile(nvrtc, {"kernels.cu": "this is not C++", "pixel_ops.h": ""}, cudart.NVRTC_OPTIONS, False)
+        cudart.nvrtc_compile(
+            nvrtc, {"kernels.cu": "this is not C++", "pixel_ops.h": ""}, cudart.NVRTC_OPTIONS, False
+        )
 
 
 def test_kernel_arguments_are_packed_as_the_driver_expects():
-    holders, ptrs = cudart.pack_args(("P", "i", "q", "H", "f3"), (1234, -7, 2**40, 513, (1.0, 2.0, 3.0)))
+    holders, ptrs = cudart.pack_args(
+        ("P", "i", "q", "H", "f3"), (1234, -7, 2**40, 513, (1.0, 2.0, 3.0))
+    )
     assert [h.dtype for h in holders] == [np.uint64, np.int32, np.int64, np.uint16, np.float32]
     assert holders[4].tolist() == [1.0, 2.0, 3.0] and holders[1][0] == -7
     assert ptrs.tolist() == [h.ctypes.data for h in holders]
@@ -89,8 +116,13 @@ def _cuda_or_skip():
     return torch
 
 
-CASES = [((1, 1), (1, 1), 1), ((37, 53), (64, 32), 2), ((721, 1279), (256, 512), 19), ((45, 67), (16, 24), 255),
-         ((2160, 3840), (512, 1024), 19)]
+CASES = [
+    ((1, 1), (1, 1), 1),
+    ((37, 53), (64, 32), 2),
+    ((721, 1279), (256, 512), 19),
+    ((45, 67), (16, 24), 255),
+    ((2160, 3840), (512, 1024), 19),
+]
 
 
 @pytest.mark.gpu
@@ -103,15 +135,30 @@ def test_cuda_equals_cpu(frame_hw, model_hw, C, half):
     dtype = np.float16 if half else np.float32
     kernels.set_backend("cpu")
     want_x = kernels.preprocess(frame, model_hw, MEAN, STD, dtype=dtype)
-    got_x = kcuda.preprocess(torch.from_numpy(frame).cuda(), model_hw, MEAN, STD,
-                             dtype=torch.float16 if half else torch.float32)
-    np.testing.assert_allclose(got_x.cpu().numpy().astype(np.float32), want_x.astype(np.float32), rtol=0, atol=1e-5)
-    scores = rng.integers(-3, 4, (1, C, *model_hw)).astype(dtype)  # ties: the first maximum must win
+    got_x = kcuda.preprocess(
+        torch.from_numpy(frame).cuda(),
+        model_hw,
+        MEAN,
+        STD,
+        dtype=torch.float16 if half else torch.float32,
+    )
+    np.testing.assert_allclose(
+        got_x.cpu().numpy().astype(np.float32), want_x.astype(np.float32), rtol=0, atol=1e-5
+    )
+    scores = rng.integers(-3, 4, (1, C, *model_hw)).astype(
+        dtype
+    )  # ties: the first maximum must win
     palette = rng.integers(0, 256, (C, 3))
     for mode in ("nearest", "bilinear"):
         want_l, want_v = kernels.postprocess(scores, frame_hw, palette, frame, 0.4, mode=mode)
-        got_l, got_v = kcuda.postprocess(torch.from_numpy(scores).cuda(), frame_hw, palette,
-                                         torch.from_numpy(frame).cuda(), 0.4, mode=mode)
+        got_l, got_v = kcuda.postprocess(
+            torch.from_numpy(scores).cuda(),
+            frame_hw,
+            palette,
+            torch.from_numpy(frame).cuda(),
+            0.4,
+            mode=mode,
+        )
         np.testing.assert_array_equal(got_l.cpu().numpy(), want_l)
         np.testing.assert_array_equal(got_v.cpu().numpy(), want_v)
 

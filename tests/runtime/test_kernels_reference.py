@@ -10,21 +10,35 @@ MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
 
-@pytest.mark.parametrize("src_hw,dst_hw", [((360, 480), (352, 480)), ((37, 53), (64, 96)), ((1, 1), (32, 32)),
-                                           ((720, 1280), (256, 512)), ((5, 7), (3, 2))])
+@pytest.mark.parametrize(
+    "src_hw,dst_hw",
+    [
+        ((360, 480), (352, 480)),
+        ((37, 53), (64, 96)),
+        ((1, 1), (32, 32)),
+        ((720, 1280), (256, 512)),
+        ((5, 7), (3, 2)),
+    ],
+)
 def test_bilinear_matches_opencv_half_pixel(src_hw, dst_hw):
     img = np.random.default_rng(0).uniform(0, 255, (*src_hw, 3)).astype(np.float32)
     want = cv2.resize(img, dst_hw[::-1], interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_allclose(ref.resize_bilinear(img, dst_hw), want.reshape(*dst_hw, 3), atol=1e-3)
+    np.testing.assert_allclose(
+        ref.resize_bilinear(img, dst_hw), want.reshape(*dst_hw, 3), atol=1e-3
+    )
 
 
-@pytest.mark.parametrize("src_hw,dst_hw", [((64, 128), (360, 480)), ((13, 17), (40, 41)), ((2, 2), (1, 1))])
+@pytest.mark.parametrize(
+    "src_hw,dst_hw", [((64, 128), (360, 480)), ((13, 17), (40, 41)), ((2, 2), (1, 1))]
+)
 def test_nearest_matches_opencv_exact(src_hw, dst_hw):
     lab = np.random.default_rng(1).integers(0, 19, src_hw).astype(np.uint8)
     want = cv2.resize(lab, dst_hw[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+
     # Samples exactly on a pixel edge are ties, resolved differently by design (see reference).
     def ties(n_in, n_out):
         return ((2 * np.arange(n_out) + 1) * n_in) % (2 * n_out) == 0
+
     off_edge = ~ties(src_hw[0], dst_hw[0])[:, None] & ~ties(src_hw[1], dst_hw[1])[None, :]
     got = ref.resize_nearest(lab, dst_hw)
     np.testing.assert_array_equal(got[off_edge], want[off_edge])
@@ -43,8 +57,15 @@ def test_preprocess_layout_and_normalisation():
     assert ref.preprocess(frame, (32, 32), MEAN, STD, dtype=np.float16).dtype == np.float16
 
 
-@pytest.mark.parametrize("bad,err", [(np.zeros((4, 4, 3), np.float32), TypeError), (np.zeros((4, 4), np.uint8), ValueError),
-                                     (np.zeros((4, 4, 4), np.uint8), ValueError), ([[1, 2, 3]], TypeError)])
+@pytest.mark.parametrize(
+    "bad,err",
+    [
+        (np.zeros((4, 4, 3), np.float32), TypeError),
+        (np.zeros((4, 4), np.uint8), ValueError),
+        (np.zeros((4, 4, 4), np.uint8), ValueError),
+        ([[1, 2, 3]], TypeError),
+    ],
+)
 def test_preprocess_rejects_wrong_input(bad, err):
     with pytest.raises(err, match="uint8|numpy"):
         ref.preprocess(bad, (32, 32), MEAN, STD)
@@ -57,7 +78,9 @@ def test_postprocess_argmax_first_max_wins_and_resizes():
     lab = ref.postprocess(scores, (4, 4))
     assert lab.dtype == np.uint8
     np.testing.assert_array_equal(lab, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 2, 2]])
-    np.testing.assert_array_equal(ref.postprocess(np.array([[[3, 1], [0, 2]]], np.int64), (2, 2)), [[3, 1], [0, 2]])
+    np.testing.assert_array_equal(
+        ref.postprocess(np.array([[[3, 1], [0, 2]]], np.int64), (2, 2)), [[3, 1], [0, 2]]
+    )
 
 
 def test_postprocess_bilinear_upsamples_logits_before_argmax():
@@ -71,6 +94,12 @@ def test_overlay_rounds_and_uses_bgr_palette():
     frame = np.full((2, 2, 3), 100, np.uint8)
     labels = np.array([[0, 1], [1, 0]], np.uint8)
     palette = [[0, 0, 0], [255, 0, 0]]  # class 1 is red in RGB
-    lab, vis = ref.postprocess(labels[None].astype(np.int32), (2, 2), palette=palette, frame=frame, alpha=0.5)
-    assert vis[0, 1].tolist() == [50, 50, 178]  # 100*0.5 + 255*0.5 = 177.5 -> 178 in the R (last) channel
+    lab, vis = ref.postprocess(
+        labels[None].astype(np.int32), (2, 2), palette=palette, frame=frame, alpha=0.5
+    )
+    assert vis[0, 1].tolist() == [
+        50,
+        50,
+        178,
+    ]  # 100*0.5 + 255*0.5 = 177.5 -> 178 in the R (last) channel
     assert vis[0, 0].tolist() == [50, 50, 50]

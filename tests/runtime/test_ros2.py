@@ -14,8 +14,15 @@ def msg_of(img, encoding, pad=0):
     ch = 1 if img.ndim == 2 else img.shape[2]
     rows = np.zeros((h, w * ch + pad), np.uint8)
     rows[:, : w * ch] = img.reshape(h, -1)
-    return SimpleNamespace(height=h, width=w, encoding=encoding, is_bigendian=0, step=w * ch + pad,
-                           data=rows.tobytes(), header="hdr")
+    return SimpleNamespace(
+        height=h,
+        width=w,
+        encoding=encoding,
+        is_bigendian=0,
+        step=w * ch + pad,
+        data=rows.tobytes(),
+        header="hdr",
+    )
 
 
 @pytest.fixture

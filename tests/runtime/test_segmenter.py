@@ -31,10 +31,14 @@ def test_nearest_mode_resizes_logits_in_the_kernel(tiny_run, tiny_onnx, frame, t
     for alpha in (None, 0.5):
         a, b = fused(frame, alpha), whole(frame, alpha)
         assert (a.labels == b.labels).mean() > 0.999
-    assert Segmenter(tiny_onnx, mode="bilinear").upsample == 1  # the accuracy path keeps the graph whole
+    assert (
+        Segmenter(tiny_onnx, mode="bilinear").upsample == 1
+    )  # the accuracy path keeps the graph whole
     from edgeseg.export.onnx import export_onnx
 
-    export_onnx(tiny_run / "best.pt", tmp_path, argmax=True)  # ends in ArgMax + Cast: nothing to lift
+    export_onnx(
+        tiny_run / "best.pt", tmp_path, argmax=True
+    )  # ends in ArgMax + Cast: nothing to lift
     labels_model = Segmenter(tmp_path / "model.onnx")
     assert labels_model.upsample == 1
     assert (labels_model(frame).labels == b.labels).mean() > 0.999
@@ -56,11 +60,14 @@ def test_backend_auto_picks_by_suffix(tiny_run, tiny_onnx):
         load_backend(tiny_onnx, backend="torch")
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("missing.onnx", None, "model not found"),
-    ("corrupt.onnx", b"\x00garbage", "could not be loaded by ONNX Runtime"),
-    ("model.tflite", b"x", "unsupported model type"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("missing.onnx", None, "model not found"),
+        ("corrupt.onnx", b"\x00garbage", "could not be loaded by ONNX Runtime"),
+        ("model.tflite", b"x", "unsupported model type"),
+    ],
+)
 def test_bad_model_files(tmp_path, name, content, msg):
     path = tmp_path / name
     if content is not None:
@@ -73,7 +80,9 @@ def test_onnx_without_spec_is_refused(tmp_path):
     import torch
 
     plain = tmp_path / "plain.onnx"
-    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 32, 32),), str(plain), dynamo=False)
+    torch.onnx.export(
+        torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 32, 32),), str(plain), dynamo=False
+    )
     with pytest.raises(EdgesegError, match="no edgeseg model spec"):
         Segmenter(plain)
 

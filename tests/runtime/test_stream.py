@@ -22,8 +22,17 @@ from edgeseg.runtime.sources import CaptureSource, SyntheticSource, open_source
 from edgeseg.runtime.stats import STAGES
 from edgeseg.runtime.stream import StreamPipeline
 
-REPORT_KEYS = {"frames_in", "frames_out", "frames_dropped", "fps", "latency_ms", "stages_ms", "source", "model",
-               "backend"}
+REPORT_KEYS = {
+    "frames_in",
+    "frames_out",
+    "frames_dropped",
+    "fps",
+    "latency_ms",
+    "stages_ms",
+    "source",
+    "model",
+    "backend",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +48,20 @@ def seg(tiny_onnx):
 def collect(results):
     def fn(res):
         results.append(res)
+
     return CallbackSink(fn)
 
 
 @pytest.mark.parametrize("workers", [1, "auto", 3])
 def test_every_frame_mode_loses_nothing_and_keeps_order(seg, clip, tmp_path, workers):
     got = []
-    pipe = StreamPipeline(seg, [str(clip)], [collect(got), MaskSink(tmp_path / "m")], infer_workers=workers)
+    pipe = StreamPipeline(
+        seg, [str(clip)], [collect(got), MaskSink(tmp_path / "m")], infer_workers=workers
+    )
     assert pipe.mode == "every-frame"  # the default for files
-    expected = {1: 1, 3: 3}.get(workers, 2 if (os.cpu_count() or 1) >= 2 else 1)  # auto: 2 ORT sessions on 2+ cores
+    expected = {1: 1, 3: 3}.get(
+        workers, 2 if (os.cpu_count() or 1) >= 2 else 1
+    )  # auto: 2 ORT sessions on 2+ cores
     assert len(pipe.infer_backends) == expected
     rep = pipe.run()
     assert [r.index for r in got] == list(range(24))
@@ -74,13 +88,17 @@ class SlowSink(Sink):
 def test_realtime_mode_drops_and_counts_when_the_consumer_is_slow(seg, workers):
     got = []
     src = SyntheticSource((96, 160), fps=200, max_frames=120)
-    pipe = StreamPipeline(seg, [src], [collect(got), SlowSink(0.03)], mode="realtime", infer_workers=workers)
+    pipe = StreamPipeline(
+        seg, [src], [collect(got), SlowSink(0.03)], mode="realtime", infer_workers=workers
+    )
     rep = pipe.run()
     assert rep["frames_dropped"] > 0
     assert rep["frames_in"] == 120
     assert rep["frames_out"] + rep["frames_dropped"] == rep["frames_in"]
     idx = [r.index for r in got]
-    assert idx == sorted(idx) and len(idx) == rep["frames_out"]  # newest wins, never older after newer
+    assert (
+        idx == sorted(idx) and len(idx) == rep["frames_out"]
+    )  # newest wins, never older after newer
     # never falls behind: latency stays near one consumer period, not the whole backlog
     assert rep["latency_ms"]["p99"] < 400
 
@@ -106,7 +124,9 @@ def test_one_off_costs_are_paid_before_capture_starts(seg):
     pipe = StreamPipeline(seg, [src], [], mode="realtime", infer_workers=1)
     pipe.infer_backends = [FirstCallSlow(b, 0.8) for b in pipe.infer_backends]
     rep = pipe.run()
-    assert pipe.infer_backends[0].calls == rep["frames_out"] + 1  # the warm-up call, then every frame
+    assert (
+        pipe.infer_backends[0].calls == rep["frames_out"] + 1
+    )  # the warm-up call, then every frame
     # paid on the first real frame, the cost would be its latency and ~20 dropped frames
     assert rep["latency_ms"]["max"] < 500 and rep["frames_out"] + rep["frames_dropped"] == 20
 
@@ -148,7 +168,9 @@ def test_ffmpeg_sources_decode_on_one_thread_where_the_pipeline_fills_the_cores(
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert threads(open_source(str(clip))) == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert threads(open_source(str(clip))) == threads(SimpleNamespace(cap=cv2.VideoCapture(str(clip))))  # FFmpeg's choice
+    assert threads(open_source(str(clip))) == threads(
+        SimpleNamespace(cap=cv2.VideoCapture(str(clip)))
+    )  # FFmpeg's choice
     assert threads(CaptureSource(str(clip), "url", "live")) == 1
 
 
@@ -186,12 +208,19 @@ def test_a_failing_sink_does_not_stop_the_stream(seg, clip, caplog):
 
 
 def test_report_has_exactly_the_documented_fields(seg, clip, tmp_path):
-    pipe = StreamPipeline(seg, [str(clip), "synthetic:160x96@50"], [VideoSink(tmp_path / "o.mp4")], max_frames=10,
-                          mode="every-frame")
+    pipe = StreamPipeline(
+        seg,
+        [str(clip), "synthetic:160x96@50"],
+        [VideoSink(tmp_path / "o.mp4")],
+        max_frames=10,
+        mode="every-frame",
+    )
     rep = pipe.run()
     assert set(rep) == REPORT_KEYS
     assert set(rep["latency_ms"]) == {"p50", "p95", "p99", "max"}
-    assert set(rep["stages_ms"]) == set(STAGES) and all(set(v) == {"p50", "p99"} for v in rep["stages_ms"].values())
+    assert set(rep["stages_ms"]) == set(STAGES) and all(
+        set(v) == {"p50", "p99"} for v in rep["stages_ms"].values()
+    )
     assert rep["frames_out"] == 20  # two sources share one model
     assert rep["latency_ms"]["p50"] <= rep["latency_ms"]["p99"] <= rep["latency_ms"]["max"]
     cap = cv2.VideoCapture(str(tmp_path / "o.mp4"))
@@ -207,13 +236,16 @@ def test_segmenter_stream_iterator(seg, clip):
     assert [r.index for r in seg.stream(str(clip), max_frames=7)] == list(range(7))
 
 
-@pytest.mark.parametrize("spec,msg", [
-    ("nope.mp4", "source not found: nope.mp4"),
-    ("7", "camera 7 is not there"),
-    ("synthetic:axb", "bad synthetic source"),
-    ("empty_dir", "holds no images"),
-    ("corrupt.mp4", "cannot decode video"),
-])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("nope.mp4", "source not found: nope.mp4"),
+        ("7", "camera 7 is not there"),
+        ("synthetic:axb", "bad synthetic source"),
+        ("empty_dir", "holds no images"),
+        ("corrupt.mp4", "cannot decode video"),
+    ],
+)
 def test_bad_sources_are_one_clear_error(spec, msg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty_dir").mkdir()
@@ -223,14 +255,28 @@ def test_bad_sources_are_one_clear_error(spec, msg, tmp_path, monkeypatch):
 
 
 def run_cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "edgeseg", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgeseg", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigterm_leaves_a_playable_mp4_and_a_complete_report(tiny_onnx, tmp_path):
     out, rep = tmp_path / "live.mp4", tmp_path / "r.json"
-    proc = run_cli("stream", "--model", tiny_onnx, "--source", "synthetic:160x96@30", "--record", out,
-                   "--report", rep)
+    proc = run_cli(
+        "stream",
+        "--model",
+        tiny_onnx,
+        "--source",
+        "synthetic:160x96@30",
+        "--record",
+        out,
+        "--report",
+        rep,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".live.partial.mp4")):
         time.sleep(0.2)
@@ -249,9 +295,11 @@ def test_sigterm_leaves_a_playable_mp4_and_a_complete_report(tiny_onnx, tmp_path
 
 
 def test_cli_bad_source_and_display_are_one_line(tiny_onnx, tmp_path):
-    for args, msg in [(["--source", tmp_path / "missing.mp4"], "source not found"),
-                      (["--camera", "9"], "camera 9 is not there"),
-                      (["--source", "synthetic", "--display"], "--display refused")]:
+    for args, msg in [
+        (["--source", tmp_path / "missing.mp4"], "source not found"),
+        (["--camera", "9"], "camera 9 is not there"),
+        (["--source", "synthetic", "--display"], "--display refused"),
+    ]:
         env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
         proc = run_cli("stream", "--model", tiny_onnx, *args, "--max-frames", "3", env=env)
         _, err = proc.communicate(timeout=120)

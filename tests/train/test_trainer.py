@@ -18,8 +18,15 @@ from edgeseg.train.trainer import (
     train,
 )
 
-TINY = dict(data="synthetic:16", model="mbv3_unet_small", batch_size=4, input_size=(64, 128), crop=(64, 128),
-            workers=0, quiet=True)
+TINY = dict(
+    data="synthetic:16",
+    model="mbv3_unet_small",
+    batch_size=4,
+    input_size=(64, 128),
+    crop=(64, 128),
+    workers=0,
+    quiet=True,
+)
 
 
 def test_training_writes_checkpoints_metrics_and_curves(tiny_run):
@@ -34,13 +41,17 @@ def test_training_writes_checkpoints_metrics_and_curves(tiny_run):
     assert last["val_miou"] == pytest.approx(max(last["val_miou"], last["val_miou_raw"]))
     assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, spec, ckpt = load_model(tiny_run / "best.pt")
-    assert spec.input_hw == (64, 128) and spec.source["val_miou"] == pytest.approx(m["val_miou"], abs=1e-4)
+    assert spec.input_hw == (64, 128) and spec.source["val_miou"] == pytest.approx(
+        m["val_miou"], abs=1e-4
+    )
     assert not model.training
 
 
 def test_training_learns_something(tmp_path):
     """A few epochs on synthetic scenes must beat chance clearly: the loop really optimises."""
-    res = train(TrainConfig(out=str(tmp_path), epochs=4, lr=5e-3, **{**TINY, "data": "synthetic:48"}))
+    res = train(
+        TrainConfig(out=str(tmp_path), epochs=4, lr=5e-3, **{**TINY, "data": "synthetic:48"})
+    )
     first, last = res["history"][0]["train_loss"], res["history"][-1]["train_loss"]
     assert last < 0.7 * first
     assert res["val_miou"] > 0.15
@@ -53,7 +64,14 @@ def test_resume_continues_from_last(tiny_run, tmp_path):
 
 def test_resume_from_another_architecture_is_refused(tiny_run, tmp_path):
     with pytest.raises(EdgesegError, match="holds a 'mbv3_unet_small' model, not 'bisenetv2'"):
-        train(TrainConfig(out=str(tmp_path), epochs=1, resume=str(tiny_run / "last.pt"), **{**TINY, "model": "bisenetv2"}))
+        train(
+            TrainConfig(
+                out=str(tmp_path),
+                epochs=1,
+                resume=str(tiny_run / "last.pt"),
+                **{**TINY, "model": "bisenetv2"},
+            )
+        )
 
 
 def test_minutes_budget_stops_on_time(tmp_path):
@@ -85,22 +103,51 @@ def test_default_workers_leave_two_cores_to_the_compute_threads():
 def test_distributed_training_two_cpu_processes(tmp_path):
     """torchrun with 2 gloo processes: DDP trains and rank 0 alone writes the checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "edgeseg", "train", "--data", "synthetic:8", "--model", "mbv3_unet_small", "--out", str(tmp_path),
-           "--epochs", "1", "--batch-size", "4", "--input-size", "64x128", "--workers", "0",
-           "--device", "cpu"]  # on a GPU machine, auto would pick CUDA
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "edgeseg",
+        "train",
+        "--data",
+        "synthetic:8",
+        "--model",
+        "mbv3_unet_small",
+        "--out",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "64x128",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]  # on a GPU machine, auto would pick CUDA
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = read_checkpoint(tmp_path / "last.pt")
     assert ckpt["epoch"] == 1
     # Both ranks trained on disjoint halves: 8 images / 2 processes / 2 per process = 2 steps each.
     assert "2 processes" in proc.stderr
-    assert torch.isfinite(torch.tensor(json.loads((tmp_path / "metrics.json").read_text())["val_miou"]))
+    assert torch.isfinite(
+        torch.tensor(json.loads((tmp_path / "metrics.json").read_text())["val_miou"])
+    )
 
 
 def test_more_cuda_processes_than_gpus_is_refused_before_the_group_forms():
     check_gpu_per_process(1, 2, 2)
-    with pytest.raises(EdgesegError, match="started 2 processes on this machine but it has 1 CUDA GPU.*--nproc_per_node 1"):
+    with pytest.raises(
+        EdgesegError,
+        match="started 2 processes on this machine but it has 1 CUDA GPU.*--nproc_per_node 1",
+    ):
         check_gpu_per_process(0, 2, 1)
     with pytest.raises(EdgesegError, match="--device cpu"):
         check_gpu_per_process(0, 1, 0)

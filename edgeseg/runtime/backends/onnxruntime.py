@@ -22,15 +22,19 @@ def read_onnx_spec(path: str | os.PathLike) -> ModelSpec:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise EdgesegError(f"{path} is not a valid ONNX model ({type(e).__name__}); re-export it with 'edgeseg export'") from None
+        raise EdgesegError(
+            f"{path} is not a valid ONNX model ({type(e).__name__}); re-export it with 'edgeseg export'"
+        ) from None
     meta = {p.key: p.value for p in model.metadata_props}
     return _spec_from_meta(meta, path)
 
 
 def _spec_from_meta(meta: dict[str, str], path: Path) -> ModelSpec:
     if METADATA_KEY not in meta:
-        raise EdgesegError(f"{path} has no edgeseg model spec (ONNX metadata key '{METADATA_KEY}'); "
-                           "export it with 'edgeseg export' so it carries its classes, size and normalisation")
+        raise EdgesegError(
+            f"{path} has no edgeseg model spec (ONNX metadata key '{METADATA_KEY}'); "
+            "export it with 'edgeseg export' so it carries its classes, size and normalisation"
+        )
     return ModelSpec.from_json(meta[METADATA_KEY], origin=str(path))
 
 
@@ -56,12 +60,20 @@ def lift_trailing_resize(model) -> int:
         return 1
     node = producers[0]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("mode", b"nearest") != b"linear" or attrs.get("coordinate_transformation_mode") != b"half_pixel":
+    if (
+        attrs.get("mode", b"nearest") != b"linear"
+        or attrs.get("coordinate_transformation_mode") != b"half_pixel"
+    ):
         return 1
     if any(attrs.get(k) for k in ("antialias", "exclude_outside")) or "axes" in attrs:
         return 1
     scales = _constant(graph, node.input[2])
-    if scales is None or scales.shape != (4,) or tuple(scales[:2]) != (1, 1) or scales[2] != scales[3]:
+    if (
+        scales is None
+        or scales.shape != (4,)
+        or tuple(scales[:2]) != (1, 1)
+        or scales[2] != scales[3]
+    ):
         return 1
     k = int(scales[2])
     if k < 2 or k != scales[2] or sum(node.input[0] in n.input for n in graph.node) != 1:
@@ -74,9 +86,14 @@ def lift_trailing_resize(model) -> int:
     graph.output.remove(out)
     dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
     if len(dims) == 4:  # (N, C, H, W): the spatial sides before the resize
-        dims[2:] = [d // k if isinstance(d, int) and d else f"{d or 'dim'}_before_resize" for d in dims[2:]]
-    graph.output.append(helper.make_tensor_value_info(node.input[0], out.type.tensor_type.elem_type,
-                                                      dims if len(dims) == 4 else None))
+        dims[2:] = [
+            d // k if isinstance(d, int) and d else f"{d or 'dim'}_before_resize" for d in dims[2:]
+        ]
+    graph.output.append(
+        helper.make_tensor_value_info(
+            node.input[0], out.type.tensor_type.elem_type, dims if len(dims) == 4 else None
+        )
+    )
     return k
 
 
@@ -87,7 +104,12 @@ def _constant(graph, name: str) -> np.ndarray | None:
         if init.name == name:
             return numpy_helper.to_array(init)
     for n in graph.node:
-        if n.op_type == "Constant" and name in n.output and n.attribute and n.attribute[0].name == "value":
+        if (
+            n.op_type == "Constant"
+            and name in n.output
+            and n.attribute
+            and n.attribute[0].name == "value"
+        ):
             return numpy_helper.to_array(n.attribute[0].t)
     return None
 
@@ -111,8 +133,15 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 spin: bool = True, exact_qdq: bool = False, fuse_resize: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "auto",
+        threads: int | None = None,
+        spin: bool = True,
+        exact_qdq: bool = False,
+        fuse_resize: bool = False,
+    ) -> None:
         """``threads``: intra-op threads (default: one per core). ``spin=False`` lets idle pool
         threads sleep instead of busy-waiting: slower for back-to-back calls, but it leaves the
         cores to the other stages of a pipeline (decode, encode) between inferences.
@@ -127,14 +156,19 @@ class OnnxRuntimeBackend:
         else:
             providers = [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
             if device.startswith("cuda") and len(providers) == 1:
-                raise EdgesegError("--device cuda needs onnxruntime-gpu (CUDA execution provider); "
-                                   "pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --device cpu")
+                raise EdgesegError(
+                    "--device cuda needs onnxruntime-gpu (CUDA execution provider); "
+                    "pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --device cpu"
+                )
         opts = ort.SessionOptions()
         # exact_qdq: no graph optimizations, so Q/DQ nodes run as written (quantize, dequantize,
         # float op) instead of being fused into integer kernels: the arithmetic TensorRT does
         # (int32 accumulation), free of the x86 U8S8 saturation that full-range S8 weights hit.
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if exact_qdq
-                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        opts.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if exact_qdq
+            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         if threads:
             opts.intra_op_num_threads = threads
         if not spin:
@@ -155,8 +189,10 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as e:
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise EdgesegError(f"{path} could not be loaded by ONNX Runtime ({msg}); "
-                               "check the file is a complete .onnx written by 'edgeseg export'") from None
+            raise EdgesegError(
+                f"{path} could not be loaded by ONNX Runtime ({msg}); "
+                "check the file is a complete .onnx written by 'edgeseg export'"
+            ) from None
         self.spec = _spec_from_meta(self.session.get_modelmeta().custom_metadata_map, path)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] in _GPU_PROVIDERS else "cpu"

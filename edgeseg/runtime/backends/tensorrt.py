@@ -21,8 +21,13 @@ from edgeseg.errors import EdgesegError
 from edgeseg.export.spec import ModelSpec
 from edgeseg.export.tensorrt import _import_trt, check_engine, gpu_name, read_sidecar
 
-_KIND = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint8): "u8",
-         np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+_KIND = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(np.uint8): "u8",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+}
 
 
 class TensorRTBackend:
@@ -30,7 +35,9 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cuda", cuda_graph: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, device: str = "cuda", cuda_graph: bool = False
+    ) -> None:
         from edgeseg.runtime.cuda import get_driver
 
         trt = _import_trt()
@@ -45,14 +52,18 @@ class TensorRTBackend:
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise EdgesegError(f"TensorRT could not load {self.path} (corrupt, or built by another version); "
-                               "rebuild it with 'edgeseg export CKPT --trt'")
+            raise EdgesegError(
+                f"TensorRT could not load {self.path} (corrupt, or built by another version); "
+                "rebuild it with 'edgeseg export CKPT --trt'"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(ins) != 1 or len(outs) != 1:
-            raise EdgesegError(f"{self.path}: expected one input and one output tensor, got {ins} / {outs}")
+            raise EdgesegError(
+                f"{self.path}: expected one input and one output tensor, got {ins} / {outs}"
+            )
         self.in_name, self.out_name = ins[0], outs[0]
         h, w = self.spec.input_hw
         self.context.set_input_shape(self.in_name, (1, 3, h, w))
@@ -89,7 +100,9 @@ class TensorRTBackend:
         """After one normal enqueue (TensorRT's lazy set-up), record the execution as a CUDA graph."""
         cu = self.drv.cu
         self.drv.stream_synchronize(self.stream)
-        cu.cuStreamBeginCapture(self.stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        cu.cuStreamBeginCapture(
+            self.stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        )
         self.context.execute_async_v3(self.stream)
         err, graph = cu.cuStreamEndCapture(self.stream)
         if int(err) == 0:
@@ -124,7 +137,9 @@ class TensorRTBackend:
         self.d_small = self.drv.mem_alloc(h * w)
         self._frame_hw = hw
 
-    def segment(self, frame_bgr: np.ndarray, mode: str = "nearest", overlay_alpha: float | None = None):
+    def segment(
+        self, frame_bgr: np.ndarray, mode: str = "nearest", overlay_alpha: float | None = None
+    ):
         """uint8 BGR frame -> (labels, overlay or None, timings_ms), all processing on the GPU."""
         from edgeseg.runtime.kernels.cuda import colour_table
 
@@ -135,8 +150,17 @@ class TensorRTBackend:
         self.h_frame[...] = frame_bgr
         self.drv.event_record(e[0], self.stream)
         self.drv.memcpy_htod(self.d_frame.ptr, self.h_frame, self.stream)
-        k.preprocess(self.d_frame.ptr, (H, W), W * 3, self.d_in.ptr, self.spec.input_hw, self.spec.input.mean,
-                     self.spec.input.std, self.in_dtype == np.float16, self.stream)
+        k.preprocess(
+            self.d_frame.ptr,
+            (H, W),
+            W * 3,
+            self.d_in.ptr,
+            self.spec.input_hw,
+            self.spec.input.mean,
+            self.spec.input.std,
+            self.in_dtype == np.float16,
+            self.stream,
+        )
         self.drv.event_record(e[1], self.stream)
         self._execute()
         self.drv.event_record(e[2], self.stream)
@@ -151,15 +175,32 @@ class TensorRTBackend:
                 self.drv.memcpy_htod(self._table.ptr, table, self.stream)
                 self._table_key, self._keep_q = key, keep_q
             table_ptr, keep_q = self._table.ptr, self._keep_q
-        k.postprocess(self.d_out.ptr, kind, classes, self.spec.input_hw, self.d_labels.ptr, (H, W), self.d_small.ptr,
-                      mode, self.d_frame.ptr if overlay_alpha is not None else 0, W * 3,
-                      self.d_vis.ptr if overlay_alpha is not None else 0, table_ptr, keep_q, self.stream)
+        k.postprocess(
+            self.d_out.ptr,
+            kind,
+            classes,
+            self.spec.input_hw,
+            self.d_labels.ptr,
+            (H, W),
+            self.d_small.ptr,
+            mode,
+            self.d_frame.ptr if overlay_alpha is not None else 0,
+            W * 3,
+            self.d_vis.ptr if overlay_alpha is not None else 0,
+            table_ptr,
+            keep_q,
+            self.stream,
+        )
         self.drv.memcpy_dtoh(self.h_labels, self.d_labels.ptr, self.stream)
         if overlay_alpha is not None:
             self.drv.memcpy_dtoh(self.h_vis, self.d_vis.ptr, self.stream)
         self.drv.event_record(e[3], self.stream)
         self.drv.stream_synchronize(self.stream)
-        timings = {"pre": self.drv.event_elapsed_ms(e[0], e[1]), "infer": self.drv.event_elapsed_ms(e[1], e[2]),
-                   "post": self.drv.event_elapsed_ms(e[2], e[3]), "total": (time.perf_counter() - t0) * 1e3}
+        timings = {
+            "pre": self.drv.event_elapsed_ms(e[0], e[1]),
+            "infer": self.drv.event_elapsed_ms(e[1], e[2]),
+            "post": self.drv.event_elapsed_ms(e[2], e[3]),
+            "total": (time.perf_counter() - t0) * 1e3,
+        }
         vis = self.h_vis.copy() if overlay_alpha is not None else None
         return self.h_labels.copy(), vis, timings

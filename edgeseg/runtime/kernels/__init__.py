@@ -35,16 +35,36 @@ _requested = os.environ.get("EDGESEG_KERNELS", "")
 if _requested == "reference" or (_requested == "cpu" and _cpu is not None):
     backend = _requested
 elif _requested:
-    warnings.warn(f"EDGESEG_KERNELS={_requested!r} is not available here; using {backend!r}", RuntimeWarning,
-                  stacklevel=2)
+    warnings.warn(
+        f"EDGESEG_KERNELS={_requested!r} is not available here; using {backend!r}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 if _cpu is None and _requested != "reference":
-    warnings.warn(f"edgeseg's C++ kernels are not built ({_IMPORT_ERROR}); using the slow NumPy reference. "
-                  "Build them with: pip install -e .", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"edgeseg's C++ kernels are not built ({_IMPORT_ERROR}); using the slow NumPy reference. "
+        "Build them with: pip install -e .",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
-__all__ = ["BACKENDS", "backend", "overlay", "postprocess", "preprocess", "reference", "set_backend"]
+__all__ = [
+    "BACKENDS",
+    "backend",
+    "overlay",
+    "postprocess",
+    "preprocess",
+    "reference",
+    "set_backend",
+]
 
-_SCORE_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint8): "U8",
-                np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+_SCORE_CODES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+}
 
 
 def set_backend(name: str) -> None:
@@ -53,7 +73,9 @@ def set_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown kernels backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     if name == "cpu" and _cpu is None:
-        raise RuntimeError(f"the C++ kernels are not built ({_IMPORT_ERROR}); run: pip install -e .")
+        raise RuntimeError(
+            f"the C++ kernels are not built ({_IMPORT_ERROR}); run: pip install -e ."
+        )
     backend = name
 
 
@@ -86,10 +108,14 @@ def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype, name: str) -> Non
 def _check_scores(scores) -> np.ndarray:
     scores = np.asarray(scores)
     logits = scores.ndim == 4 and scores.shape[0] == 1 and scores.dtype in (np.float32, np.float16)
-    labels = scores.ndim == 3 and scores.shape[0] == 1 and scores.dtype in (np.uint8, np.int32, np.int64)
+    labels = (
+        scores.ndim == 3 and scores.shape[0] == 1 and scores.dtype in (np.uint8, np.int32, np.int64)
+    )
     if not (logits or labels):
-        raise ValueError("scores must be (1, C, h, w) float32/float16 logits or (1, h, w) uint8/int32/int64 "
-                         f"labels, got {scores.dtype} {scores.shape}")
+        raise ValueError(
+            "scores must be (1, C, h, w) float32/float16 logits or (1, h, w) uint8/int32/int64 "
+            f"labels, got {scores.dtype} {scores.shape}"
+        )
     if logits and not 1 <= scores.shape[1] <= 256:
         raise ValueError(f"logits need 1 to 256 classes for uint8 labels, got {scores.shape[1]}")
     if min(scores.shape[-2:]) < 1:
@@ -105,8 +131,14 @@ def _check_upsample(upsample, scores: np.ndarray, mode: str) -> int:
     return int(upsample)
 
 
-def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: np.ndarray | None = None,
-               dtype=np.float32) -> np.ndarray:
+def preprocess(
+    frame_bgr: np.ndarray,
+    size_hw: tuple[int, int],
+    mean,
+    std,
+    out: np.ndarray | None = None,
+    dtype=np.float32,
+) -> np.ndarray:
     """uint8 BGR (H, W, 3) frame -> (1, 3, h, w) RGB ``(x - mean) / std`` at ``size_hw`` (bilinear).
 
     ``mean``/``std`` are per RGB channel on the 0-255 scale; ``dtype`` float32 or float16.
@@ -120,7 +152,9 @@ def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: 
     mean = np.asarray(mean, np.float32).reshape(-1)
     std = np.asarray(std, np.float32).reshape(-1)
     if mean.size != 3 or std.size != 3 or not np.all(std != 0):
-        raise ValueError(f"mean and std need 3 values each (std non-zero), got {mean.tolist()} / {std.tolist()}")
+        raise ValueError(
+            f"mean and std need 3 values each (std non-zero), got {mean.tolist()} / {std.tolist()}"
+        )
     if out is not None:
         _check_out(out, (1, 3, h, w), dtype, "out")
     if backend == "reference":
@@ -128,13 +162,27 @@ def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: 
     if out is None:
         out = np.empty((1, 3, h, w), dtype)
     inv_std = (np.float32(1.0) / std).astype(np.float32)  # as the reference: float32 reciprocal
-    _cpu.preprocess(frame_bgr, out, _cpu.F32 if dtype == np.float32 else _cpu.F16, mean.tolist(), inv_std.tolist())
+    _cpu.preprocess(
+        frame_bgr,
+        out,
+        _cpu.F32 if dtype == np.float32 else _cpu.F16,
+        mean.tolist(),
+        inv_std.tolist(),
+    )
     return out
 
 
-def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, frame: np.ndarray | None = None,
-                alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest",
-                overlay_out: np.ndarray | None = None, upsample: int = 1):
+def postprocess(
+    scores: np.ndarray,
+    frame_hw: tuple[int, int],
+    palette=None,
+    frame: np.ndarray | None = None,
+    alpha: float = 0.5,
+    out: np.ndarray | None = None,
+    mode: str = "nearest",
+    overlay_out: np.ndarray | None = None,
+    upsample: int = 1,
+):
     """Model output -> uint8 labels at ``frame_hw``; with ``frame``, also the colour overlay.
 
     ``scores``: (1, C, h, w) float32/float16 logits or (1, h, w) integer labels.
@@ -166,7 +214,9 @@ def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, fra
         if overlay_out is not None:
             _check_out(overlay_out, (H, W, 3), np.uint8, "overlay_out")
     if backend == "reference":
-        res = reference.postprocess(scores, (H, W), palette, frame, alpha, out=out, mode=mode, upsample=upsample)
+        res = reference.postprocess(
+            scores, (H, W), palette, frame, alpha, out=out, mode=mode, upsample=upsample
+        )
         if frame is not None and overlay_out is not None:
             overlay_out[...] = res[1]
             res = (res[0], overlay_out)
@@ -176,18 +226,34 @@ def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, fra
     if frame is not None:
         lut = palette_lut_bgr(palette)
         vis = overlay_out if overlay_out is not None else np.empty((H, W, 3), np.uint8)
-    _cpu.postprocess(scores, getattr(_cpu, _SCORE_CODES[scores.dtype]), labels, mode == "bilinear",
-                     frame, vis, lut, float(alpha), upsample)
+    _cpu.postprocess(
+        scores,
+        getattr(_cpu, _SCORE_CODES[scores.dtype]),
+        labels,
+        mode == "bilinear",
+        frame,
+        vis,
+        lut,
+        float(alpha),
+        upsample,
+    )
     return labels if frame is None else (labels, vis)
 
 
-def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float = 0.5,
-            out: np.ndarray | None = None) -> np.ndarray:
+def overlay(
+    frame_bgr: np.ndarray,
+    labels: np.ndarray,
+    palette_rgb,
+    alpha: float = 0.5,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Blend the palette colour of each label onto the frame (BGR uint8)."""
     frame_bgr = _check_frame(frame_bgr)
     labels = np.asarray(labels)
     if labels.dtype != np.uint8 or labels.shape != frame_bgr.shape[:2]:
-        raise ValueError(f"labels must be uint8 {frame_bgr.shape[:2]} like the frame, got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"labels must be uint8 {frame_bgr.shape[:2]} like the frame, got {labels.dtype} {labels.shape}"
+        )
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if out is not None:
@@ -199,5 +265,7 @@ def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float
             return out
         return res
     out = out if out is not None else np.empty(frame_bgr.shape, np.uint8)
-    _cpu.overlay(np.ascontiguousarray(labels), frame_bgr, out, palette_lut_bgr(palette_rgb), float(alpha))
+    _cpu.overlay(
+        np.ascontiguousarray(labels), frame_bgr, out, palette_lut_bgr(palette_rgb), float(alpha)
+    )
     return out

@@ -32,7 +32,9 @@ def colour_table(palette_rgb, alpha: float) -> tuple[np.ndarray, int]:
     ca = lut * np.float32(alpha)
     table = np.zeros((256, 4), np.uint16)
     table[:, :3] = (ca * np.float32(128.0) + np.float32(0.5)).astype(np.uint16) + 64
-    keep_q = int((np.float32(1.0 - alpha) * np.float32(32768.0) + np.float32(0.5)).astype(np.uint16))
+    keep_q = int(
+        (np.float32(1.0 - alpha) * np.float32(32768.0) + np.float32(0.5)).astype(np.uint16)
+    )
     return table, keep_q
 
 
@@ -42,19 +44,47 @@ class CudaKernels:
     def __init__(self, driver: Driver | None = None) -> None:
         self.driver = driver or get_driver()
 
-    def preprocess(self, frame: int, frame_hw: tuple[int, int], pitch: int, out: int, size_hw: tuple[int, int],
-                   mean, std, half: bool = False, stream: int = 0) -> None:
+    def preprocess(
+        self,
+        frame: int,
+        frame_hw: tuple[int, int],
+        pitch: int,
+        out: int,
+        size_hw: tuple[int, int],
+        mean,
+        std,
+        half: bool = False,
+        stream: int = 0,
+    ) -> None:
         """uint8 BGR frame at ``frame`` -> (1, 3, h, w) float32 (or float16) at ``out``."""
         (H, W), (h, w) = frame_hw, size_hw
         mean = np.asarray(mean, np.float32)
         inv_std = (np.float32(1.0) / np.asarray(std, np.float32)).astype(np.float32)
-        self.driver.launch("preprocess_f16" if half else "preprocess_f32", _grid(w, h), _BLOCK,
-                           (frame, H, W, pitch, out, h, w, mean, inv_std), stream)
+        self.driver.launch(
+            "preprocess_f16" if half else "preprocess_f32",
+            _grid(w, h),
+            _BLOCK,
+            (frame, H, W, pitch, out, h, w, mean, inv_std),
+            stream,
+        )
 
-    def postprocess(self, scores: int, kind: str, classes: int, model_hw: tuple[int, int], labels: int,
-                    frame_hw: tuple[int, int], small: int, mode: str = "nearest", frame: int = 0,
-                    frame_pitch: int = 0, overlay: int = 0, colour_q: int = 0, keep_q: int = 0,
-                    stream: int = 0) -> None:
+    def postprocess(
+        self,
+        scores: int,
+        kind: str,
+        classes: int,
+        model_hw: tuple[int, int],
+        labels: int,
+        frame_hw: tuple[int, int],
+        small: int,
+        mode: str = "nearest",
+        frame: int = 0,
+        frame_pitch: int = 0,
+        overlay: int = 0,
+        colour_q: int = 0,
+        keep_q: int = 0,
+        stream: int = 0,
+    ) -> None:
         """Scores at ``scores`` -> uint8 labels at ``labels`` (frame size), optional overlay.
 
         ``kind``: ``f32``/``f16`` logits (C = ``classes``) or ``u8``/``i32``/``i64`` labels.
@@ -64,25 +94,42 @@ class CudaKernels:
         (h, w), (H, W) = model_hw, frame_hw
         logits = kind in ("f32", "f16")
         if logits and mode == "bilinear":
-            self.driver.launch(f"bilinear_argmax_{kind}", _grid(W, H), _BLOCK, (scores, classes, h, w, labels, H, W),
-                               stream)
+            self.driver.launch(
+                f"bilinear_argmax_{kind}",
+                _grid(W, H),
+                _BLOCK,
+                (scores, classes, h, w, labels, H, W),
+                stream,
+            )
             src, sh, sw = labels, H, W  # the overlay pass below keeps labels as they are
         else:
             if logits:
-                self.driver.launch(f"argmax_{kind}", _grid(w, h), _BLOCK, (scores, classes, h, w, small), stream)
+                self.driver.launch(
+                    f"argmax_{kind}", _grid(w, h), _BLOCK, (scores, classes, h, w, small), stream
+                )
                 src = small
             elif kind == "u8":
                 src = scores
             else:
                 n = h * w
-                self.driver.launch(f"labels_from_{kind}", ((n + 255) // 256, 1, 1), (256, 1, 1), (scores, n, small),
-                                   stream)
+                self.driver.launch(
+                    f"labels_from_{kind}",
+                    ((n + 255) // 256, 1, 1),
+                    (256, 1, 1),
+                    (scores, n, small),
+                    stream,
+                )
                 src = small
             sh, sw = h, w
         if src == labels and not overlay:
             return
-        self.driver.launch("upsample_blend", _grid(W, H), _BLOCK,
-                           (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q), stream)
+        self.driver.launch(
+            "upsample_blend",
+            _grid(W, H),
+            _BLOCK,
+            (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q),
+            stream,
+        )
 
 
 # ----------------------------------------------------------------------------- PyTorch tensors
@@ -109,21 +156,45 @@ def preprocess(frame, size_hw: tuple[int, int], mean, std, out=None, dtype=None)
     import torch
 
     if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or not frame.is_cuda:
-        raise ValueError(f"frame must be a CUDA uint8 (H, W, 3) tensor, got {frame.dtype} {tuple(frame.shape)}")
+        raise ValueError(
+            f"frame must be a CUDA uint8 (H, W, 3) tensor, got {frame.dtype} {tuple(frame.shape)}"
+        )
     frame = frame.contiguous()
     dtype = dtype or (out.dtype if out is not None else torch.float32)
     h, w = size_hw
     if out is None:
         out = torch.empty((1, 3, h, w), dtype=dtype, device=frame.device)
-    if out.shape != (1, 3, h, w) or out.dtype not in (torch.float32, torch.float16) or not out.is_contiguous():
+    if (
+        out.shape != (1, 3, h, w)
+        or out.dtype not in (torch.float32, torch.float16)
+        or not out.is_contiguous()
+    ):
         raise ValueError(f"out must be a contiguous float32/float16 (1, 3, {h}, {w}) tensor")
-    _kernels().preprocess(frame.data_ptr(), tuple(frame.shape[:2]), frame.stride(0), out.data_ptr(), (h, w),
-                          mean, std, out.dtype == torch.float16, _stream(frame))
+    _kernels().preprocess(
+        frame.data_ptr(),
+        tuple(frame.shape[:2]),
+        frame.stride(0),
+        out.data_ptr(),
+        (h, w),
+        mean,
+        std,
+        out.dtype == torch.float16,
+        _stream(frame),
+    )
     return out
 
 
-def postprocess(scores, frame_hw: tuple[int, int], palette=None, frame=None, alpha: float = 0.5, out=None,
-                mode: str = "nearest", overlay_out=None, scratch=None):
+def postprocess(
+    scores,
+    frame_hw: tuple[int, int],
+    palette=None,
+    frame=None,
+    alpha: float = 0.5,
+    out=None,
+    mode: str = "nearest",
+    overlay_out=None,
+    scratch=None,
+):
     """CUDA scores tensor -> CUDA uint8 labels (and overlay when ``frame`` is given).
 
     ``scores``: (1, C, h, w) float32/float16 or (1, h, w) integer labels. Returns ``labels`` or
@@ -131,18 +202,33 @@ def postprocess(scores, frame_hw: tuple[int, int], palette=None, frame=None, alp
     """
     import torch
 
-    kinds = {torch.float32: "f32", torch.float16: "f16", torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64"}
-    if not scores.is_cuda or scores.dtype not in kinds or scores.ndim not in (3, 4) or scores.shape[0] != 1:
-        raise ValueError(f"scores must be a CUDA (1, C, h, w) or (1, h, w) tensor, got {scores.dtype} "
-                         f"{tuple(scores.shape)}")
+    kinds = {
+        torch.float32: "f32",
+        torch.float16: "f16",
+        torch.uint8: "u8",
+        torch.int32: "i32",
+        torch.int64: "i64",
+    }
+    if (
+        not scores.is_cuda
+        or scores.dtype not in kinds
+        or scores.ndim not in (3, 4)
+        or scores.shape[0] != 1
+    ):
+        raise ValueError(
+            f"scores must be a CUDA (1, C, h, w) or (1, h, w) tensor, got {scores.dtype} "
+            f"{tuple(scores.shape)}"
+        )
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     scores = scores.contiguous()
     kind = kinds[scores.dtype]
     classes = scores.shape[1] if scores.ndim == 4 else 1
     if (scores.ndim == 4) != (kind in ("f32", "f16")) or classes > 256:
-        raise ValueError(f"scores {scores.dtype} {tuple(scores.shape)}: logits must be float with <= 256 classes, "
-                         "labels integer (1, h, w)")
+        raise ValueError(
+            f"scores {scores.dtype} {tuple(scores.shape)}: logits must be float with <= 256 classes, "
+            "labels integer (1, h, w)"
+        )
     h, w = scores.shape[-2:]
     H, W = frame_hw
     dev = scores.device
@@ -154,15 +240,40 @@ def postprocess(scores, frame_hw: tuple[int, int], palette=None, frame=None, alp
         if palette is None:
             raise ValueError("an overlay needs a palette")
         if frame.dtype != torch.uint8 or tuple(frame.shape) != (H, W, 3) or not frame.is_cuda:
-            raise ValueError(f"frame must be a CUDA uint8 ({H}, {W}, 3) tensor, got {tuple(frame.shape)}")
+            raise ValueError(
+                f"frame must be a CUDA uint8 ({H}, {W}, 3) tensor, got {tuple(frame.shape)}"
+            )
         frame = frame.contiguous()
-        vis = overlay_out if overlay_out is not None else torch.empty((H, W, 3), dtype=torch.uint8, device=dev)
+        vis = (
+            overlay_out
+            if overlay_out is not None
+            else torch.empty((H, W, 3), dtype=torch.uint8, device=dev)
+        )
         key = (str(dev), tuple(map(tuple, np.asarray(palette, np.int64).tolist())), float(alpha))
         if key not in _TABLES:
             table, kq = colour_table(palette, alpha)
             _TABLES[key] = (torch.from_numpy(table).to(dev), kq)
         table_t, keep_q = _TABLES[key]
-        frame_ptr, pitch, ov_ptr, table_ptr = frame.data_ptr(), frame.stride(0), vis.data_ptr(), table_t.data_ptr()
-    _kernels().postprocess(scores.data_ptr(), kind, classes, (h, w), labels.data_ptr(), (H, W), small.data_ptr(),
-                           mode, frame_ptr, pitch, ov_ptr, table_ptr, keep_q, _stream(scores))
+        frame_ptr, pitch, ov_ptr, table_ptr = (
+            frame.data_ptr(),
+            frame.stride(0),
+            vis.data_ptr(),
+            table_t.data_ptr(),
+        )
+    _kernels().postprocess(
+        scores.data_ptr(),
+        kind,
+        classes,
+        (h, w),
+        labels.data_ptr(),
+        (H, W),
+        small.data_ptr(),
+        mode,
+        frame_ptr,
+        pitch,
+        ov_ptr,
+        table_ptr,
+        keep_q,
+        _stream(scores),
+    )
     return labels if vis is None else (labels, vis)

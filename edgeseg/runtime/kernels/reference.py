@@ -59,8 +59,14 @@ def resize_nearest(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return labels[_nearest_taps(h, size_hw[0])][:, _nearest_taps(w, size_hw[1])]
 
 
-def preprocess(frame_bgr: np.ndarray, size_hw: tuple[int, int], mean, std, out: np.ndarray | None = None,
-               dtype=np.float32) -> np.ndarray:
+def preprocess(
+    frame_bgr: np.ndarray,
+    size_hw: tuple[int, int],
+    mean,
+    std,
+    out: np.ndarray | None = None,
+    dtype=np.float32,
+) -> np.ndarray:
     """uint8 BGR (H, W, 3) frame -> (1, 3, h, w) RGB tensor ``(x - mean) / std`` at ``size_hw``."""
     _check_frame(frame_bgr)
     rgb = resize_bilinear(frame_bgr, size_hw)[..., ::-1]
@@ -84,8 +90,10 @@ def scores_to_labels(scores: np.ndarray) -> np.ndarray:
         return scores[0].argmax(0).astype(np.uint8)
     if scores.ndim == 3 and scores.shape[0] == 1 and np.issubdtype(scores.dtype, np.integer):
         return scores[0].astype(np.uint8)
-    raise ValueError("scores must be (1, C, h, w) float logits or (1, h, w) integer labels, "
-                     f"got {scores.dtype} {scores.shape}")
+    raise ValueError(
+        "scores must be (1, C, h, w) float logits or (1, h, w) integer labels, "
+        f"got {scores.dtype} {scores.shape}"
+    )
 
 
 def palette_lut_bgr(palette_rgb) -> np.ndarray:
@@ -96,7 +104,9 @@ def palette_lut_bgr(palette_rgb) -> np.ndarray:
     return lut
 
 
-def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float = 0.5
+) -> np.ndarray:
     """Blend the palette colour of each label onto the frame."""
     _check_frame(frame_bgr)
     if labels.shape != frame_bgr.shape[:2]:
@@ -106,8 +116,16 @@ def overlay(frame_bgr: np.ndarray, labels: np.ndarray, palette_rgb, alpha: float
     return np.floor(blended + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, frame: np.ndarray | None = None,
-                alpha: float = 0.5, out: np.ndarray | None = None, mode: str = "nearest", upsample: int = 1):
+def postprocess(
+    scores: np.ndarray,
+    frame_hw: tuple[int, int],
+    palette=None,
+    frame: np.ndarray | None = None,
+    alpha: float = 0.5,
+    out: np.ndarray | None = None,
+    mode: str = "nearest",
+    upsample: int = 1,
+):
     """Model output -> uint8 labels at ``frame_hw`` (and the overlay when ``frame`` is given).
 
     ``mode="nearest"`` takes the argmax at model size and upsamples labels (fast);
@@ -122,7 +140,9 @@ def postprocess(scores: np.ndarray, frame_hw: tuple[int, int], palette=None, fra
         if scores.ndim != 4 or mode != "nearest":
             raise ValueError("upsample > 1 needs (1, C, h, w) logits and mode='nearest'")
         h, w = scores.shape[-2:]
-        scores = resize_bilinear(scores[0].transpose(1, 2, 0), (h * upsample, w * upsample)).transpose(2, 0, 1)[None]
+        scores = resize_bilinear(
+            scores[0].transpose(1, 2, 0), (h * upsample, w * upsample)
+        ).transpose(2, 0, 1)[None]
     if mode == "bilinear" and scores.ndim == 4 and np.issubdtype(scores.dtype, np.floating):
         labels = resize_bilinear(scores[0].transpose(1, 2, 0), frame_hw).argmax(-1).astype(np.uint8)
     else:
