@@ -51,7 +51,7 @@ def main() -> None:
         pipe = StreamPipeline(
             seg,
             [src],
-            [CallbackSink(on_result), VideoSink(Path(d) / "soak.mp4")],
+            sinks=[CallbackSink(on_result), VideoSink(Path(d) / "soak.mp4")],
             mode="every-frame",
         )
         t0 = time.perf_counter()

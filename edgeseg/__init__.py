@@ -1,8 +1,8 @@
 """edgeseg: real-time semantic segmentation for the edge."""
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.spec import ModelSpec
 from edgeseg.runtime import Segmenter, SegResult
+from edgeseg.spec import ModelSpec
 
 __version__ = "0.1.0"
 __all__ = ["EdgesegError", "ModelSpec", "SegResult", "Segmenter", "create_model", "list_models"]

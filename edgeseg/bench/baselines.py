@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bench.measure import summarize, time_calls
+from edgeseg.timing import summarize, time_calls
 
 
 def _frames_for_naive(source: str, frames: int):
@@ -106,8 +106,8 @@ def torch_eager(
     """Model-only latency of a checkpoint in eager PyTorch (no_grad, batch 1, float32)."""
     import torch
 
-    from edgeseg.train.checkpoint import load_model
-    from edgeseg.train.trainer import resolve_device
+    from edgeseg.device import resolve_device
+    from edgeseg.models.checkpoint import load_model
 
     dev = resolve_device(device)
     model, spec, _ = load_model(checkpoint, dev)

@@ -1,49 +1,15 @@
-"""Measurement primitives: latency summaries, timed loops, memory, and complexity of any model file."""
+"""Measurement primitives of ``edgeseg bench``: memory, and the complexity of any model file.
+
+Latency summaries and timed loops live in :mod:`edgeseg.timing` (shared with the stream
+statistics and ``edgeseg prune``)."""
 
 from __future__ import annotations
 
 import os
 import resource
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-
-def summarize(samples_ms) -> dict[str, float]:
-    """p50/p90/p99 (NumPy's linear interpolation), mean, min, max and throughput of latency samples.
-
-    ``throughput_fps`` is 1000 / mean: back-to-back calls at batch 1.
-    """
-    a = np.asarray(samples_ms, np.float64)
-    if a.size == 0:
-        raise ValueError("no latency samples")
-    p50, p90, p99 = (float(np.percentile(a, q)) for q in (50, 90, 99))
-    mean = float(a.mean())
-    return {
-        "p50": round(p50, 4),
-        "p90": round(p90, 4),
-        "p99": round(p99, 4),
-        "mean": round(mean, 4),
-        "min": round(float(a.min()), 4),
-        "max": round(float(a.max()), 4),
-        "throughput_fps": round(1e3 / mean, 3) if mean > 0 else 0.0,
-        "samples": int(a.size),
-    }
-
-
-def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
-    """Wall-clock milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
 
 
 def peak_rss_mb() -> float:

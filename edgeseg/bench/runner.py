@@ -10,6 +10,10 @@ For each configuration, in a fresh process (so peak memory is its own):
 
 Per model, also in its own process, the baselines: the naive single-thread loop on the same source
 and frames, PyTorch eager (when the checkpoint is known) and, for engines, TensorRT GPU compute time.
+
+The spawned measuring processes import this module: it imports PyTorch (and the export chain,
+which needs it) inside the functions that use them, so an ONNX configuration's peak memory
+never includes PyTorch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError, did_you_mean
+from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 SCHEMA = "edgeseg-bench-v1"
@@ -74,87 +79,75 @@ def _file_precision(path: Path) -> str:
     if path.suffix.lower() in (".pt", ".pth"):
         return "fp32"
     if path.suffix.lower() == ".onnx":
-        from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
-
         return read_onnx_spec(path).precision
-    from edgeseg.export.tensorrt import read_sidecar
+    from edgeseg.runtime.trt import read_sidecar
 
     return read_sidecar(path)["spec"].get("precision", "fp32")
 
 
 class Artifacts:
-    """Derives the file each configuration runs (exports, quantizes, builds engines) once, in a
-    work folder that lives as long as the bench run."""
+    """Derives the file each configuration runs through the export chain
+    (:func:`edgeseg.artifacts.export_model`), once, in a work folder that lives as long as the
+    bench run."""
 
     def __init__(self, work: Path, calib: str | None) -> None:
         self.work, self.calib = work, calib
         self._cache: dict[tuple, Path] = {}
 
-    def _dir(self, model: Path) -> Path:
-        d = self.work / f"{len(self._cache)}_{model.stem}"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+    def _export(self, model: Path, key: tuple, source: Path, **settings) -> Path:
+        """The last file the chain writes for ``settings``, exported from ``source`` once."""
+        from edgeseg.artifacts import export_model
+        from edgeseg.export.config import ExportConfig
 
-    def fp32_onnx(self, model: Path) -> Path:
-        from edgeseg.bench.baselines import checkpoint_for
-        from edgeseg.export.onnx import export_onnx
-
-        if model.suffix.lower() == ".onnx" and _file_precision(model) == "fp32":
-            return model
-        key = ("fp32", model)
         if key not in self._cache:
-            ckpt = checkpoint_for(model)
-            if ckpt is None:
-                raise Skip(f"no FP32 ONNX or checkpoint known for {model.name}")
-            self._cache[key] = Path(export_onnx(ckpt, self._dir(model))["path"])
+            out = self.work / f"{len(self._cache)}_{model.stem}"
+            res = export_model(ExportConfig(checkpoint=str(source), out=str(out), **settings))
+            self._cache[key] = Path(res["files"][-1]["path"])
         return self._cache[key]
 
-    def file_for(self, model: Path, backend: str, precision: str) -> Path:
+    def _checkpoint(self, model: Path, why: str) -> Path:
         from edgeseg.bench.baselines import checkpoint_for
 
-        own = _file_precision(model)
+        ckpt = checkpoint_for(model)
+        if ckpt is None:
+            raise Skip(why)
+        return ckpt
+
+    def fp32_onnx(self, model: Path) -> Path:
+        if model.suffix.lower() == ".onnx" and _file_precision(model) == "fp32":
+            return model
+        ckpt = self._checkpoint(model, f"no FP32 ONNX or checkpoint known for {model.name}")
+        return self._export(model, ("fp32", model), ckpt)
+
+    def file_for(self, model: Path, backend: str, precision: str) -> Path:
         if backend == "torch":
-            ckpt = checkpoint_for(model)
-            if precision != "fp32" or ckpt is None:
+            if precision != "fp32":
                 raise Skip("the torch backend runs FP32 checkpoints only")
-            return ckpt
+            return self._checkpoint(model, "the torch backend runs FP32 checkpoints only")
+        own = _file_precision(model)
         if (
             model.suffix.lower() != ".pt"
             and precision == own
             and _natural_backend(model) == backend
         ):
             return model
+        trt = backend == "trt"
         key = (precision, backend, model)
-        if key in self._cache:
-            return self._cache[key]
         if precision == "fp32":
-            onnx = self.fp32_onnx(model)
-        elif precision == "fp16":
-            from edgeseg.export.onnx import export_onnx
-
-            ckpt = checkpoint_for(model)
-            if ckpt is None:
-                raise Skip("FP16 export needs the checkpoint (.pt)")
-            onnx = Path(export_onnx(ckpt, self._dir(model), fp16=True)["path"])
-        else:
-            from edgeseg.compress.quantize import quantize_int8
-            from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
-
-            fp32 = self.fp32_onnx(model)
-            calib = self.calib or read_onnx_spec(fp32).source.get("dataset")
-            if not calib:
-                raise Skip("INT8 needs calibration frames: pass --calib SPEC|DIR|VIDEO")
-            target = "trt" if backend == "trt" else "cpu"
-            onnx = self._dir(model) / f"model.int8-{target}.onnx"
-            quantize_int8(fp32, onnx, calib, 64, "minmax", target)
-        if backend == "trt":
-            from edgeseg.export.tensorrt import build_engine
-
-            engine = onnx.with_suffix(".engine")
-            build_engine(onnx, engine)
-            onnx = engine
-        self._cache[key] = onnx
-        return onnx
+            if not trt:
+                return self.fp32_onnx(model)
+            return self._export(model, key, self.fp32_onnx(model), trt=True)
+        if precision == "fp16":
+            ckpt = self._checkpoint(model, "FP16 export needs the checkpoint (.pt)")
+            return self._export(model, key, ckpt, fp16=True, trt=trt)
+        fp32 = self.fp32_onnx(model)
+        calib = self.calib or read_onnx_spec(fp32).source.get("dataset")
+        if not calib:
+            raise Skip("INT8 needs calibration frames: pass --calib SPEC|DIR|VIDEO")
+        target = "trt" if trt else "cpu"
+        return self._export(
+            model, key, fp32, int8=True, calib=calib, calib_count=64, target=target, trt=trt
+        )
 
 
 # ---------------------------------------------------------------------------- in the child process
@@ -174,11 +167,12 @@ def measure_config(
     path: str, backend: str, device: str, source: str, frames: int, warmup: int
 ) -> dict[str, Any]:
     """Model-only and end-to-end figures of one model file on one backend (run in a fresh process)."""
-    from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb, summarize, time_calls
+    from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb
     from edgeseg.runtime import kernels
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.sinks import VideoSink
     from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.timing import summarize, time_calls
 
     rss_start = rss_mb()
     # Model-only: the file's whole graph, as any runtime would run it (the pipeline below lets
@@ -198,7 +192,11 @@ def measure_config(
         seg(frame, overlay_alpha=0.5)
     with tempfile.TemporaryDirectory() as d:
         pipe = StreamPipeline(
-            seg, [source], [VideoSink(Path(d) / "out.mp4")], mode="every-frame", max_frames=frames
+            seg,
+            [source],
+            sinks=[VideoSink(Path(d) / "out.mp4")],
+            mode="every-frame",
+            max_frames=frames,
         )
         report = pipe.run()
     complexity = _complexity(Path(path), spec)
@@ -234,8 +232,8 @@ def _complexity(path: Path, spec) -> dict[str, Any]:
     if path.suffix.lower() == ".onnx":
         return onnx_complexity(path)
     if path.suffix.lower() in (".pt", ".pth"):
+        from edgeseg.models.checkpoint import load_model
         from edgeseg.models.complexity import count_gflops, count_params
-        from edgeseg.train.checkpoint import load_model
 
         model, _, _ = load_model(path, "cpu")
         return {

@@ -33,8 +33,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def _latency(onnx: str, warmup: int, iters: int) -> dict[str, Any]:
     import numpy as np
 
-    from edgeseg.bench.measure import summarize, time_calls
     from edgeseg.runtime.backends import load_backend
+    from edgeseg.timing import summarize, time_calls
 
     be = load_backend(onnx, "ort", "cpu")
     x = np.random.default_rng(0).standard_normal((1, 3, *be.spec.input_hw)).astype(np.float32)
@@ -45,9 +45,9 @@ def _untrained_checkpoint(arch: str, data: str, path: Path) -> Path:
     """A randomly initialised checkpoint of ``arch`` with ``data``'s classes: latency needs no training."""
     from edgeseg.data import build_dataset
     from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from edgeseg.export.spec import InputSpec, ModelSpec, OutputSpec
     from edgeseg.models import create_model
-    from edgeseg.train.checkpoint import save_checkpoint
+    from edgeseg.models.checkpoint import save_checkpoint
+    from edgeseg.spec import InputSpec, ModelSpec, OutputSpec
 
     info = build_dataset(data, "val").info
     n = len(info.classes)
@@ -81,7 +81,7 @@ def run_zoo(
     from edgeseg.bench.runner import _call, machine_info
     from edgeseg.export.onnx import export_onnx
     from edgeseg.models import list_models
-    from edgeseg.train.checkpoint import read_checkpoint
+    from edgeseg.models.checkpoint import read_checkpoint
     from edgeseg.train.evaluate import evaluate
 
     sizes = sizes or list(DEFAULT_SIZES)

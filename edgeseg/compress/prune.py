@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,30 +21,23 @@ import torch
 import torch.nn as nn
 
 from edgeseg.errors import EdgesegError
+from edgeseg.timing import summarize, time_calls
 
 
 def ort_latency_ms(onnx_path: str | os.PathLike, runs: int = 30) -> float:
     """Median ONNX Runtime CPU latency of one batch-1 inference (after warm-up)."""
-    import onnxruntime as ort
+    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(np.float32)
-    for _ in range(5):
-        sess.run(None, {inp.name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {inp.name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
+    backend = OnnxRuntimeBackend(onnx_path, "cpu")
+    x = np.random.default_rng(0).standard_normal((1, 3, *backend.spec.input_hw), np.float32)
+    return summarize(time_calls(lambda: backend.infer(x), 5, runs))["p50"]
 
 
 def measure(checkpoint: str | os.PathLike, data: str | None, device: str = "cpu") -> dict[str, Any]:
     """Params, GFLOPs at the model's input size, ONNX Runtime CPU latency and val mIoU."""
     from edgeseg.export.onnx import export_onnx
+    from edgeseg.models.checkpoint import load_model
     from edgeseg.models.complexity import count_gflops, count_params
-    from edgeseg.train.checkpoint import load_model
     from edgeseg.train.evaluate import evaluate
 
     model, spec, _ = load_model(checkpoint, "cpu")
@@ -119,7 +111,7 @@ def prune_checkpoint(
     ``distill``: the unpruned model is the fine-tuning teacher (pixel-wise KL on its logits on
     top of the usual loss), so the pruned network relearns the function it had, not only the
     labels of 367 images."""
-    from edgeseg.train.checkpoint import load_model, save_checkpoint
+    from edgeseg.models.checkpoint import load_model, save_checkpoint
     from edgeseg.train.trainer import TrainConfig, train
 
     if (finetune_epochs is None) == (finetune_minutes is None):

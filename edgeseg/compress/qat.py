@@ -26,8 +26,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from rich.console import Console
 
+from edgeseg.device import resolve_device
 from edgeseg.errors import EdgesegError
+from edgeseg.models.checkpoint import load_model, save_checkpoint
+from edgeseg.train.losses import build_loss
+from edgeseg.train.trainer import Loop, build_data, train_one_epoch, validate
 
 # Integer grids of ONNX Runtime's quantizer per target (quant_utils.get_qmin_qmax_for_qType):
 # trt: symmetric INT8 [-127, 127]; cpu: 7-bit ("reduce range") INT8 weights [-64, 64], UINT8 activations [0, 255].
@@ -149,89 +154,64 @@ def qat_finetune(
     """Fine-tune ``checkpoint`` under fake quantization for ``epochs`` on ``data``; writes the
     trained float checkpoint to ``out_path`` and returns its val mIoU under fake quantization.
 
-    Observers track ranges for the first ``observe_frac`` of the steps, then freeze, so the last
-    steps train against fixed quantization grids (as the deployed model has).
+    Built from the trainer's parts (data, loop, one epoch, validation). Observers track ranges
+    for the first ``observe_frac`` of the steps, then freeze, so the last steps train against
+    fixed quantization grids (as the deployed model has); the learning rate follows a cosine
+    from ``lr`` to 0; BatchNorm statistics stay frozen throughout (the folding uses them).
     """
-    from rich.console import Console
-    from torch.utils.data import DataLoader
-
-    from edgeseg.data import EvalTransform, TrainTransform, build_dataset
-    from edgeseg.train.checkpoint import load_model, save_checkpoint
-    from edgeseg.train.losses import build_loss, segmentation_loss
-    from edgeseg.train.trainer import default_crop, freeze_batchnorm, resolve_device, validate
-
     if epochs < 1:
-        raise EdgesegError("--epochs for --qat must be at least 1")
+        raise EdgesegError("epochs for QAT must be at least 1")
     console = Console(stderr=True, quiet=quiet)
     dev = resolve_device(device)
     model, spec, ckpt = load_model(checkpoint, "cpu")
-    train_set, val_set = build_dataset(data, "train"), build_dataset(data, "val")
-    if list(train_set.info.classes) != list(spec.classes):
+    mean, std = tuple(spec.input.mean), tuple(spec.input.std)
+    d = build_data(data, input_size=spec.input_hw, mean=mean, std=std, batch_size=batch_size)
+    if list(d.info.classes) != list(spec.classes):
         raise EdgesegError(
             f"{checkpoint} predicts {spec.classes[:3]}... but {data} has "
-            f"{list(train_set.info.classes)[:3]}...; fine-tune on the dataset the model was trained on"
+            f"{list(d.info.classes)[:3]}...; fine-tune on the dataset the model was trained on"
         )
-    mean, std = spec.input.mean, spec.input.std
-    train_set.transform = TrainTransform(
-        default_crop(spec.input_hw),
-        scale=(0.5, 1.75),
-        ignore_index=spec.ignore_index,
-        mean=mean,
-        std=std,
-        base_hw=spec.input_hw,
-    )
-    val_set.transform = EvalTransform(spec.input_hw, mean=mean, std=std)
-    if len(train_set) <= 2000:
-        train_set.preload()
-        val_set.preload()
-    loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=len(train_set) >= batch_size)
-    val_loader = DataLoader(val_set, 1)
-
     swaps = prepare_qat(model, target)
     model.to(dev)
-    criterion = build_loss("ce+dice", spec.ignore_index).to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    total = epochs * len(loader)
+    total = epochs * len(d.loader)
     observe_until = max(1, int(observe_frac * total))
-    step, t0 = 0, time.perf_counter()
+
+    def on_step(it: int) -> None:
+        if it == observe_until:
+            model.apply(torch.ao.quantization.disable_observer)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    loop = Loop(
+        model=model,
+        optimizer=torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+        criterion=build_loss("ce+dice", spec.ignore_index).to(dev),
+        device=dev,
+        lr=lr,
+        schedule=lambda p: 0.5 * (1 + math.cos(math.pi * p)),
+        progress=lambda it: min(1.0, it / total),
+        freeze_bn_at=0.0,
+        on_step=on_step,
+    )
+    t0 = time.perf_counter()
     console.print(
-        f"[bold]QAT[/] {spec.arch} ({target}): {epochs} epochs x {len(loader)} steps on {data}, lr {lr}"
+        f"[bold]QAT[/] {spec.arch} ({target}): {epochs} epochs x {len(d.loader)} steps "
+        f"on {data}, lr {lr}"
     )
     for epoch in range(epochs):
-        model.train()
-        freeze_batchnorm(model)  # folding uses the running statistics
-        loss_sum = 0.0
-        for img, mask in loader:
-            if step == observe_until:
-                model.apply(torch.ao.quantization.disable_observer)
-            for g in optimizer.param_groups:  # cosine from lr to 0
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss, _ = segmentation_loss(model(img.to(dev)), mask.to(dev), criterion)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            step += 1
+        loss = train_one_epoch(loop, d.loader, epoch)
         console.print(
-            f"QAT epoch {epoch + 1}/{epochs}: loss {loss_sum / len(loader):.4f} "
-            f"({time.perf_counter() - t0:.0f} s)"
+            f"QAT epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)"
         )
-    fq_miou = validate(model, val_loader, spec.num_classes, spec.ignore_index, dev).miou
+    fq_miou = validate(model, d.val_loader, spec.num_classes, spec.ignore_index, dev).miou
     restore(swaps)
     model.to("cpu").eval()
-    out_spec = replace(
-        spec,
-        source={
-            **spec.source,
-            "qat": {"from": str(checkpoint), "data": data, "epochs": epochs, "target": target},
-        },
-    )
+    qat = {"from": str(checkpoint), "data": data, "epochs": epochs, "target": target}
+    out_spec = replace(spec, source={**spec.source, "qat": qat})
     save_checkpoint(out_path, model, out_spec, ckpt.get("model_kwargs", {}))
     return {
         "checkpoint": str(out_path),
         "fake_quant_val_miou": round(float(fq_miou), 4),
         "epochs": epochs,
-        "steps": step,
+        "steps": loop.it,
         "seconds": round(time.perf_counter() - t0, 1),
     }

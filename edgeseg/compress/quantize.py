@@ -27,10 +27,8 @@ import numpy as np
 
 from edgeseg._io import atomic_path
 from edgeseg.errors import EdgesegError, did_you_mean
-from edgeseg.export.spec import METADATA_KEY, ModelSpec
-
-METHODS = ("minmax", "entropy", "percentile")
-TARGETS = ("trt", "cpu")
+from edgeseg.export.config import METHODS, TARGETS
+from edgeseg.spec import METADATA_KEY, ModelSpec
 
 
 def calibration_inputs(source: str, spec: ModelSpec, count: int = 128) -> list[np.ndarray]:

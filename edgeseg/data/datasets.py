@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 import torch.utils.data
 
+from edgeseg._io import IMAGE_EXTS, list_images
 from edgeseg.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, render_scene
 from edgeseg.errors import EdgesegError, did_you_mean
 
 SCHEMES = ("camvid", "cityscapes", "folder", "synthetic")
 SPEC_FORMS = "camvid:PATH, cityscapes:PATH, folder:PATH or synthetic[:N]"
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 CAMVID_CLASSES = [
     "Sky",
@@ -453,10 +453,6 @@ def _info_from_json(
     )
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
 def _pair(images: list[Path], mask_for: Callable[[Path], Path]) -> list[tuple[Path, Path]]:
     pairs = []
     for img in images:
@@ -468,7 +464,7 @@ def _pair(images: list[Path], mask_for: Callable[[Path], Path]) -> list[tuple[Pa
 
 
 def _require_images(folder: Path, split: str) -> list[Path]:
-    images = _list_images(folder)
+    images = list_images(folder)
     if not images:
         raise EdgesegError(
             f"no images in {folder}; add the {split} images there ({'/'.join(IMAGE_EXTS)}) or choose another split"

@@ -28,8 +28,7 @@ from typing import Any
 
 from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
-
-SIDECAR_FORMAT = "edgeseg-engine-v1"
+from edgeseg.runtime.trt import SIDECAR_FORMAT, gpu_name, import_tensorrt, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -75,73 +74,6 @@ def engine_cache_dir() -> Path:
     return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "engines"
 
 
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    return Path(f"{engine}.json")
-
-
-def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
-    """The ModelSpec + build record beside an engine; a clear error when it is missing or foreign."""
-    path = sidecar_path(engine)
-    if not Path(engine).is_file():
-        raise EdgesegError(
-            f"engine not found: {engine}; build one with 'edgeseg export CKPT --trt'"
-        )
-    if not path.is_file():
-        raise EdgesegError(
-            f"{engine} has no {path.name} beside it (the ModelSpec and build record); "
-            "rebuild it with 'edgeseg export CKPT --trt'"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise EdgesegError(
-            f"{path} is not valid JSON; rebuild the engine with 'edgeseg export CKPT --trt'"
-        ) from None
-    if meta.get("format") != SIDECAR_FORMAT:
-        raise EdgesegError(
-            f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT --trt'"
-        )
-    return meta
-
-
-def check_engine(
-    meta: dict[str, Any], trt_version: str, gpu_name: str, engine: str | os.PathLike
-) -> None:
-    """Refuse a plan built for another TensorRT version or GPU (it would fail or crash to load)."""
-    built = meta.get("tensorrt", {})
-    if built.get("version") != trt_version:
-        raise EdgesegError(
-            f"{engine} was built with TensorRT {built.get('version')}, this machine has {trt_version}; "
-            "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT --trt'"
-        )
-    if built.get("gpu") != gpu_name:
-        raise EdgesegError(
-            f"{engine} was built for {built.get('gpu')}, this GPU is {gpu_name}; "
-            "rebuild it on this machine with 'edgeseg export CKPT --trt'"
-        )
-
-
-def _import_trt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise EdgesegError(
-            "TensorRT is not installed: on a Jetson it comes with JetPack (python3-libnvinfer); "
-            "on x86-64: pip install tensorrt (NVIDIA's index)"
-        ) from None
-    return trt
-
-
-def gpu_name(device: int = 0) -> str:
-    from edgeseg.runtime.cuda import get_driver
-
-    drv = get_driver(device)
-    if hasattr(drv, "cu"):
-        raw = drv.cu.cuDeviceGetName(256, drv.device)[1]
-        return bytes(raw).split(b"\0", 1)[0].decode().strip()
-    return str(drv.dev.name())
-
-
 def build_engine(
     onnx_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -152,7 +84,7 @@ def build_engine(
     """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; returns the record."""
     from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
-    trt = _import_trt()
+    trt = import_tensorrt()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     spec = read_onnx_spec(onnx_path)
     digest = file_sha256(onnx_path)

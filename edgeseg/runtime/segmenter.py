@@ -5,37 +5,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeseg.export.spec import ModelSpec
 from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
-
-
-@dataclass
-class SegResult:
-    """One frame's segmentation: ``labels`` (H, W) uint8 at frame size."""
-
-    labels: np.ndarray
-    spec: ModelSpec
-    frame: np.ndarray | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    vis: np.ndarray | None = None  # the overlay, when it was blended during post-processing
-    vis_alpha: float | None = None
-
-    def overlay(self, alpha: float = 0.5) -> np.ndarray:
-        """The frame with each class's palette colour blended in (BGR uint8)."""
-        if self.vis is not None and self.vis_alpha == alpha:
-            return self.vis
-        if self.frame is None:
-            raise ValueError("this result holds no frame to draw on")
-        return kernels.overlay(self.frame, self.labels, self.spec.palette, alpha)
-
-    def colorize(self) -> np.ndarray:
-        """The label map painted in the palette (BGR uint8)."""
-        return kernels.reference.palette_lut_bgr(self.spec.palette)[self.labels]
+from edgeseg.runtime.result import SegResult
+from edgeseg.runtime.stream import stream
+from edgeseg.spec import ModelSpec
 
 
 class Segmenter:
@@ -146,8 +123,6 @@ class Segmenter:
         frame wins) or ``every-frame``; by default realtime for live sources. Results are
         :class:`~edgeseg.runtime.stream.StreamResult` (labels, frame, index, source, timings).
         """
-        from edgeseg.runtime.stream import stream
-
         return stream(self, source, mode, max_frames, duration, overlay_alpha, reconnect)
 
 

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg._io import IMAGE_EXTS, is_image, list_images
 from edgeseg.errors import EdgesegError
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -299,15 +298,15 @@ def open_source(spec: str | int, max_frames: int | None = None) -> Source:
     if "://" in spec:
         return CaptureSource(spec, "url", spec.split("@")[-1])  # keep credentials out of logs
     if any(ch in spec for ch in "*?["):
-        files = sorted(Path(p) for p in globlib.glob(spec) if Path(p).suffix.lower() in IMAGE_EXTS)
+        files = sorted(Path(p) for p in globlib.glob(spec) if is_image(p))
         if not files:
             raise EdgesegError(f"no images match '{spec}'")
         return ImageFolderSource(files, spec)
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        files = list_images(path)
         if not files:
-            raise EdgesegError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            raise EdgesegError(f"folder {path} holds no images ({', '.join(IMAGE_EXTS)})")
         return ImageFolderSource(files, str(path))
     if not path.exists():
         raise EdgesegError(

@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from edgeseg.timing import summarize
+
 STAGES = ("decode", "pre", "infer", "post", "sink")
 
 
@@ -29,12 +31,10 @@ class Ring:
         return self.buf[: min(self.n, len(self.buf))]
 
 
-def percentiles(samples, qs=(50, 95, 99)) -> dict[str, float]:
-    """``{"p50": ..., ...}`` of ``samples`` (0.0 for no samples), rounded to microseconds."""
-    a = np.asarray(samples, np.float64)
-    if a.size == 0:
-        return {f"p{q}": 0.0 for q in qs}
-    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in qs}
+def percentiles(samples: np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    """``{"p50": ..., ...}`` of ``samples`` (0.0 for no samples): :func:`edgeseg.timing.summarize`."""
+    summary = summarize(samples, qs)
+    return {f"p{q}": summary[f"p{q}"] for q in qs}
 
 
 class StreamStats:

@@ -25,15 +25,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
-from edgeseg.runtime.segmenter import Segmenter, SegResult
+from edgeseg.runtime.result import SegResult
 from edgeseg.runtime.sinks import Sink
 from edgeseg.runtime.sources import Frame, Source, open_source
 from edgeseg.runtime.stats import StreamStats
+
+if TYPE_CHECKING:
+    from edgeseg.runtime.segmenter import Segmenter
 
 log = logging.getLogger("edgeseg.stream")
 MODES = ("realtime", "every-frame")
@@ -109,7 +113,7 @@ class StreamPipeline:
     """Run one model over one or more sources into sinks; ``run()`` returns the report dict.
 
     Args:
-        segmenter: a :class:`Segmenter` (shared by all sources) or a model path.
+        segmenter: the :class:`~edgeseg.runtime.segmenter.Segmenter` shared by all sources.
         sources: source specs (see :mod:`edgeseg.runtime.sources`) or opened Source objects.
         sinks: where results go; a sink that raises is logged and skipped.
         mode: ``realtime`` | ``every-frame`` | None (from the sources).
@@ -128,8 +132,9 @@ class StreamPipeline:
 
     def __init__(
         self,
-        segmenter: Segmenter | str,
+        segmenter: Segmenter,
         sources: list,
+        *,
         sinks: list[Sink] | None = None,
         mode: str | None = None,
         max_frames: int | None = None,
@@ -137,23 +142,19 @@ class StreamPipeline:
         reconnect: bool = False,
         alpha: float = 0.5,
         queue_size: int = 4,
-        backend: str = "auto",
-        device: str = "auto",
         max_backoff_s: float = 8.0,
         kernel_threads: int = 1,
         infer_workers: int | str = "auto",
     ) -> None:
         if mode is not None and mode not in MODES:
-            raise EdgesegError(f"unknown --mode '{mode}'; choose realtime or every-frame")
+            raise EdgesegError(f"unknown mode '{mode}'; choose realtime or every-frame")
         if max_frames is not None and max_frames < 1:
-            raise EdgesegError("--max-frames must be at least 1")
+            raise EdgesegError("max_frames must be at least 1")
         if duration is not None and duration <= 0:
-            raise EdgesegError("--duration must be positive")
+            raise EdgesegError("duration must be positive")
         if not 0.0 <= alpha <= 1.0:
-            raise EdgesegError(f"--alpha must be between 0 and 1, got {alpha}")
-        self.seg = (
-            segmenter if isinstance(segmenter, Segmenter) else Segmenter(segmenter, backend, device)
-        )
+            raise EdgesegError(f"alpha must be between 0 and 1, got {alpha}")
+        self.seg = segmenter
         self.sources: list[Source] = []
         try:
             for s in sources:
@@ -163,7 +164,9 @@ class StreamPipeline:
                 s.close()
             raise
         if not self.sources:
-            raise EdgesegError("no source given; pass --source, --camera or 'synthetic'")
+            raise EdgesegError(
+                "no source given: a camera, file, folder, URL, pipeline or 'synthetic'"
+            )
         self.sinks = list(sinks or [])
         self.mode = mode or default_mode(self.sources)
         self.max_frames, self.duration, self.reconnect = max_frames, duration, reconnect
@@ -529,12 +532,12 @@ def stream(
     pipe = StreamPipeline(
         segmenter,
         source if isinstance(source, list) else [source],
-        [sink, *(sinks or [])],
-        mode,
-        max_frames,
-        duration,
-        reconnect,
-        overlay_alpha if overlay_alpha is not None else 0.5,
+        sinks=[sink, *(sinks or [])],
+        mode=mode,
+        max_frames=max_frames,
+        duration=duration,
+        reconnect=reconnect,
+        alpha=overlay_alpha if overlay_alpha is not None else 0.5,
     )
     done = threading.Event()
     report: dict = {}

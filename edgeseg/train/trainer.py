@@ -1,9 +1,16 @@
-"""Training loop, flat and readable in the manner of torchvision's references.
+"""Training in parts, in the manner of torchvision's references.
 
+- :func:`build_data`: datasets, transforms and loaders;
+- :func:`build_model` / :func:`build_loop`: the network, optimizer, loss, weight average, AMP;
+- :func:`train_one_epoch`: one pass over the loader under a learning-rate schedule;
+- :func:`validate`: confusion-matrix mIoU at label resolution;
+- :func:`save_run`: ``best.pt`` / ``last.pt``.
+
+:func:`train` composes them; QAT fine-tuning (``edgeseg.compress.qat``) reuses the same parts.
 One process trains on CPU or one GPU; under ``torchrun`` every process trains a shard with
 DistributedDataParallel (gloo on CPU, NCCL on CUDA) and rank 0 alone writes files and prints.
-The learning-rate schedule is a function of progress in [0, 1] — iterations for ``--epochs``,
-wall-clock time for ``--minutes`` — so a time budget gets a complete warm-up/decay cycle.
+The learning-rate schedule is a function of progress in [0, 1] — iterations for ``epochs``,
+wall-clock time for ``minutes`` — so a time budget gets a complete warm-up/decay cycle.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,55 +29,28 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from edgeseg._io import atomic_path, write_text_atomic
+from edgeseg.data import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, build_dataset
+from edgeseg.data.datasets import DatasetInfo, SegDataset
+from edgeseg.device import check_gpu_per_process, resolve_device
 from edgeseg.errors import EdgesegError
-from edgeseg.export.spec import InputSpec, ModelSpec, OutputSpec
-from edgeseg.train.checkpoint import build_model, read_checkpoint, save_checkpoint
+from edgeseg.models import create_model
+from edgeseg.models.checkpoint import build_model as model_from_checkpoint
+from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
+from edgeseg.spec import InputSpec, ModelSpec, OutputSpec
+from edgeseg.train.config import TrainConfig
 from edgeseg.train.losses import build_loss, distillation_loss, segmentation_loss
 from edgeseg.train.metrics import ConfusionMatrix, SegMetrics
 
 
 @dataclass
-class TrainConfig:
-    """Everything ``edgeseg train`` takes; stored in checkpoints for the record."""
-
-    data: str
-    model: str
-    out: str
-    epochs: int | None = None
-    minutes: float | None = None
-    batch_size: int = 4
-    crop: tuple[int, int] | None = None
-    input_size: tuple[int, int] | None = None
-    lr: float = 4e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.03
-    scale: tuple[float, float] = (0.5, 1.75)
-    loss: str = "ce+dice"
-    class_weights: str = "auto"
-    aux_weight: float = 0.4
-    device: str = "auto"
-    workers: int = field(default_factory=lambda: default_workers())
-    seed: int = 0
-    val_every: int = 0  # 0: five validations spread over the run, and always the last epoch
-    ema: float = 0.999
-    freeze_bn: float = 0.15  # last fraction of the run trained with BatchNorm statistics frozen
-    resume: str | None = None
-    init_from: str | None = (
-        None  # start from this checkpoint's weights (fine-tuning, pruned models)
-    )
-    teacher: str | None = (
-        None  # distil from this checkpoint's predictions (pruned models recover faster)
-    )
-    distill_weight: float = 1.0
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    quiet: bool = False
-
-
-@dataclass
 class DistInfo:
+    """This process's place in a torchrun job (a single process: rank 0 of 1)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -79,53 +60,23 @@ class DistInfo:
         return self.rank == 0
 
 
-def _setup_distributed(device_kind: str) -> DistInfo:
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+def setup_distributed(device: str) -> DistInfo:
+    """Join the torchrun process group when there is one (gloo on CPU, NCCL on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return DistInfo()
-    if device_kind == "cuda":
-        check_gpu_per_process(
-            int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-            torch.cuda.device_count(),
-        )
-    backend = "nccl" if device_kind == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        check_gpu_per_process(local_rank, local_world, torch.cuda.device_count())
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def check_gpu_per_process(local_rank: int, local_world: int, gpus: int) -> None:
-    """Each CUDA process needs a GPU of its own (NCCL refuses two ranks on one device): more
-    processes than GPUs is an error before any rank joins the group, not a crash inside it."""
-    if local_world > gpus or local_rank >= gpus:
-        raise EdgesegError(
-            f"torchrun started {local_world} processes on this machine but it has {gpus} CUDA GPU(s); "
-            f"use --nproc_per_node {gpus} or less, or train on the CPU with --device cpu"
-        )
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EdgesegError(
-                "--device cuda was asked for but PyTorch sees no CUDA GPU; "
-                "use --device cpu or install a CUDA build of torch"
-            )
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    if name != "cpu":
-        raise EdgesegError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
-
-
-def default_workers(cores: int | None = None) -> int:
-    """Data-loading processes: half the cores (1 to 4), but none on a machine with two cores or
-    fewer. There the loader process preempts one of the two compute threads every batch and the
-    whole parallel region waits for it; loading in the main process (images are preloaded, a
-    sample costs ~1.4 ms) made a CamVid epoch of mbv3_unet_small 9% faster (22.9 vs 25.1 s)."""
-    cores = cores or os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores // 2)
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def default_input_size(image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -136,14 +87,151 @@ def default_input_size(image_hw: tuple[int, int]) -> tuple[int, int]:
 def default_crop(input_hw: tuple[int, int]) -> tuple[int, int]:
     """Three quarters of each side, down to a multiple of 32: smaller crops mean more, cheaper
     steps in a time budget (352x480 -> 256x352 on CamVid)."""
-    return tuple(max(32, int(0.75 * s) // 32 * 32) for s in input_hw)
+    return tuple(max(32, int(0.75 * s) // 32 * 32) for s in input_hw)  # type: ignore[return-value]
 
 
-def _class_weights(mode: str, info, num_classes: int) -> torch.Tensor | None:
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    """The datasets and loaders of one run."""
+
+    train_set: SegDataset
+    val_set: SegDataset
+    loader: DataLoader
+    val_loader: DataLoader
+    sampler: DistributedSampler | None
+    input_hw: tuple[int, int]
+    crop_hw: tuple[int, int]
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.train_set.info
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.classes)
+
+
+def _seed_worker(worker_id: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # workers share the cores with the training process
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_data(
+    data: str,
+    *,
+    input_size: tuple[int, int] | None = None,
+    crop: tuple[int, int] | None = None,
+    scale: tuple[float, float] = (0.5, 1.75),
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    batch_size: int = 4,
+    workers: int = 0,
+    seed: int = 0,
+    dist_info: DistInfo | None = None,
+    pin_memory: bool = False,
+) -> Data:
+    """Train and val sets of ``data`` with their transforms, preloaded when small, and loaders.
+
+    Val masks stay at native resolution (batch 1 allows images of different sizes); under
+    torchrun each process scores a disjoint shard, and the confusion matrices are summed.
+    """
+    dist_info = dist_info or DistInfo()
+    train_set, val_set = build_dataset(data, "train"), build_dataset(data, "val")
+    input_hw = tuple(input_size) if input_size else default_input_size(val_set[0][0].shape[:2])
+    if input_hw[0] % 32 or input_hw[1] % 32:
+        raise EdgesegError(f"input_size must be multiples of 32, got {input_hw[0]}x{input_hw[1]}")
+    crop_hw = tuple(crop) if crop else default_crop(input_hw)
+    ignore = train_set.info.ignore_index
+    train_set.transform = TrainTransform(
+        crop_hw, scale=scale, ignore_index=ignore, mean=mean, std=std, base_hw=input_hw
+    )
+    val_set.transform = EvalTransform(input_hw, mean=mean, std=std)
+    if len(train_set) <= 2000:  # decoding PNGs every epoch would dominate a CPU run
+        train_set.preload()
+        val_set.preload()
+    world, rank = dist_info.world, dist_info.rank
+    sampler = DistributedSampler(train_set, world, rank, seed=seed) if world > 1 else None
+    per_proc = max(1, batch_size // world)
+    loader = DataLoader(
+        train_set,
+        per_proc,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=len(train_set) // world >= per_proc,
+        worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        # Forked workers inherit OpenCV's thread pool half-alive and hang in it; spawned ones
+        # start clean (a one-off start-up cost: the workers persist).
+        multiprocessing_context="spawn" if workers > 0 else None,
+    )
+    shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
+    val_loader = DataLoader(shard, 1, shuffle=False, num_workers=0)
+    return Data(train_set, val_set, loader, val_loader, sampler, input_hw, crop_hw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- model and loop
+
+
+def _start_checkpoints(cfg: TrainConfig, num_classes: int) -> tuple[dict | None, dict | None]:
+    """(checkpoint to resume, checkpoint whose weights start the run), each checked."""
+    resume = read_checkpoint(cfg.resume) if cfg.resume else None
+    if resume is not None:
+        if resume["arch"] != cfg.model:
+            raise EdgesegError(
+                f"{cfg.resume} holds a '{resume['arch']}' model, not '{cfg.model}'; "
+                f"train model {resume['arch']} or do not resume"
+            )
+        if "optimizer" not in resume:
+            raise EdgesegError(
+                f"{cfg.resume} has no optimizer state (best.pt keeps only the weights); "
+                "resume from last.pt of the same run"
+            )
+        return resume, resume
+    init = read_checkpoint(cfg.init_from) if cfg.init_from else None
+    if init is not None and init["arch"] != cfg.model:
+        raise EdgesegError(f"{cfg.init_from} holds a '{init['arch']}' model, not '{cfg.model}'")
+    if init is not None and init["spec"]["num_classes"] != num_classes:
+        raise EdgesegError(
+            f"{cfg.init_from} predicts {init['spec']['num_classes']} classes, "
+            f"{cfg.data} has {num_classes}"
+        )
+    return None, init
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    device: torch.device,
+    init: dict | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """The network (from ``init``'s raw training weights when given), channels-last on ``device``.
+
+    NHWC: oneDNN's depthwise and 1x1 convolutions (and cuDNN's under AMP) run faster in it
+    (measured in docs/training.md).
+    """
+    if init is not None:
+        model = model_from_checkpoint(init, num_classes, raw=True)
+    else:
+        model = create_model(arch, num_classes, **(model_kwargs or {}))
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def class_weights(mode: str, info: DatasetInfo, num_classes: int) -> torch.Tensor | None:
+    """The dataset's class weights per ``mode`` (``auto``: square root, ``full``, ``none``)."""
     if mode == "none":
         return None
     if mode not in ("auto", "full"):
-        raise EdgesegError(f"--class-weights must be 'auto', 'full' or 'none', got '{mode}'")
+        raise EdgesegError(f"class_weights must be 'auto', 'full' or 'none', got '{mode}'")
     if not info.class_weights:
         return None
     w = torch.tensor(info.class_weights[:num_classes], dtype=torch.float32)
@@ -174,7 +262,8 @@ def freeze_batchnorm(model: nn.Module) -> int:
     return len(bns)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights, none on norms and biases."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -205,31 +294,152 @@ def _ema_update(decay: float):
     return update
 
 
-def _load_teacher(path: str, num_classes: int, device: torch.device) -> nn.Module:
+def load_teacher(path: str, num_classes: int, device: torch.device) -> nn.Module:
     """A frozen model in eval mode (BN statistics fixed) whose logits the student learns from."""
     ckpt = read_checkpoint(path)
     if ckpt["spec"]["num_classes"] != num_classes:
         raise EdgesegError(
             f"teacher {path} predicts {ckpt['spec']['num_classes']} classes, the data has {num_classes}"
         )
-    teacher = (
-        build_model(ckpt, num_classes, raw=True)
-        .to(device)
-        .to(memory_format=torch.channels_last)
-        .eval()
-    )
+    teacher = model_from_checkpoint(ckpt, num_classes, raw=True)
+    teacher = teacher.to(device).to(memory_format=torch.channels_last).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
 
 
-def _seed_worker(worker_id: int) -> None:
-    import cv2
+@dataclass
+class Loop:
+    """What :func:`train_one_epoch` works with, and where the run stands."""
 
-    cv2.setNumThreads(1)  # workers share the cores with the training process
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+    model: nn.Module  # the module being trained (what checkpoints save)
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    device: torch.device
+    lr: float
+    schedule: Callable[[float], float]  # progress in [0, 1] -> multiplier of lr
+    progress: Callable[[int], float]  # iterations done -> progress in [0, 1]
+    forward: nn.Module | None = None  # what runs the batch (DDP wrapper); default: model
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    teacher: nn.Module | None = None
+    distill_weight: float = 1.0
+    aux_weight: float = 0.4
+    freeze_bn_at: float | None = None  # progress from which BatchNorm statistics stay frozen
+    amp: bool = False
+    on_step: Callable[[int], None] | None = None  # called before step ``it`` (QAT observers)
+    it: int = 0
+    bn_frozen: bool = False
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.forward = self.forward or self.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated and deployed: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def done(self) -> bool:
+        return self.progress(self.it) >= 1.0
+
+
+def build_loop(
+    cfg: TrainConfig,
+    model: nn.Module,
+    data: Data,
+    device: torch.device,
+    dist_info: DistInfo,
+    progress: Callable[[int], float],
+) -> Loop:
+    """Optimizer (AdamW), loss, weight average, teacher, DDP wrapper and AMP for ``model``."""
+    forward: nn.Module = model
+    if dist_info.world > 1:
+        if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [device] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    weight = class_weights(cfg.class_weights, data.info, data.num_classes)
+    criterion = build_loss(
+        cfg.loss, data.info.ignore_index, weight.to(device) if weight is not None else None
+    ).to(device)
+    # The exponential moving average of the weights (BN statistics included) is what gets
+    # validated and saved: on a short, noisy CPU schedule it is steadier than the last step.
+    ema = None
+    if cfg.ema > 0:
+        avg = _ema_update(cfg.ema)
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
+    return Loop(
+        model=model,
+        forward=forward,
+        optimizer=torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr),
+        criterion=criterion,
+        device=device,
+        lr=cfg.lr,
+        schedule=lambda p: lr_at(p, cfg.warmup),
+        progress=progress,
+        ema=ema,
+        teacher=load_teacher(cfg.teacher, data.num_classes, device) if cfg.teacher else None,
+        distill_weight=cfg.distill_weight,
+        aux_weight=cfg.aux_weight,
+        freeze_bn_at=1 - cfg.freeze_bn if cfg.freeze_bn > 0 else None,
+        amp=device.type == "cuda",
+    )
+
+
+# ---------------------------------------------------------------------------- one epoch
+
+
+def _step_loss(loop: Loop, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(loop.device.type, dtype=torch.float16, enabled=loop.amp):
+        loss, main = segmentation_loss(loop.forward(img), mask, loop.criterion, loop.aux_weight)
+        if loop.teacher is not None:
+            with torch.no_grad():
+                target = loop.teacher(img)
+            loss = loss + loop.distill_weight * distillation_loss(main.float(), target.float())
+    return loss
+
+
+def train_one_epoch(
+    loop: Loop, loader: DataLoader, epoch: int, on_batch: Callable[[float], None] | None = None
+) -> float:
+    """One pass over ``loader`` (stopping early when the budget runs out); the mean loss.
+
+    ``on_batch(mean loss so far)`` is called after every step (progress display).
+    """
+    loop.model.train()
+    if loop.bn_frozen:
+        freeze_batchnorm(loop.model)
+    loss_sum, n = 0.0, 0
+    for img, mask in loader:
+        if loop.on_step is not None:
+            loop.on_step(loop.it)
+        progress = loop.progress(loop.it)
+        for g in loop.optimizer.param_groups:
+            g["lr"] = loop.lr * loop.schedule(progress)
+        if not loop.bn_frozen and loop.freeze_bn_at is not None and progress >= loop.freeze_bn_at:
+            freeze_batchnorm(loop.model)
+            loop.bn_frozen = True
+        img = img.to(loop.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        loss = _step_loss(loop, img, mask.to(loop.device, non_blocking=True))
+        if not torch.isfinite(loss):
+            raise EdgesegError(
+                f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower lr (now {loop.lr})"
+            )
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        if loop.ema is not None:
+            loop.ema.update_parameters(loop.model)
+        loss_sum += loss.item()
+        n += 1
+        loop.it += 1
+        if on_batch is not None:
+            on_batch(loss_sum / n)
+        if loop.done():
+            break
+    return loss_sum / max(1, n)
 
 
 @torch.no_grad()
@@ -250,7 +460,263 @@ def validate(
     return cm.compute()
 
 
-def _plot_history(history: list[dict], path: Path) -> None:
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """Where a run stands between epochs (restored by ``resume``)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_miou: float = -1.0
+    epoch: int = 0
+    elapsed_s: float = 0.0
+    next_val: float = 0.2
+    last: SegMetrics | None = None
+    best: SegMetrics | None = None
+
+
+def restore(loop: Loop, ckpt: dict | None, iters_per_epoch: int) -> RunState:
+    """Optimizer, weight average and history from a ``last.pt`` (a fresh state without one)."""
+    if ckpt is None:
+        return RunState()
+    loop.optimizer.load_state_dict(ckpt["optimizer"])
+    if loop.ema is not None:
+        loop.ema.module.load_state_dict(ckpt["state_dict"])
+        loop.ema.n_averaged.fill_(ckpt.get("ema_steps", 0))
+    state = RunState(ckpt.get("history", []), ckpt.get("best_miou", -1.0), ckpt.get("epoch", 0))
+    state.elapsed_s = ckpt.get("elapsed_s", 0.0)
+    loop.it = state.epoch * iters_per_epoch
+    return state
+
+
+def model_spec(cfg: TrainConfig, data: Data, model: nn.Module) -> ModelSpec:
+    """The ModelSpec the run's checkpoints (and every file exported from them) carry."""
+    info, n = data.info, data.num_classes
+    h, w = data.input_hw
+    return ModelSpec(
+        arch=cfg.model,
+        num_classes=n,
+        classes=list(info.classes),
+        palette=[list(map(int, c)) for c in info.palette[:n]],
+        ignore_index=info.ignore_index,
+        input=InputSpec(height=h, width=w, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+        output=OutputSpec("logits", getattr(model, "output_stride", 1)),
+        source={"dataset": cfg.data, "val_miou": None},
+    )
+
+
+def validation_due(cfg: TrainConfig, state: RunState, progress: float, done: bool) -> bool:
+    """Every ``val_every`` epochs, or five times a run (validation costs as much as a third of
+    a CPU epoch); always at the end."""
+    if cfg.val_every > 0:
+        return done or state.epoch % cfg.val_every == 0
+    due = progress >= state.next_val
+    while state.next_val <= progress:
+        state.next_val += 0.2
+    return done or due
+
+
+def validate_run(loop: Loop, data: Data, done: bool, record: dict) -> tuple[SegMetrics, nn.Module]:
+    """Validate the deployed weights; at the end, also the raw ones, and keep the better.
+
+    At the end of a schedule decayed to zero the raw weights have settled, while the average
+    still carries weights from higher learning rates (docs/training.md has the comparison).
+    """
+    args = (data.val_loader, data.num_classes, data.info.ignore_index, loop.device)
+    metrics, chosen = validate(loop.eval_model, *args), loop.eval_model
+    if done and loop.ema is not None:
+        raw = validate(loop.model, *args)
+        record["val_miou_raw"] = raw.miou
+        if raw.miou > metrics.miou:
+            record["val_miou_average"] = metrics.miou
+            metrics, chosen = raw, loop.model
+    record["val_miou"] = metrics.miou
+    return metrics, chosen
+
+
+def save_run(
+    out: Path,
+    cfg: TrainConfig,
+    loop: Loop,
+    spec: ModelSpec,
+    state: RunState,
+    chosen: nn.Module,
+    t0: float,
+) -> None:
+    """``best.pt`` when the last validation improved (weights and spec only, for deployment) and
+    ``last.pt`` always (with optimizer state and history, to resume)."""
+    record = state.history[-1]
+    extra = {
+        "epoch": state.epoch,
+        "elapsed_s": time.perf_counter() - t0,
+        "history": state.history,
+        "config": config_record(cfg),
+    }
+    if record["val_miou"] is not None and record["val_miou"] > state.best_miou:
+        state.best_miou, state.best = record["val_miou"], state.last
+        spec.source["val_miou"] = round(state.best_miou, 4)
+        save_checkpoint(
+            out / "best.pt", chosen, spec, cfg.model_kwargs, best_miou=state.best_miou, **extra
+        )
+    spec.source["val_miou"] = round(state.best_miou, 4)
+    if loop.ema is not None:  # the raw weights continue training; the average is deployed
+        extra.update(raw_state_dict=loop.model.state_dict(), ema_steps=int(loop.ema.n_averaged))
+    save_checkpoint(
+        out / "last.pt",
+        loop.eval_model,
+        spec,
+        cfg.model_kwargs,
+        best_miou=state.best_miou,
+        optimizer=loop.optimizer.state_dict(),
+        **extra,
+    )
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+def _progress_bar(console: Console) -> Progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    return Progress(*columns, console=console, transient=False)
+
+
+def _budget(cfg: TrainConfig, iters_per_epoch: int, t0: float) -> Callable[[int], float]:
+    """Progress in [0, 1]: wall-clock time for a ``minutes`` budget, iterations for ``epochs``."""
+    if cfg.minutes:
+        budget_s = cfg.minutes * 60
+        return lambda it: min(1.0, (time.perf_counter() - t0) / budget_s)
+    total = max(1, (cfg.epochs or 0) * iters_per_epoch)
+    return lambda it: min(1.0, it / total)
+
+
+def _epochs(cfg, loop, data, spec, state, out, dist_info, console, t0) -> None:
+    """Train, validate and checkpoint epoch by epoch until the budget is spent."""
+    with _progress_bar(console) as bar:
+        task = bar.add_task("training", total=1.0, completed=loop.progress(loop.it), status="")
+        while not loop.done():
+            if data.sampler is not None:
+                data.sampler.set_epoch(state.epoch)
+            epoch = state.epoch
+
+            def show(loss: float, epoch: int = epoch) -> None:
+                lr = loop.optimizer.param_groups[0]["lr"]
+                status = f"epoch {epoch + 1} loss {loss:.3f} lr {lr:.2e}"
+                bar.update(task, completed=loop.progress(loop.it), status=status)
+
+            loss = train_one_epoch(loop, data.loader, epoch, show)
+            state.epoch += 1
+            done = loop.done()
+            record = {
+                "epoch": state.epoch,
+                "train_loss": loss,
+                "val_miou": None,
+                "lr": loop.optimizer.param_groups[0]["lr"],
+                "elapsed_s": round(time.perf_counter() - t0, 1),
+            }
+            chosen = loop.eval_model
+            if validation_due(cfg, state, loop.progress(loop.it), done):
+                state.last, chosen = validate_run(loop, data, done, record)
+            bar.console.print(_epoch_line(record, time.perf_counter() - t0))
+            state.history.append(record)
+            if dist_info.main:
+                save_run(out, cfg, loop, spec, state, chosen, t0)
+
+
+def _epoch_line(record: dict, seconds: float) -> str:
+    line = f"epoch {record['epoch']}: loss {record['train_loss']:.4f}"
+    if "val_miou_average" in record:
+        line += f"  (average {record['val_miou_average']:.4f}; raw weights kept)"
+    if record["val_miou"] is not None:
+        line += f"  val mIoU {record['val_miou']:.4f}"
+    return f"{line}  ({seconds:.0f} s)"
+
+
+def _finish(
+    cfg: TrainConfig, data: Data, loop: Loop, state: RunState, out: Path, t0: float
+) -> dict[str, Any]:
+    """metrics.json and curves.png of the run (rank 0); returns the metrics."""
+    best = state.best or state.last
+    m = best.to_dict(list(data.info.classes)) if best else {}
+    result = {
+        "val_miou": state.best_miou,
+        "per_class_iou": m.get("per_class_iou", {}),
+        "pixel_acc": m.get("pixel_acc"),
+        "mean_dice": m.get("mean_dice"),
+        "final_val_miou": state.last.miou if state.last else None,
+        "epochs": state.epoch,
+        "iterations": loop.it,
+        "train_time_s": round(time.perf_counter() - t0, 1),
+        "model": cfg.model,
+        "data": cfg.data,
+        "input_size": list(data.input_hw),
+        "history": state.history,
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
+    plot_history(state.history, out / "curves.png")
+    return result
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; returns the metrics written to ``out/metrics.json``
+    (an empty dict on ranks other than 0)."""
+    cfg.check()
+    dist_info = setup_distributed(cfg.device)
+    device = resolve_device(cfg.device, dist_info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    console = Console(stderr=True, quiet=cfg.quiet or not dist_info.main)
+    seed_everything(cfg.seed + dist_info.rank)
+    data = build_data(
+        cfg.data,
+        input_size=cfg.input_size,
+        crop=cfg.crop,
+        scale=cfg.scale,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        dist_info=dist_info,
+        pin_memory=device.type == "cuda",
+    )
+    resume, init = _start_checkpoints(cfg, data.num_classes)
+    model = build_model(cfg.model, data.num_classes, device, init, cfg.model_kwargs)
+    ckpt_elapsed = resume.get("elapsed_s", 0.0) if resume else 0.0
+    t0 = time.perf_counter() - ckpt_elapsed
+    loop = build_loop(cfg, model, data, device, dist_info, _budget(cfg, len(data.loader), t0))
+    state = restore(loop, resume, len(data.loader))
+    spec = model_spec(cfg, data, model)
+    out = Path(cfg.out)
+    if dist_info.main:
+        out.mkdir(parents=True, exist_ok=True)
+    console.print(_banner(cfg, data, device, dist_info))
+    _epochs(cfg, loop, data, spec, state, out, dist_info, console, t0)
+    result = _finish(cfg, data, loop, state, out, t0) if dist_info.main else {}
+    if dist_info.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _banner(cfg: TrainConfig, data: Data, device: torch.device, dist_info: DistInfo) -> str:
+    (h, w), (ch, cw) = data.input_hw, data.crop_hw
+    procs = f", {dist_info.world} processes" if dist_info.world > 1 else ""
+    return (
+        f"[bold]edgeseg train[/] {cfg.model} on {cfg.data}: {len(data.train_set)} train / "
+        f"{len(data.val_set)} val images, {data.num_classes} classes, input {h}x{w}, "
+        f"crop {ch}x{cw}, batch {cfg.batch_size}, device {device}{procs}"
+    )
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Train loss and val mIoU per epoch as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,353 +737,3 @@ def _plot_history(history: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-
-
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.data``; returns the metrics written to ``out/metrics.json``."""
-    from rich.console import Console
-
-    from edgeseg.data import EvalTransform, TrainTransform, build_dataset
-    from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from edgeseg.models import create_model
-
-    if (cfg.epochs is None) == (cfg.minutes is None):
-        raise EdgesegError("give exactly one of --epochs or --minutes")
-    if (cfg.epochs is not None and cfg.epochs < 1) or (
-        cfg.minutes is not None and cfg.minutes <= 0
-    ):
-        raise EdgesegError("--epochs must be >= 1 and --minutes > 0")
-    device_kind = (
-        "cuda"
-        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    dinfo = _setup_distributed(device_kind)
-    device = resolve_device(cfg.device, dinfo.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    console = Console(stderr=True, quiet=cfg.quiet or not dinfo.main)
-    torch.manual_seed(cfg.seed + dinfo.rank)
-    np.random.seed(cfg.seed + dinfo.rank)
-    random.seed(cfg.seed + dinfo.rank)
-
-    ckpt = read_checkpoint(cfg.resume) if cfg.resume else None
-    if ckpt is not None and ckpt["arch"] != cfg.model:
-        raise EdgesegError(
-            f"{cfg.resume} holds a '{ckpt['arch']}' model, not '{cfg.model}'; "
-            f"pass --model {ckpt['arch']} or drop --resume"
-        )
-    if ckpt is not None and "optimizer" not in ckpt:
-        raise EdgesegError(
-            f"{cfg.resume} has no optimizer state (best.pt keeps only the weights); "
-            "resume from last.pt of the same run"
-        )
-
-    train_set = build_dataset(cfg.data, "train")
-    val_set = build_dataset(cfg.data, "val")
-    info = train_set.info
-    num_classes = len(info.classes)
-    first_img, _ = val_set[0]
-    input_hw = tuple(cfg.input_size) if cfg.input_size else default_input_size(first_img.shape[:2])
-    if input_hw[0] % 32 or input_hw[1] % 32:
-        raise EdgesegError(f"--input-size must be multiples of 32, got {input_hw[0]}x{input_hw[1]}")
-    crop_hw = tuple(cfg.crop) if cfg.crop else default_crop(input_hw)
-    train_set.transform = TrainTransform(
-        crop_hw,
-        scale=cfg.scale,
-        ignore_index=info.ignore_index,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        base_hw=input_hw,
-    )
-    val_set.transform = EvalTransform(input_hw, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    if len(train_set) <= 2000:  # decoding PNGs every epoch would dominate a CPU run
-        train_set.preload()
-        val_set.preload()
-
-    sampler = (
-        DistributedSampler(train_set, dinfo.world, dinfo.rank, seed=cfg.seed)
-        if dinfo.world > 1
-        else None
-    )
-    per_proc_batch = max(1, cfg.batch_size // dinfo.world)
-    drop_last = len(train_set) // dinfo.world >= per_proc_batch
-    loader = DataLoader(
-        train_set,
-        per_proc_batch,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        drop_last=drop_last,
-        worker_init_fn=_seed_worker,
-        persistent_workers=cfg.workers > 0,
-        pin_memory=device.type == "cuda",
-        # Forked workers inherit OpenCV's thread pool half-alive and hang in it;
-        # spawned ones start clean (one-off start-up cost, workers persist).
-        multiprocessing_context="spawn" if cfg.workers > 0 else None,
-    )
-    # Masks stay at native resolution; batch 1 allows datasets whose images differ in size.
-    # Each process scores a disjoint shard (no padding, unlike DistributedSampler); the confusion
-    # matrices are summed, so every image counts exactly once.
-    val_shard = (
-        Subset(val_set, range(dinfo.rank, len(val_set), dinfo.world))
-        if dinfo.world > 1
-        else val_set
-    )
-    val_loader = DataLoader(val_shard, 1, shuffle=False, num_workers=0)
-
-    init = ckpt if ckpt is not None else (read_checkpoint(cfg.init_from) if cfg.init_from else None)
-    if init is not None and init is not ckpt:
-        if init["arch"] != cfg.model:
-            raise EdgesegError(f"{cfg.init_from} holds a '{init['arch']}' model, not '{cfg.model}'")
-        if init["spec"]["num_classes"] != num_classes:
-            raise EdgesegError(
-                f"{cfg.init_from} predicts {init['spec']['num_classes']} classes, "
-                f"{cfg.data} has {num_classes}"
-            )
-    if init is not None:
-        model = build_model(init, num_classes, raw=True).to(device)
-    else:
-        model = create_model(cfg.model, num_classes, **cfg.model_kwargs).to(device)
-    # NHWC: oneDNN's depthwise and 1x1 convolutions (and cuDNN's under AMP) run faster in it; a
-    # batch-4 CamVid step of mbv3_unet_small on 2 CPU cores went from 0.31 to 0.25 s.
-    model = model.to(memory_format=torch.channels_last)
-    ddp_model: nn.Module = model
-    if dinfo.world > 1:
-        if device.type == "cuda":  # per-GPU batches are small: share BN statistics (NCCL only)
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-    weight = _class_weights(cfg.class_weights, info, num_classes)
-    criterion = build_loss(
-        cfg.loss, info.ignore_index, weight.to(device) if weight is not None else None
-    ).to(device)
-    teacher = _load_teacher(cfg.teacher, num_classes, device) if cfg.teacher else None
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    # An exponential moving average of the weights (BN statistics included) is what gets
-    # validated and saved: on a short, noisy CPU schedule it is steadier than the last step.
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=_ema_update(cfg.ema), use_buffers=True
-        )
-        if cfg.ema > 0
-        else None
-    )
-    eval_model = ema.module if ema is not None else model
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    history: list[dict] = []
-    best_miou, start_epoch, elapsed_before = -1.0, 0, 0.0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["state_dict"])
-            ema.n_averaged.fill_(ckpt.get("ema_steps", 0))
-        history, best_miou = ckpt.get("history", []), ckpt.get("best_miou", -1.0)
-        start_epoch, elapsed_before = ckpt.get("epoch", 0), ckpt.get("elapsed_s", 0.0)
-
-    out = Path(cfg.out)
-    if dinfo.main:
-        out.mkdir(parents=True, exist_ok=True)
-    spec = ModelSpec(
-        arch=cfg.model,
-        num_classes=num_classes,
-        classes=list(info.classes),
-        palette=[list(map(int, c)) for c in info.palette[:num_classes]],
-        ignore_index=info.ignore_index,
-        input=InputSpec(
-            height=input_hw[0], width=input_hw[1], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)
-        ),
-        output=OutputSpec("logits", getattr(model, "output_stride", 1)),
-        source={"dataset": cfg.data, "val_miou": None},
-    )
-    iters_per_epoch = len(loader)
-    total_iters = (cfg.epochs or 0) * iters_per_epoch
-    budget_s = cfg.minutes * 60 if cfg.minutes else None
-    console.print(
-        f"[bold]edgeseg train[/] {cfg.model} on {cfg.data}: {len(train_set)} train / {len(val_set)} val images, "
-        f"{num_classes} classes, input {input_hw[0]}x{input_hw[1]}, crop {crop_hw[0]}x{crop_hw[1]}, "
-        f"batch {cfg.batch_size}, device {device}"
-        + (f", {dinfo.world} processes" if dinfo.world > 1 else "")
-    )
-
-    t0 = time.perf_counter() - elapsed_before
-    it = start_epoch * iters_per_epoch
-    epoch = start_epoch
-    last_metrics: SegMetrics | None = None
-    best_metrics: SegMetrics | None = None
-
-    next_val = 0.2
-    bn_frozen = False
-
-    def progress() -> float:
-        if budget_s is not None:
-            return min(1.0, (time.perf_counter() - t0) / budget_s)
-        return min(1.0, it / max(1, total_iters))
-
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=False,
-    )
-    with bar:
-        task = bar.add_task("training", total=1.0, completed=progress(), status="")
-        done = progress() >= 1.0
-        while not done:
-            model.train()
-            if bn_frozen:
-                freeze_batchnorm(model)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loss_sum, n = 0.0, 0
-            for img, mask in loader:
-                for g in optimizer.param_groups:
-                    g["lr"] = cfg.lr * lr_at(progress(), cfg.warmup)
-                if not bn_frozen and cfg.freeze_bn > 0 and progress() >= 1 - cfg.freeze_bn:
-                    freeze_batchnorm(model)
-                    bn_frozen = True
-                img = img.to(device, non_blocking=True).contiguous(
-                    memory_format=torch.channels_last
-                )
-                mask = mask.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    loss, main = segmentation_loss(ddp_model(img), mask, criterion, cfg.aux_weight)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            target = teacher(img)
-                        loss = loss + cfg.distill_weight * distillation_loss(
-                            main.float(), target.float()
-                        )
-                if not torch.isfinite(loss):
-                    raise EdgesegError(
-                        f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr (now {cfg.lr})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.item()
-                n += 1
-                it += 1
-                bar.update(
-                    task,
-                    completed=progress(),
-                    status=f"epoch {epoch + 1} loss {loss_sum / n:.3f} lr {optimizer.param_groups[0]['lr']:.2e}",
-                )
-                if progress() >= 1.0:
-                    break
-            epoch += 1
-            done = progress() >= 1.0
-            record = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(1, n),
-                "lr": optimizer.param_groups[0]["lr"],
-                "elapsed_s": round(time.perf_counter() - t0, 1),
-                "val_miou": None,
-            }
-            line = f"epoch {epoch}: loss {record['train_loss']:.4f}"
-            if cfg.val_every > 0:
-                due = epoch % cfg.val_every == 0
-            else:  # validation costs as much as a third of a CPU epoch: five of them a run
-                due = progress() >= next_val
-                while next_val <= progress():
-                    next_val += 0.2
-            chosen = eval_model
-            if done or due:
-                last_metrics = validate(
-                    eval_model, val_loader, num_classes, info.ignore_index, device
-                )
-                if done and ema is not None:
-                    # At the end of a schedule decayed to zero the raw weights have settled, while the
-                    # average still carries weights from higher learning rates: keep the better one
-                    # (the 0.61 CamVid run: 0.6115 raw against 0.6076 averaged).
-                    raw = validate(model, val_loader, num_classes, info.ignore_index, device)
-                    record["val_miou_raw"] = raw.miou
-                    if raw.miou > last_metrics.miou:
-                        line += f"  (average {last_metrics.miou:.4f}; raw weights kept)"
-                        last_metrics, chosen = raw, model
-                record["val_miou"] = last_metrics.miou
-                line += f"  val mIoU {last_metrics.miou:.4f}"
-            bar.console.print(f"{line}  ({time.perf_counter() - t0:.0f} s)")
-            history.append(record)
-            if dinfo.main:
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "elapsed_s": time.perf_counter() - t0,
-                    "history": history,
-                    "config": _config_record(cfg),
-                }
-                if record["val_miou"] is not None and record["val_miou"] > best_miou:
-                    best_miou = record["val_miou"]
-                    best_metrics = last_metrics
-                    spec.source["val_miou"] = round(best_miou, 4)
-                    # best.pt is for deployment and evaluation: no optimizer state (a third of the size).
-                    best_state = {k: v for k, v in state.items() if k != "optimizer"}
-                    save_checkpoint(
-                        out / "best.pt",
-                        chosen,
-                        spec,
-                        cfg.model_kwargs,
-                        best_miou=best_miou,
-                        **best_state,
-                    )
-                spec.source["val_miou"] = round(best_miou, 4)
-                if (
-                    ema is not None
-                ):  # the raw weights continue training; the average is what is deployed
-                    state.update(raw_state_dict=model.state_dict(), ema_steps=int(ema.n_averaged))
-                save_checkpoint(
-                    out / "last.pt",
-                    eval_model,
-                    spec,
-                    cfg.model_kwargs,
-                    best_miou=best_miou,
-                    **state,
-                )
-
-    result: dict[str, Any] = {}
-    if dinfo.main:
-        best_metrics = best_metrics or last_metrics
-        m = best_metrics.to_dict(list(info.classes)) if best_metrics else {}
-        result = {
-            "val_miou": best_miou,
-            "per_class_iou": m.get("per_class_iou", {}),
-            "pixel_acc": m.get("pixel_acc"),
-            "mean_dice": m.get("mean_dice"),
-            "final_val_miou": last_metrics.miou if last_metrics else None,
-            "epochs": epoch,
-            "iterations": it,
-            "train_time_s": round(time.perf_counter() - t0, 1),
-            "model": cfg.model,
-            "data": cfg.data,
-            "input_size": list(input_hw),
-            "history": history,
-        }
-        write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
-        _plot_history(history, out / "curves.png")
-    if dinfo.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return result
-
-
-def _config_record(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}

@@ -6,7 +6,7 @@ import json
 import cv2
 import pytest
 
-from edgeseg.bench.measure import onnx_complexity, summarize
+from edgeseg.bench.measure import onnx_complexity
 from edgeseg.bench.report import pareto_front, write_plot, write_zoo_plot
 from edgeseg.bench.runner import BenchConfig, run_bench
 from edgeseg.bench.zoo import parse_sizes, run_zoo
@@ -17,24 +17,14 @@ from edgeseg.runtime.stats import STAGES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_summary_percentiles_match_a_hand_computed_sample():
-    s = summarize(list(range(1, 101)))  # 1..100 ms
-    # linear interpolation at rank q/100 * (n - 1): p50 = 50.5, p90 = 90.1, p99 = 99.01
-    assert (s["p50"], s["p90"], s["p99"]) == (50.5, 90.1, 99.01)
-    assert (s["mean"], s["min"], s["max"], s["samples"]) == (50.5, 1.0, 100.0, 100)
-    assert s["throughput_fps"] == round(1000 / 50.5, 3)
-    with pytest.raises(ValueError):
-        summarize([])
-
-
 def test_pareto_front_keeps_only_undominated_points():
     pts = [(10, 0.50), (5, 0.40), (20, 0.60), (15, 0.45), (5, 0.30), (30, 0.55)]
     assert pareto_front(pts) == [1, 0, 2]  # (5, .40), (10, .50), (20, .60)
 
 
 def test_onnx_complexity_counts_like_the_pytorch_counter(tiny_run, tiny_onnx):
+    from edgeseg.models.checkpoint import load_model
     from edgeseg.models.complexity import count_gflops
-    from edgeseg.train.checkpoint import load_model
 
     model, spec, _ = load_model(tiny_run / "best.pt", "cpu")
     c = onnx_complexity(tiny_onnx)

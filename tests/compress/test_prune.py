@@ -19,7 +19,7 @@ def test_pruning_removes_channels_and_keeps_the_model_working(name):
 
 
 def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path):
-    from edgeseg.train.checkpoint import load_model
+    from edgeseg.models.checkpoint import load_model
 
     res = prune_checkpoint(
         tiny_run / "best.pt", 0.3, "synthetic:8", tmp_path, finetune_epochs=1, workers=0, quiet=True

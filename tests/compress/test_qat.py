@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from edgeseg.cli import main
 from edgeseg.compress.qat import QuantConv2d, prepare_qat, restore
 from edgeseg.models import create_model, list_models
-from edgeseg.train.checkpoint import read_checkpoint
+from edgeseg.models.checkpoint import read_checkpoint
 
 
 def _randomise_bn(model: nn.Module) -> None:
@@ -122,4 +122,4 @@ def test_export_qat_trains_and_writes_a_qdq_onnx(tiny_run, tmp_path):
 
 def test_qat_without_data_is_one_clear_message(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run / "best.pt"), "--out", str(tmp_path), "--qat"]) != 0
-    assert "--qat needs --data" in capsys.readouterr().err
+    assert "qat needs data" in capsys.readouterr().err

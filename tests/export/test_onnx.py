@@ -5,8 +5,8 @@ import torch
 
 from edgeseg.errors import EdgesegError
 from edgeseg.export.onnx import export_onnx
-from edgeseg.export.spec import METADATA_KEY, ModelSpec
 from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+from edgeseg.spec import METADATA_KEY, ModelSpec
 from edgeseg.train.evaluate import evaluate
 
 
@@ -65,7 +65,7 @@ def test_argmax_export_emits_uint8_labels(tiny_run, tiny_onnx, tmp_path):
 
     rep = export_onnx(tiny_run / "best.pt", tmp_path, argmax=True)
     assert rep["output"] == "labels" and rep["label_agreement"] >= 0.999
-    path = tmp_path / "model.onnx"
+    path = tmp_path / "model.argmax.onnx"
     spec = read_onnx_spec(path)
     assert spec.output.kind == "labels"
     assert [n.op_type for n in onnx.load(str(path)).graph.node][-2:] == ["ArgMax", "Cast"]

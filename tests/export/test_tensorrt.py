@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.tensorrt import (
-    SIDECAR_FORMAT,
-    EngineOptions,
-    cache_key,
-    check_engine,
-    file_sha256,
-    read_sidecar,
-    sidecar_path,
-)
+from edgeseg.export.tensorrt import EngineOptions, cache_key, file_sha256
+from edgeseg.runtime.trt import SIDECAR_FORMAT, check_engine, read_sidecar, sidecar_path
 
 
 def test_cache_key_changes_with_everything_a_plan_depends_on():

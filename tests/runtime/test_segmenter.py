@@ -31,15 +31,13 @@ def test_nearest_mode_resizes_logits_in_the_kernel(tiny_run, tiny_onnx, frame, t
     for alpha in (None, 0.5):
         a, b = fused(frame, alpha), whole(frame, alpha)
         assert (a.labels == b.labels).mean() > 0.999
-    assert (
-        Segmenter(tiny_onnx, mode="bilinear").upsample == 1
-    )  # the accuracy path keeps the graph whole
+    # the accuracy path keeps the graph whole
+    assert Segmenter(tiny_onnx, mode="bilinear").upsample == 1
     from edgeseg.export.onnx import export_onnx
 
-    export_onnx(
-        tiny_run / "best.pt", tmp_path, argmax=True
-    )  # ends in ArgMax + Cast: nothing to lift
-    labels_model = Segmenter(tmp_path / "model.onnx")
+    # a graph that ends in ArgMax + Cast: nothing to lift
+    export_onnx(tiny_run / "best.pt", tmp_path, argmax=True)
+    labels_model = Segmenter(tmp_path / "model.argmax.onnx")
     assert labels_model.upsample == 1
     assert (labels_model(frame).labels == b.labels).mean() > 0.999
 

@@ -56,7 +56,7 @@ def collect(results):
 def test_every_frame_mode_loses_nothing_and_keeps_order(seg, clip, tmp_path, workers):
     got = []
     pipe = StreamPipeline(
-        seg, [str(clip)], [collect(got), MaskSink(tmp_path / "m")], infer_workers=workers
+        seg, [str(clip)], sinks=[collect(got), MaskSink(tmp_path / "m")], infer_workers=workers
     )
     assert pipe.mode == "every-frame"  # the default for files
     expected = {1: 1, 3: 3}.get(
@@ -89,7 +89,7 @@ def test_realtime_mode_drops_and_counts_when_the_consumer_is_slow(seg, workers):
     got = []
     src = SyntheticSource((96, 160), fps=200, max_frames=120)
     pipe = StreamPipeline(
-        seg, [src], [collect(got), SlowSink(0.03)], mode="realtime", infer_workers=workers
+        seg, [src], sinks=[collect(got), SlowSink(0.03)], mode="realtime", infer_workers=workers
     )
     rep = pipe.run()
     assert rep["frames_dropped"] > 0
@@ -121,7 +121,7 @@ class FirstCallSlow:
 
 def test_one_off_costs_are_paid_before_capture_starts(seg):
     src = SyntheticSource((96, 160), fps=25, max_frames=20)
-    pipe = StreamPipeline(seg, [src], [], mode="realtime", infer_workers=1)
+    pipe = StreamPipeline(seg, [src], sinks=[], mode="realtime", infer_workers=1)
     pipe.infer_backends = [FirstCallSlow(b, 0.8) for b in pipe.infer_backends]
     rep = pipe.run()
     assert (
@@ -144,7 +144,7 @@ class Broken:
 
 def test_a_failed_warm_up_still_closes_sources_and_sinks(seg, clip, tmp_path):
     video = VideoSink(tmp_path / "out.mp4")
-    pipe = StreamPipeline(seg, [str(clip)], [video], infer_workers=1)
+    pipe = StreamPipeline(seg, [str(clip)], sinks=[video], infer_workers=1)
     pipe.infer_backends = [Broken(b) for b in pipe.infer_backends]
     with pytest.raises(RuntimeError, match="out of memory"):
         pipe.run()
@@ -179,14 +179,16 @@ def test_reconnects_a_live_source_that_dies(seg, clip):
     # and the pipeline must reopen it (twice, to reach 60 frames).
     src = CaptureSource(str(clip), "url", "flaky")
     assert src.live
-    pipe = StreamPipeline(seg, [src], [], mode="every-frame", max_frames=60, reconnect=True)
+    pipe = StreamPipeline(seg, [src], sinks=[], mode="every-frame", max_frames=60, reconnect=True)
     pipe.max_backoff_s = 0.1
     rep = pipe.run()
     assert rep["frames_out"] == 60 and pipe.stats.reconnects >= 2
 
 
 def test_without_reconnect_a_dead_live_source_ends_the_stream(seg, clip):
-    pipe = StreamPipeline(seg, [CaptureSource(str(clip), "url", "flaky")], [], mode="every-frame")
+    pipe = StreamPipeline(
+        seg, [CaptureSource(str(clip), "url", "flaky")], sinks=[], mode="every-frame"
+    )
     assert pipe.run()["frames_out"] == 24
 
 
@@ -200,7 +202,7 @@ class FlakySink(Sink):
 
 def test_a_failing_sink_does_not_stop_the_stream(seg, clip, caplog):
     got = []
-    pipe = StreamPipeline(seg, [str(clip)], [FlakySink(), collect(got)])
+    pipe = StreamPipeline(seg, [str(clip)], sinks=[FlakySink(), collect(got)])
     rep = pipe.run()
     assert rep["frames_out"] == 24 and len(got) == 24
     assert pipe.stats.sink_errors == 8
@@ -211,7 +213,7 @@ def test_report_has_exactly_the_documented_fields(seg, clip, tmp_path):
     pipe = StreamPipeline(
         seg,
         [str(clip), "synthetic:160x96@50"],
-        [VideoSink(tmp_path / "o.mp4")],
+        sinks=[VideoSink(tmp_path / "o.mp4")],
         max_frames=10,
         mode="every-frame",
     )

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from edgeseg.errors import EdgesegError
-from edgeseg.train.checkpoint import load_model, read_checkpoint
+from edgeseg.models.checkpoint import load_model, read_checkpoint
+from edgeseg.train.config import default_workers
 from edgeseg.train.trainer import (
     TrainConfig,
-    check_gpu_per_process,
+    class_weights,
     default_input_size,
-    default_workers,
     freeze_batchnorm,
+    load_teacher,
     lr_at,
     train,
 )
@@ -48,13 +49,26 @@ def test_training_writes_checkpoints_metrics_and_curves(tiny_run):
 
 
 def test_training_learns_something(tmp_path):
-    """A few epochs on synthetic scenes must beat chance clearly: the loop really optimises."""
+    """Four epochs on synthetic scenes beat chance on the held-out split by a wide margin.
+
+    The bounds sit far from what the loop reaches on any seed (pixel accuracy 0.55-0.66 and
+    mIoU 0.18-0.27 over seeds 0-3 against 0.37 and 0.05 for chance), so float rounding that
+    differs between CPUs (AVX2, AVX-512) cannot cross them, while a loop that does not
+    optimise (frozen weights, a zero learning rate, shuffled labels) stays at chance.
+    """
+    import numpy as np
+
+    from edgeseg.data import build_dataset
+
     res = train(
         TrainConfig(out=str(tmp_path), epochs=4, lr=5e-3, **{**TINY, "data": "synthetic:48"})
     )
-    first, last = res["history"][0]["train_loss"], res["history"][-1]["train_loss"]
-    assert last < 0.7 * first
-    assert res["val_miou"] > 0.15
+    val = build_dataset("synthetic:48", "val")
+    counts = sum(np.bincount(val[i][1].ravel(), minlength=256) for i in range(len(val)))
+    majority = counts.max() / counts[:7].sum()  # always predicting the commonest class
+    assert res["pixel_acc"] > majority + 0.1
+    # A constant prediction scores at most majority / 7 classes (its one non-zero IoU).
+    assert res["val_miou"] > 2.5 * majority / 7
 
 
 def test_resume_continues_from_last(tiny_run, tmp_path):
@@ -80,7 +94,7 @@ def test_minutes_budget_stops_on_time(tmp_path):
 
 
 def test_budget_arguments_are_checked(tmp_path):
-    with pytest.raises(EdgesegError, match="exactly one of --epochs or --minutes"):
+    with pytest.raises(EdgesegError, match="exactly one of epochs or minutes"):
         train(TrainConfig(out=str(tmp_path), **TINY))
 
 
@@ -142,17 +156,6 @@ def test_distributed_training_two_cpu_processes(tmp_path):
     )
 
 
-def test_more_cuda_processes_than_gpus_is_refused_before_the_group_forms():
-    check_gpu_per_process(1, 2, 2)
-    with pytest.raises(
-        EdgesegError,
-        match="started 2 processes on this machine but it has 1 CUDA GPU.*--nproc_per_node 1",
-    ):
-        check_gpu_per_process(0, 2, 1)
-    with pytest.raises(EdgesegError, match="--device cpu"):
-        check_gpu_per_process(0, 1, 0)
-
-
 def test_resume_from_best_is_refused_with_a_pointer_to_last(tiny_run, tmp_path):
     with pytest.raises(EdgesegError, match="resume from last.pt"):
         train(TrainConfig(out=str(tmp_path), epochs=3, resume=str(tiny_run / "best.pt"), **TINY))
@@ -161,18 +164,16 @@ def test_resume_from_best_is_refused_with_a_pointer_to_last(tiny_run, tmp_path):
 def test_class_weight_modes():
     from types import SimpleNamespace
 
-    from edgeseg.train.trainer import _class_weights
-
     info = SimpleNamespace(class_weights=[1.0, 4.0, 16.0])
-    assert _class_weights("none", info, 3) is None
-    full = _class_weights("full", info, 3)
-    soft = _class_weights("auto", info, 3)
+    assert class_weights("none", info, 3) is None
+    full = class_weights("full", info, 3)
+    soft = class_weights("auto", info, 3)
     assert full.mean().item() == pytest.approx(1.0) and soft.mean().item() == pytest.approx(1.0)
     assert (full[2] / full[0]).item() == pytest.approx(16.0)
     assert (soft[2] / soft[0]).item() == pytest.approx(4.0)  # square root
-    assert _class_weights("auto", SimpleNamespace(class_weights=None), 3) is None
+    assert class_weights("auto", SimpleNamespace(class_weights=None), 3) is None
     with pytest.raises(EdgesegError, match="'auto', 'full' or 'none'"):
-        _class_weights("sqrt", info, 3)
+        class_weights("sqrt", info, 3)
 
 
 def test_frozen_batchnorm_keeps_its_statistics_while_the_weights_learn():
@@ -191,7 +192,5 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_weights_learn():
 
 
 def test_a_teacher_of_another_class_count_is_refused(tiny_run):
-    from edgeseg.train.trainer import _load_teacher
-
     with pytest.raises(EdgesegError, match="teacher .* predicts"):
-        _load_teacher(str(tiny_run / "best.pt"), 99, torch.device("cpu"))
+        load_teacher(str(tiny_run / "best.pt"), 99, torch.device("cpu"))

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgeseg.export.spec import ModelSpec
+from edgeseg.spec import ModelSpec
 
 
 class Backend(Protocol):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.spec import METADATA_KEY, ModelSpec
+from edgeseg.spec import METADATA_KEY, ModelSpec
 
 # Preferred first; TensorRT and CUDA EPs exist only in onnxruntime-gpu builds.
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

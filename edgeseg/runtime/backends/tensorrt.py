@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.spec import ModelSpec
-from edgeseg.export.tensorrt import _import_trt, check_engine, gpu_name, read_sidecar
+from edgeseg.runtime.trt import check_engine, gpu_name, import_tensorrt, read_sidecar
+from edgeseg.spec import ModelSpec
 
 _KIND = {
     np.dtype(np.float32): "f32",
@@ -40,7 +40,7 @@ class TensorRTBackend:
     ) -> None:
         from edgeseg.runtime.cuda import get_driver
 
-        trt = _import_trt()
+        trt = import_tensorrt()
         self.path = Path(path)
         meta = read_sidecar(self.path)
         self.spec = ModelSpec.from_dict(meta["spec"], origin=str(self.path))

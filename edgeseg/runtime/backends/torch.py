@@ -7,8 +7,8 @@ import os
 import numpy as np
 import torch
 
-from edgeseg.train.checkpoint import load_model
-from edgeseg.train.trainer import resolve_device
+from edgeseg.device import resolve_device
+from edgeseg.models.checkpoint import load_model
 
 
 class TorchBackend:

@@ -1,7 +1,7 @@
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.spec import FORMAT_VERSION, InputSpec, ModelSpec
+from edgeseg.spec import FORMAT_VERSION, InputSpec, ModelSpec
 
 
 def _spec(**kw):

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from edgeseg._io import atomic_path
 from edgeseg.errors import EdgesegError
-from edgeseg.export.spec import ModelSpec
+from edgeseg.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "edgeseg-checkpoint-v1"
 

@@ -1,0 +1,56 @@
+"""Optional packages, imported on first use through :func:`require` — the one declared place.
+
+Import policy (``tests/test_architecture.py`` enforces the parts that can be checked):
+
+- **Optional packages** (the table below) are never imported at module level: a missing one
+  costs nothing until the feature that needs it runs, and then gives one line saying how to
+  install it instead of an ``ImportError`` traceback.
+- **PyTorch** is a hard dependency, but the ONNX streaming path never loads it (``edgeseg
+  stream`` on a ``.onnx``: 1.5 s and ~200 MB saved at start-up, and ~100k objects fewer for the
+  garbage collector). The modules on that path — ``edgeseg.spec``, ``edgeseg.runtime`` except
+  ``backends.torch``, ``edgeseg.data.synthetic`` — import ``torch`` only inside the functions
+  that need it; a test runs such a stream in a subprocess and checks ``torch`` never loaded.
+- Everything else imports at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from edgeseg.errors import EdgesegError
+
+# Top-level package -> how to get it.
+OPTIONAL: dict[str, str] = {
+    "tensorrt": "TensorRT is not installed: on a Jetson it comes with JetPack "
+    "(sudo apt install python3-libnvinfer); on x86-64: pip install tensorrt (NVIDIA's index)",
+    "cuda": "CUDA kernels need cuda-python 12.6.1 or newer (the cuda.bindings module): "
+    "pip install 'cuda-python>=12.6.1'",
+    "pycuda": "pycuda is not installed: pip install pycuda (needs the CUDA toolkit)",
+    "timm": "timm encoders need timm: pip install timm (or pip install 'edgeseg[timm]')",
+    "prometheus_client": "metrics need prometheus-client: pip install prometheus-client",
+    "gi": "GStreamer sources need PyGObject and GStreamer: sudo apt install python3-gi "
+    "gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-good "
+    "(then pip install PyGObject in a virtual environment)",
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` (e.g. ``"tensorrt"``, ``"cuda.bindings.driver"``) or raise
+    :class:`EdgesegError` with the install hint of its top-level package."""
+    top = module.split(".", 1)[0]
+    if top not in OPTIONAL:
+        raise ValueError(f"{top!r} is not a declared optional package; add it to OPTIONAL")
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EdgesegError(OPTIONAL[top]) from None
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` imports (without raising for a missing one)."""
+    try:
+        require(module)
+    except EdgesegError:
+        return False
+    return True

@@ -1,0 +1,96 @@
+"""The export chain, from a checkpoint to every deployable file, in one function that
+``edgeseg export`` and ``edgeseg bench`` both call:
+
+::
+
+    CKPT ──(QAT)──► qat.pt ─────────────────────┐
+      └──► model.onnx  (FP32; .argmax / .fp16)   ├──► model.int8[-qat]-TARGET.onnx (Q/DQ)
+                                                 └──► *.engine + *.engine.json (TensorRT)
+
+Everything the chain needs is checked before anything is written, and every file is written
+into a staging folder beside the output and moved into place only when the whole chain has
+succeeded: a failed export leaves the output folder as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeseg.compress.quantize import quantize_int8
+from edgeseg.export.config import ExportConfig
+from edgeseg.export.onnx import export_onnx
+from edgeseg.export.tensorrt import EngineOptions, build_engine
+from edgeseg.runtime.trt import sidecar_path
+
+
+def _move_into(staging: Path, out: Path) -> dict[str, str]:
+    """Move every staged file into ``out`` (renames on one file system); staged -> final path."""
+    moved = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(staging.iterdir()):
+        os.replace(f, out / f.name)
+        moved[str(f)] = str(out / f.name)
+    return moved
+
+
+def _onnx_steps(cfg: ExportConfig, stage: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The ONNX exports of the checkpoint; (their reports, the FP32 logits graph INT8 starts
+    from, exported as ``model.onnx`` when no other step writes it)."""
+    if cfg.from_onnx:
+        return [], cfg.checkpoint
+    kw = {"input_size": cfg.input_size, "simplify": cfg.simplify, "argmax": cfg.argmax}
+    reports = [export_onnx(cfg.checkpoint, stage, fp16=cfg.fp16, **kw)]
+    plain = not (cfg.fp16 or cfg.argmax)
+    if cfg.int8 and not plain:  # INT8 quantizes the FP32 logits graph
+        reports.insert(0, export_onnx(cfg.checkpoint, stage, **{**kw, "argmax": False}))
+    return reports, reports[0]["path"] if cfg.int8 or plain else None
+
+
+def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[dict[str, Any]]:
+    """QAT (when asked) and the INT8 Q/DQ export."""
+    from edgeseg.compress.qat import qat_finetune
+
+    calib = cfg.calib or cfg.data
+    args = (calib, cfg.calib_count, cfg.calib_method, cfg.target, cfg.keep_fp32)
+    if not cfg.qat:
+        q = quantize_int8(base, stage / f"model.int8-{cfg.target}.onnx", *args)
+        return [{**q, "precision": "int8"}]
+    qat = qat_finetune(
+        cfg.checkpoint, cfg.data, stage / "qat.pt", cfg.epochs, cfg.target, device=cfg.device
+    )
+    qat_onnx = export_onnx(
+        qat["checkpoint"], work, input_size=cfg.input_size, simplify=cfg.simplify
+    )
+    q = quantize_int8(qat_onnx["path"], stage / f"model.int8-qat-{cfg.target}.onnx", *args)
+    return [{"path": qat["checkpoint"], "kind": "checkpoint", **qat}, {**q, "precision": "int8"}]
+
+
+def export_model(cfg: ExportConfig) -> dict[str, Any]:
+    """Run the export chain of ``cfg``; returns ``{"files": [one report per file written]}``,
+    each describing its own file (path, precision, size, checks)."""
+    cfg.check()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".edgeseg-export-", dir=out) as tmp:
+        stage, work = Path(tmp, "stage"), Path(tmp, "work")
+        stage.mkdir()
+        work.mkdir()
+        files, base = _onnx_steps(cfg, stage)
+        if cfg.int8 or cfg.qat:
+            files += _int8_step(cfg, stage, base, work)
+        if cfg.trt:
+            onnx = next((f["path"] for f in reversed(files) if f["path"].endswith(".onnx")), base)
+            opts = EngineOptions.parse_dynamic(cfg.dynamic, cfg.workspace)
+            engine = Path(stage, Path(onnx).name).with_suffix(".engine")
+            files.append({**build_engine(onnx, engine, opts, cfg.timing_cache), "kind": "engine"})
+        moved = _move_into(stage, out)
+    for f in files:
+        f["path"] = moved.get(f["path"], f["path"])
+        if Path(f["path"]).is_file():
+            f["size_mb"] = round(Path(f["path"]).stat().st_size / 2**20, 3)
+        if f.get("kind") == "engine":
+            f["sidecar"] = str(sidecar_path(f["path"]))
+    return {"checkpoint": cfg.checkpoint, "out": str(out), "files": files}

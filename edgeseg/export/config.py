@@ -1,0 +1,106 @@
+"""``ExportConfig``: the settings of the export chain (``edgeseg.artifacts.export_model``), free
+of PyTorch so the CLI can build its flags from them without loading it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg._config import setting
+from edgeseg._lazy import require
+from edgeseg.errors import EdgesegError
+from edgeseg.export.tensorrt import EngineOptions
+
+# INT8 calibration methods and flavours (edgeseg.compress.quantize implements them).
+METHODS = ("minmax", "entropy", "percentile")
+TARGETS = ("trt", "cpu")
+
+
+@dataclass
+class ExportConfig:
+    """Everything ``edgeseg export`` takes (each field is a flag: ``calib_count`` ->
+    ``--calib-count``)."""
+
+    checkpoint: str = setting(
+        help="a .pt from 'edgeseg train' (or an FP32 .onnx for INT8/TensorRT)"
+    )
+    out: str = setting(help="folder for the exported files")
+    input_size: tuple[int, int] | None = setting(
+        None, "HxW baked into the graph", default_text="the training size"
+    )
+    simplify: bool = setting(False, "fold and fuse the graph with onnxslim")
+    argmax: bool = setting(
+        False, "end the graph with ArgMax: uint8 labels leave the model (model.argmax.onnx)"
+    )
+    fp16: bool = setting(
+        False, "write model.fp16.onnx: FP16 weights/activations, sensitive ops and I/O in FP32"
+    )
+    int8: bool = setting(
+        False, "also write model.int8-TARGET.onnx: post-training INT8 quantization (Q/DQ)"
+    )
+    calib: str | None = setting(
+        None, "calibration frames: a dataset spec, image folder or video", metavar="SPEC|DIR|VIDEO"
+    )
+    calib_count: int = setting(128, "calibration frames to use", metavar="N")
+    calib_method: str = setting("minmax", "INT8 calibration", choices=METHODS)
+    target: str = setting(
+        "trt",
+        "INT8 flavour: trt (symmetric, for TensorRT) or cpu (what ONNX Runtime's CPU runs fastest)",
+        choices=TARGETS,
+    )
+    keep_fp32: int = setting(
+        0, "keep the K convolutions most sensitive to quantization in float", metavar="K"
+    )
+    qat: bool = setting(
+        False,
+        "quantization-aware fine-tuning first, then the INT8 export: writes qat.pt and "
+        "model.int8-qat-TARGET.onnx; needs data and epochs",
+    )
+    data: str | None = setting(
+        None, "QAT training data (also the calibration set by default)", metavar="SPEC"
+    )
+    epochs: int | None = setting(None, "QAT fine-tuning epochs")
+    device: str = setting("auto", "QAT training device")
+    trt: bool = setting(
+        False,
+        "also build a TensorRT engine of the last ONNX written, on this machine (cached by "
+        "ONNX hash, TensorRT version, GPU and options)",
+    )
+    timing_cache: str | None = setting(
+        None, "TensorRT timing cache to read and update", metavar="FILE"
+    )
+    workspace: int | None = setting(None, "TensorRT builder workspace limit", metavar="MB")
+    dynamic: str | None = setting(
+        None, "TensorRT batch-size profile", default_text="1,1,1", metavar="MIN,OPT,MAX"
+    )
+
+    @property
+    def from_onnx(self) -> bool:
+        return Path(self.checkpoint).suffix.lower() == ".onnx"
+
+    def check(self) -> None:
+        """Everything the chain needs, before anything is written; errors name the setting."""
+        if not Path(self.checkpoint).is_file():
+            raise EdgesegError(
+                f"checkpoint not found: {self.checkpoint}; pass a .pt written by 'edgeseg train'"
+            )
+        if self.from_onnx:
+            needs_ckpt = [k for k in ("argmax", "fp16", "qat", "simplify") if getattr(self, k)]
+            if needs_ckpt or self.input_size or not (self.int8 or self.trt):
+                raise EdgesegError(
+                    f"{self.checkpoint} is an ONNX model: export takes a .pt from 'edgeseg train' "
+                    "(an FP32 .onnx only as the start of int8 or trt)"
+                )
+        if self.qat and not (self.data and self.epochs):
+            raise EdgesegError(
+                "qat needs data (the training set, e.g. camvid:PATH) and epochs (e.g. 3)"
+            )
+        if self.int8 and not (self.calib or self.data):
+            raise EdgesegError(
+                "int8 needs calib: real frames to calibrate on (a dataset spec, folder or video)"
+            )
+        if self.calib_count < 1 or self.keep_fp32 < 0:
+            raise EdgesegError("calib_count must be at least 1 and keep_fp32 at least 0")
+        EngineOptions.parse_dynamic(self.dynamic, self.workspace)
+        if self.trt:
+            require("tensorrt")

@@ -1,0 +1,76 @@
+"""TensorRT helpers shared by the engine builder (``edgeseg.export.tensorrt``) and the TensorRT
+backend: the import, the engine's sidecar record (``<engine>.json``: ModelSpec + build record),
+and the check that a plan was built for this TensorRT version and GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from edgeseg._lazy import require
+from edgeseg.errors import EdgesegError
+
+SIDECAR_FORMAT = "edgeseg-engine-v1"
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    return Path(f"{engine}.json")
+
+
+def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
+    """The ModelSpec + build record beside an engine; a clear error when it is missing or foreign."""
+    path = sidecar_path(engine)
+    if not Path(engine).is_file():
+        raise EdgesegError(
+            f"engine not found: {engine}; build one with 'edgeseg export CKPT --trt'"
+        )
+    if not path.is_file():
+        raise EdgesegError(
+            f"{engine} has no {path.name} beside it (the ModelSpec and build record); "
+            "rebuild it with 'edgeseg export CKPT --trt'"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise EdgesegError(
+            f"{path} is not valid JSON; rebuild the engine with 'edgeseg export CKPT --trt'"
+        ) from None
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise EdgesegError(
+            f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT --trt'"
+        )
+    return meta
+
+
+def check_engine(
+    meta: dict[str, Any], trt_version: str, gpu_name: str, engine: str | os.PathLike
+) -> None:
+    """Refuse a plan built for another TensorRT version or GPU (it would fail or crash to load)."""
+    built = meta.get("tensorrt", {})
+    if built.get("version") != trt_version:
+        raise EdgesegError(
+            f"{engine} was built with TensorRT {built.get('version')}, this machine has {trt_version}; "
+            "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT --trt'"
+        )
+    if built.get("gpu") != gpu_name:
+        raise EdgesegError(
+            f"{engine} was built for {built.get('gpu')}, this GPU is {gpu_name}; "
+            "rebuild it on this machine with 'edgeseg export CKPT --trt'"
+        )
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or one line saying how to install it."""
+    return require("tensorrt")
+
+
+def gpu_name(device: int = 0) -> str:
+    from edgeseg.runtime.cuda import get_driver
+
+    drv = get_driver(device)
+    if hasattr(drv, "cu"):
+        raw = drv.cu.cuDeviceGetName(256, drv.device)[1]
+        return bytes(raw).split(b"\0", 1)[0].decode().strip()
+    return str(drv.dev.name())

@@ -1,0 +1,90 @@
+"""``TrainConfig``: the settings of a training run, free of PyTorch so the CLI can build its
+flags from them without loading it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from edgeseg._config import setting
+from edgeseg.errors import EdgesegError
+from edgeseg.train import LOSSES
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Data-loading processes: half the cores (1 to 4), but none on a machine with two cores or
+    fewer. There a loader process preempts one of the two compute threads every batch and the
+    whole parallel region waits for it, while preloaded samples cost little in the main process
+    (measured in docs/training.md)."""
+    cores = cores or os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``edgeseg train`` takes (each field is a flag: ``batch_size`` -> ``--batch-size``);
+    stored in checkpoints for the record."""
+
+    data: str = setting(help="camvid:PATH, cityscapes:PATH, folder:PATH or synthetic[:N]")
+    model: str = setting(help="architecture name ('edgeseg info all' lists them)")
+    out: str = setting(help="folder for best.pt, last.pt, metrics.json, curves.png")
+    epochs: int | None = setting(None, "training epochs", group="budget")
+    minutes: float | None = setting(
+        None, "wall-clock budget; the learning-rate schedule fits it", group="budget"
+    )
+    batch_size: int = setting(4, "images per step (over all processes)")
+    crop: tuple[int, int] | None = setting(
+        None, "training crop HxW", default_text="3/4 of the input size, multiples of 32"
+    )
+    input_size: tuple[int, int] | None = setting(
+        None, "model input HxW", default_text="the dataset's image size rounded to 32"
+    )
+    lr: float = setting(4e-3, "peak learning rate (AdamW)")
+    weight_decay: float = setting(1e-4, "AdamW weight decay (not on norms and biases)")
+    warmup: float = setting(0.03, "fraction of the run spent warming the learning rate up")
+    scale: tuple[float, float] = setting((0.5, 1.75), "random scale range", metavar=("MIN", "MAX"))
+    loss: str = setting("ce+dice", "loss function", choices=LOSSES)
+    class_weights: str = setting(
+        "auto",
+        "dataset class weights: auto = their square root, full = as given, none",
+        choices=("auto", "full", "none"),
+    )
+    aux_weight: float = setting(0.4, "weight of auxiliary heads' losses (bisenetv2)")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    workers: int = setting(
+        help="data-loading processes",
+        factory=default_workers,
+        default_text="half the cores, 1 to 4; 0 on 2 cores or fewer",
+    )
+    seed: int = setting(0, "random seed")
+    val_every: int = setting(0, "validate every N epochs (0: five times a run); always at the end")
+    ema: float = setting(
+        0.999, "validate and save an exponential moving average of the weights (0: off)"
+    )
+    freeze_bn: float = setting(
+        0.15, "train the last FRACTION of the run with BatchNorm statistics frozen (0: never)"
+    )
+    resume: str | None = setting(None, "continue from a last.pt", metavar="CKPT")
+    init_from: str | None = setting(
+        None, "start from this checkpoint's weights (fine-tuning, pruned models)", metavar="CKPT"
+    )
+    teacher: str | None = setting(
+        None, "also distil from this trained model's predictions", metavar="CKPT"
+    )
+    distill_weight: float = setting(1.0, "weight of the distillation loss")
+    model_kwargs: dict[str, Any] = setting(
+        help="keyword arguments for the architecture", factory=dict, metavar="JSON"
+    )
+    quiet: bool = setting(False, "print nothing")
+
+    def check(self) -> None:
+        """Raise :class:`EdgesegError` naming the setting that is wrong."""
+        if (self.epochs is None) == (self.minutes is None):
+            raise EdgesegError("give exactly one of epochs or minutes (the training budget)")
+        if (self.epochs is not None and self.epochs < 1) or (
+            self.minutes is not None and self.minutes <= 0
+        ):
+            raise EdgesegError("epochs must be at least 1 and minutes more than 0")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise EdgesegError("batch_size must be at least 1 and lr more than 0")
