@@ -1,4 +1,4 @@
-"""Benchmarks report each candidate as a ratio to the baseline of its group, measured in the same run.
+"""Benchmarks report each candidate as a ratio to its group's baseline, measured in the same run.
 
 A test declares its role with ``benchmark.extra_info["role"] = "baseline" | "candidate"``; at
 the end a table prints, per group, median times and baseline / candidate (higher is better).

@@ -1,6 +1,7 @@
 """`edgeseg stream` against a naive single-thread loop, same ONNX model, same machine, one run.
 
-    python benchmarks/stream_vs_naive.py --model runs/small/model.onnx [--video V] [--repeats 3] [--json OUT]
+    python benchmarks/stream_vs_naive.py --model runs/small/model.onnx \
+        [--video V] [--repeats 3] [--json OUT]
 
 The naive loop is what most projects ship: cv2 read -> cv2.dnn.blobFromImage -> ONNX Runtime ->
 NumPy argmax -> cv2.resize -> palette lookup -> cv2.addWeighted -> VideoWriter, one frame at a time.
@@ -210,11 +211,16 @@ def main() -> None:
     }
     print(json.dumps(res, indent=2))
     print(
-        f"\nmedian of {a.repeats}: naive {naive['fps']:.1f} FPS, edgeseg stream {ours['fps']:.1f} FPS: "
-        f"x{res['speedup_fps']:.2f} (runs: naive {res['naive_fps_runs']}, edgeseg {res['edgeseg_fps_runs']}); "
-        f"{ours['frames_out']}/{naive['frames']} frames; {labels['pixels_different']} label pixels differ from "
-        f"the reference on {labels['frames_checked']} frames ({labels['pixels_different_from_whole_graph']} of "
-        f"{labels['pixels']} from the whole graph on ONNX Runtime); realtime p99/p50 = {rt['p99_over_p50']}"
+        f"\nmedian of {a.repeats}: naive {naive['fps']:.1f} FPS, edgeseg stream {ours['fps']:.1f} "
+        "FPS: "
+        f"x{res['speedup_fps']:.2f} (runs: naive {res['naive_fps_runs']}, edgeseg "
+        f"{res['edgeseg_fps_runs']}); "
+        f"{ours['frames_out']}/{naive['frames']} frames; {labels['pixels_different']} label pixels "
+        "differ from "
+        f"the reference on {labels['frames_checked']} frames "
+        f"({labels['pixels_different_from_whole_graph']} of "
+        f"{labels['pixels']} from the whole graph on ONNX Runtime); realtime p99/p50 = "
+        f"{rt['p99_over_p50']}"
     )
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))

@@ -6,7 +6,8 @@ Sizes: a 1280x720 frame with 19-class logits at 256x512 (512x256 input), and 192
 logits at 512x1024. Baselines:
 - preprocess: ``cv2.dnn.blobFromImage`` (resize, BGR->RGB, mean subtraction and one scale factor);
 - postprocess: NumPy argmax -> cv2.resize nearest -> palette lookup -> cv2.addWeighted.
-With a GPU and cuda-python, the CUDA kernels are measured too (device-resident tensors, synchronised).
+With a GPU and cuda-python, the CUDA kernels are measured too (device-resident tensors,
+synchronised).
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     )
     _table(title, ["class", "IoU", "Dice"] + (["HD95 px"] if a.hd95 else []), rows)
     print(
-        f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice {res['mean_dice']:.4f}"
+        f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice "
+        f"{res['mean_dice']:.4f}"
     )
     _write_json(a.json, res)
     return 0

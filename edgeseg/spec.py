@@ -32,7 +32,7 @@ class InputSpec:
 
 @dataclass
 class OutputSpec:
-    """``logits`` (N, C, h, w) float, or ``labels`` (N, h, w) integer; ``stride`` = input / output."""
+    """``logits`` (N, C, h, w) float or ``labels`` (N, h, w) ints; ``stride``: input / output."""
 
     kind: str = "logits"
     stride: int = 1

@@ -6,7 +6,7 @@ from edgeseg.demo import run_demo
 
 
 def test_demo_runs_the_whole_flow(tmp_path):
-    """The README's first command, on a short training budget: every artefact appears and is sound."""
+    """The README's first command on a short training budget: every artefact appears, sound."""
     summary = run_demo(tmp_path, seconds=8)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "train" / "best.pt").is_file() and (tmp_path / "model.onnx").is_file()

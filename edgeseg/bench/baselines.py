@@ -140,7 +140,8 @@ def tensorrt_compute(backend, warmup: int, iters: int) -> dict[str, Any]:
 
 def checkpoint_for(model_path: str | os.PathLike) -> Path | None:
     """The training checkpoint behind a model file, where one is known: the file itself (.pt), or
-    ``best.pt`` beside an exported ``model*.onnx`` / engine (``edgeseg export`` writes there by default)."""
+    ``best.pt`` beside an exported ``model*.onnx`` / engine (where ``edgeseg export`` writes by
+    default)."""
     p = Path(model_path)
     if p.suffix in (".pt", ".pth"):
         return p

@@ -46,9 +46,10 @@ def gpu_memory_mb(device: str) -> float | None:
 
 def onnx_complexity(path: str | os.PathLike) -> dict[str, float]:
     """Parameters and GFLOPs of an ONNX graph, counted the way
-    :func:`edgeseg.models.complexity.count_gflops` counts PyTorch models: 2 FLOPs per multiply-add of
-    Conv, ConvTranspose, Gemm and MatMul, nothing else. Works for FP32, FP16 and Q/DQ INT8 graphs
-    (parameters are the weight and bias initializers, not the quantization scales)."""
+    :func:`edgeseg.models.complexity.count_gflops` counts PyTorch models: 2 FLOPs per
+    multiply-add of Conv, ConvTranspose, Gemm and MatMul, nothing else. Works for FP32, FP16 and
+    Q/DQ INT8 graphs (parameters are the weight and bias initializers, not the quantization
+    scales)."""
     import onnx
     from onnx import shape_inference
 

@@ -14,7 +14,78 @@ def _fmt(v, nd: int = 1) -> str:
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['name']} {r.get('backend', r['backend_requested'])} {r.get('precision', r['precision_requested'])}"
+    backend = r.get("backend", r["backend_requested"])
+    return f"{r['name']} {backend} {r.get('precision', r['precision_requested'])}"
+
+
+COLUMNS = (
+    "model",
+    "backend",
+    "prec",
+    "params M",
+    "GFLOPs",
+    "model ms p50/p90/p99",
+    "model FPS",
+    "e2e FPS",
+    "e2e ms p50/p99",
+    "stages p50 ms dec/pre/inf/post/sink",
+    "RSS MB",
+    "x eager",
+    "x naive",
+)
+
+
+def _result_row(r: dict[str, Any]) -> list[str]:
+    if "skipped" in r:
+        what = [r["name"], r["backend_requested"], r["precision_requested"]]
+        return [*what, f"[yellow]skipped: {r['skipped']}[/]", *[""] * (len(COLUMNS) - 4)]
+    mo, pl, ra = r["model_only_ms"], r["pipeline"], r["ratios"]
+    stages = "/".join(_fmt(pl["stages_ms"][s]["p50"]) for s in STAGES)
+    return [
+        r["name"],
+        r["backend"],
+        r["precision"],
+        _fmt(r["params"] / 1e6 if r["params"] else None, 2),
+        _fmt(r["gflops"], 2),
+        f"{mo['p50']:.1f}/{mo['p90']:.1f}/{mo['p99']:.1f}",
+        _fmt(mo["throughput_fps"]),
+        _fmt(pl["fps"]),
+        f"{pl['latency_ms']['p50']:.1f}/{pl['latency_ms']['p99']:.1f}",
+        stages,
+        _fmt(r["peak_rss_mb"], 0),
+        _fmt(ra["model_only_vs_torch_eager"], 2),
+        _fmt(ra["pipeline_fps_vs_naive_loop"], 2),
+    ]
+
+
+def _baseline_rows(model: str, base: dict[str, Any]) -> list[list[str]]:
+    name = os.path.splitext(os.path.basename(model))[0]
+    rows = []
+    if "torch_eager_ms" in base:
+        e = base["torch_eager_ms"]
+        eager = ["", "", f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f}", _fmt(e["throughput_fps"])]
+        rows.append([name, "[dim]PyTorch eager[/]", "fp32", *eager, "", "", "", "", "1.00", ""])
+    if base.get("naive_loop", {}).get("latency_ms"):
+        n = base["naive_loop"]
+        latency = f"{n['latency_ms']['p50']:.1f}/{n['latency_ms']['p99']:.1f}"
+        rows.append(
+            [
+                name,
+                "[dim]naive loop[/]",
+                "fp32",
+                "",
+                "",
+                "",
+                "",
+                _fmt(n["fps"]),
+                latency,
+                "",
+                "",
+                "",
+                "1.00",
+            ]
+        )
+    return rows
 
 
 def print_table(report: dict[str, Any], console=None) -> None:
@@ -26,92 +97,20 @@ def print_table(report: dict[str, Any], console=None) -> None:
         console = Console()
         if not console.is_terminal:  # a file or pipe: do not squeeze 13 columns into 80 characters
             console = Console(width=220)
-    m = report["machine"]
-    t = Table(
-        title=f"edgeseg bench — {m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m['gpu'] else ''}, "
-        f"{report['settings']['frames']} frames of {report['settings']['source']}",
-        title_justify="left",
+    m, settings = report["machine"], report["settings"]
+    gpu = f", {m['gpu']}" if m["gpu"] else ""
+    title = (
+        f"edgeseg bench — {m['cpu']} ({m['cores']} cores){gpu}, {settings['frames']} frames "
+        f"of {settings['source']}"
     )
-    for col in (
-        "model",
-        "backend",
-        "prec",
-        "params M",
-        "GFLOPs",
-        "model ms p50/p90/p99",
-        "model FPS",
-        "e2e FPS",
-        "e2e ms p50/p99",
-        "stages p50 ms dec/pre/inf/post/sink",
-        "RSS MB",
-        "x eager",
-        "x naive",
-    ):
+    t = Table(title=title, title_justify="left")
+    for col in COLUMNS:
         t.add_column(col, justify="left" if col in ("model", "backend", "prec") else "right")
     for r in report["results"]:
-        if "skipped" in r:
-            t.add_row(
-                r["name"],
-                r["backend_requested"],
-                r["precision_requested"],
-                f"[yellow]skipped: {r['skipped']}[/]",
-                *[""] * 9,
-            )
-            continue
-        mo, pl = r["model_only_ms"], r["pipeline"]
-        st = "/".join(_fmt(pl["stages_ms"][s]["p50"]) for s in STAGES)
-        ra = r["ratios"]
-        t.add_row(
-            r["name"],
-            r["backend"],
-            r["precision"],
-            _fmt(r["params"] / 1e6 if r["params"] else None, 2),
-            _fmt(r["gflops"], 2),
-            f"{mo['p50']:.1f}/{mo['p90']:.1f}/{mo['p99']:.1f}",
-            _fmt(mo["throughput_fps"]),
-            _fmt(pl["fps"]),
-            f"{pl['latency_ms']['p50']:.1f}/{pl['latency_ms']['p99']:.1f}",
-            st,
-            _fmt(r["peak_rss_mb"], 0),
-            _fmt(ra["model_only_vs_torch_eager"], 2),
-            _fmt(ra["pipeline_fps_vs_naive_loop"], 2),
-        )
+        t.add_row(*_result_row(r))
     for model, base in report["baselines"].items():
-        name = os.path.splitext(os.path.basename(model))[0]
-        if "torch_eager_ms" in base:
-            e = base["torch_eager_ms"]
-            t.add_row(
-                name,
-                "[dim]PyTorch eager[/]",
-                "fp32",
-                "",
-                "",
-                f"{e['p50']:.1f}/{e['p90']:.1f}/{e['p99']:.1f}",
-                _fmt(e["throughput_fps"]),
-                "",
-                "",
-                "",
-                "",
-                "1.00",
-                "",
-            )
-        if base.get("naive_loop", {}).get("latency_ms"):
-            n = base["naive_loop"]
-            t.add_row(
-                name,
-                "[dim]naive loop[/]",
-                "fp32",
-                "",
-                "",
-                "",
-                "",
-                _fmt(n["fps"]),
-                f"{n['latency_ms']['p50']:.1f}/{n['latency_ms']['p99']:.1f}",
-                "",
-                "",
-                "",
-                "1.00",
-            )
+        for row in _baseline_rows(model, base):
+            t.add_row(*row)
     console.print(t)
 
 

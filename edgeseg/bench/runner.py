@@ -9,7 +9,8 @@ For each configuration, in a fresh process (so peak memory is its own):
 - peak RSS (and device memory on a GPU).
 
 Per model, also in its own process, the baselines: the naive single-thread loop on the same source
-and frames, PyTorch eager (when the checkpoint is known) and, for engines, TensorRT GPU compute time.
+and frames, PyTorch eager (when the checkpoint is known) and, for engines, TensorRT GPU compute
+time.
 
 The spawned measuring processes import this module: it imports PyTorch (and the export chain,
 which needs it) inside the functions that use them, so an ONNX configuration's peak memory
@@ -166,7 +167,7 @@ def _first_frame(source: str):
 def measure_config(
     path: str, backend: str, device: str, source: str, frames: int, warmup: int
 ) -> dict[str, Any]:
-    """Model-only and end-to-end figures of one model file on one backend (run in a fresh process)."""
+    """Model-only and end-to-end figures of one model file on one backend (in a fresh process)."""
     from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb
     from edgeseg.runtime import kernels
     from edgeseg.runtime.segmenter import Segmenter
@@ -322,84 +323,86 @@ def _ratios(res: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None
     }
 
 
-def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
-    """Measure every configuration of ``cfg``; returns the report (schema ``edgeseg-bench-v1``)."""
+def _check(cfg: BenchConfig) -> list[Path]:
+    """The models of ``cfg``, after every setting is checked (errors name the setting)."""
     from edgeseg.runtime.backends import BACKENDS
 
     if not cfg.models:
         raise EdgesegError("give at least one model (.pt, .onnx or .engine)")
     if cfg.frames < 1 or cfg.warmup < 0:
-        raise EdgesegError("--frames must be at least 1 and --warmup at least 0")
+        raise EdgesegError("frames must be at least 1 and warmup at least 0")
     for b in cfg.backends:
         if b not in BACKENDS:
-            raise EdgesegError(
-                f"unknown backend '{b}'{did_you_mean(b, BACKENDS)}; choose from {', '.join(BACKENDS)}"
-            )
+            hint = did_you_mean(b, BACKENDS)
+            raise EdgesegError(f"unknown backend '{b}'{hint}; choose from {', '.join(BACKENDS)}")
     for p in cfg.precisions or []:
         if p not in PRECISIONS:
+            hint = did_you_mean(p, PRECISIONS)
             raise EdgesegError(
-                f"unknown precision '{p}'{did_you_mean(p, PRECISIONS)}; choose from {', '.join(PRECISIONS)}"
+                f"unknown precision '{p}'{hint}; choose from {', '.join(PRECISIONS)}"
             )
     models = [Path(m) for m in cfg.models]
     for m in models:
         if not m.is_file():
             raise EdgesegError(f"model not found: {m}; pass a .pt, .onnx or .engine file")
+    return models
+
+
+def _baselines(cfg: BenchConfig, arts: Artifacts, m: Path, source: str, progress) -> dict[str, Any]:
+    try:
+        fp32 = str(arts.fp32_onnx(m))
+    except Skip:
+        fp32 = None
+    progress(f"baselines for {m.name}: naive loop, PyTorch eager")
+    args = (str(m), fp32, source, cfg.frames, cfg.warmup, cfg.device)
+    return _call(cfg.isolate, measure_baselines, *args)
+
+
+def _row(
+    cfg: BenchConfig,
+    arts: Artifacts,
+    m: Path,
+    backend: str,
+    precision: str,
+    source: str,
+    base: dict[str, Any],
+    progress,
+) -> dict[str, Any]:
+    """One configuration's row (or its ``skipped`` reason)."""
+    row: dict[str, Any] = {
+        "model": str(m),
+        "name": m.stem,
+        "backend_requested": backend,
+        "precision_requested": precision,
+    }
+    try:
+        path = arts.file_for(m, backend, precision)
+        progress(f"{m.name} [{backend}, {precision}]: {cfg.frames} frames")
+        args = (str(path), backend, cfg.device, source, cfg.frames, cfg.warmup)
+        row.update(_call(cfg.isolate, measure_config, *args))
+        derived = path.is_relative_to(arts.work)  # exported/quantized/built for this run
+        row["file"] = f"{path.name} (derived from {m.name})" if derived else str(path)
+        row["ratios"] = _ratios(row, base)
+    except (Skip, EdgesegError) as e:
+        row["skipped"] = str(e)
+    return row
+
+
+def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
+    """Measure every configuration of ``cfg``; returns the report (schema ``edgeseg-bench-v1``)."""
+    models = _check(cfg)
     source = normalise_source(cfg.source)
     results, baselines = [], {}
     with tempfile.TemporaryDirectory(prefix="edgeseg-bench-") as work:
         arts = Artifacts(Path(work), cfg.calib)
         for m in models:
-            precisions = cfg.precisions or [_file_precision(m)]
-            backends = [_natural_backend(m) if b == "auto" else b for b in cfg.backends]
             if cfg.baselines:
-                try:
-                    fp32 = str(arts.fp32_onnx(m))
-                except Skip:
-                    fp32 = None
-                progress(f"baselines for {m.name}: naive loop, PyTorch eager")
-                baselines[str(m)] = _call(
-                    cfg.isolate,
-                    measure_baselines,
-                    str(m),
-                    fp32,
-                    source,
-                    cfg.frames,
-                    cfg.warmup,
-                    cfg.device,
-                )
+                baselines[str(m)] = _baselines(cfg, arts, m, source, progress)
+            backends = [_natural_backend(m) if b == "auto" else b for b in cfg.backends]
             for backend in dict.fromkeys(backends):
-                for precision in precisions:
-                    row: dict[str, Any] = {
-                        "model": str(m),
-                        "name": m.stem,
-                        "backend_requested": backend,
-                        "precision_requested": precision,
-                    }
-                    try:
-                        path = arts.file_for(m, backend, precision)
-                        progress(f"{m.name} [{backend}, {precision}]: {cfg.frames} frames")
-                        row.update(
-                            _call(
-                                cfg.isolate,
-                                measure_config,
-                                str(path),
-                                backend,
-                                cfg.device,
-                                source,
-                                cfg.frames,
-                                cfg.warmup,
-                            )
-                        )
-                        derived = str(path).startswith(
-                            work
-                        )  # exported/quantized/built for this run
-                        row["file"] = (
-                            f"{path.name} (derived from {m.name})" if derived else str(path)
-                        )
-                        row["ratios"] = _ratios(row, baselines.get(str(m), {}))
-                    except (Skip, EdgesegError) as e:
-                        row["skipped"] = str(e)
-                    results.append(row)
+                for precision in cfg.precisions or [_file_precision(m)]:
+                    base = baselines.get(str(m), {})
+                    results.append(_row(cfg, arts, m, backend, precision, source, base, progress))
     return {
         "schema": SCHEMA,
         "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -22,7 +22,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
             w, h = (int(v) for v in part.lower().strip().split("x"))
         except ValueError:
             raise EdgesegError(
-                f"bad size '{part}' in --sizes; use WIDTHxHEIGHT[,WIDTHxHEIGHT...], e.g. 480x360,960x720"
+                f"bad size '{part}' in --sizes; use WIDTHxHEIGHT[,WIDTHxHEIGHT...], e.g. "
+                "480x360,960x720"
             ) from None
         if w < 16 or h < 16:
             raise EdgesegError(f"--sizes: {part} is too small")
@@ -42,7 +43,8 @@ def _latency(onnx: str, warmup: int, iters: int) -> dict[str, Any]:
 
 
 def _untrained_checkpoint(arch: str, data: str, path: Path) -> Path:
-    """A randomly initialised checkpoint of ``arch`` with ``data``'s classes: latency needs no training."""
+    """A randomly initialised checkpoint of ``arch`` with ``data``'s classes (latency needs no
+    training)."""
     from edgeseg.data import build_dataset
     from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from edgeseg.models import create_model
@@ -90,7 +92,8 @@ def run_zoo(
         arch = read_checkpoint(c)["arch"]
         if arch in by_arch:
             raise EdgesegError(
-                f"two checkpoints of {arch} given ({by_arch[arch]}, {c}); the zoo takes one per architecture"
+                f"two checkpoints of {arch} given ({by_arch[arch]}, {c}); the zoo takes one per "
+                "architecture"
             )
         by_arch[arch] = c
     rows = []

@@ -69,7 +69,7 @@ def _ignored_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 def prune_model(
     model: nn.Module, ratio: float, input_hw: tuple[int, int], num_classes: int
 ) -> nn.Module:
-    """Remove ``ratio`` of the channels of every prunable layer group (in place); returns the model."""
+    """Remove ``ratio`` of the channels of every prunable group (in place); return the model."""
     import torch_pruning as tp
 
     if not 0.0 < ratio < 1.0:

@@ -35,7 +35,8 @@ from edgeseg.train.losses import build_loss
 from edgeseg.train.trainer import Loop, build_data, train_one_epoch, validate
 
 # Integer grids of ONNX Runtime's quantizer per target (quant_utils.get_qmin_qmax_for_qType):
-# trt: symmetric INT8 [-127, 127]; cpu: 7-bit ("reduce range") INT8 weights [-64, 64], UINT8 activations [0, 255].
+# trt: symmetric INT8 [-127, 127]; cpu: 7-bit ("reduce range") INT8 weights [-64, 64], UINT8
+# activations [0, 255].
 _GRIDS = {
     "trt": {"weight": (-127, 127), "act": (-127, 127)},
     "cpu": {"weight": (-64, 64), "act": (0, 255)},

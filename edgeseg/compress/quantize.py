@@ -123,7 +123,7 @@ def _conv_nodes(path: str | os.PathLike) -> list[str]:
 
 
 def _preprocess(fp32: Path, out: Path) -> Path:
-    """ONNX Runtime's recommended pre-pass (shape inference, graph clean-up); the input if it fails."""
+    """ONNX Runtime's recommended pre-pass (shape inference, clean-up); the input if it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:

@@ -264,7 +264,7 @@ class SegDataset(torch.utils.data.Dataset):
         transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
         label_lut: np.ndarray | None = None,
     ) -> None:
-        """``label_lut`` (256 entries) maps raw mask values to class indices, e.g. Cityscapes ids."""
+        """``label_lut`` (256 entries) maps raw mask values to class indices (Cityscapes ids)."""
         self.samples = [(Path(i), Path(m)) for i, m in samples]
         self.info = info
         self.transform = transform
@@ -410,7 +410,8 @@ def _info_from_json(
     ignore = data.get("ignore_index", default_ignore)
     if not isinstance(ignore, int) or not 0 <= ignore <= 255 or ignore < len(classes):
         raise EdgesegError(
-            f"{path} has ignore_index {ignore!r}, which must be an integer from {len(classes)} to 255 "
+            f"{path} has ignore_index {ignore!r}, which must be an integer from {len(classes)} to "
+            "255 "
             "(above every class index; masks are 8-bit); use 255"
         )
     palette = data.get("palette")
@@ -430,7 +431,8 @@ def _info_from_json(
         )
     ):
         raise EdgesegError(
-            f"{path} has a palette that is not {len(classes)} [r, g, b] triples of 0..255 (one per class); "
+            f"{path} has a palette that is not {len(classes)} [r, g, b] triples of 0..255 (one per "
+            "class); "
             'fix it or remove "palette" to get generated colours'
         )
     weights = data.get("median_frequency_class_weights", data.get("class_weights"))
@@ -442,7 +444,8 @@ def _info_from_json(
         or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)
     ):
         raise EdgesegError(
-            f"{path} has class weights that are not {len(classes)} non-negative numbers (one per class); fix them"
+            f"{path} has class weights that are not {len(classes)} non-negative numbers (one per "
+            "class); fix them"
         )
     return DatasetInfo(
         name=name,
@@ -467,7 +470,8 @@ def _require_images(folder: Path, split: str) -> list[Path]:
     images = list_images(folder)
     if not images:
         raise EdgesegError(
-            f"no images in {folder}; add the {split} images there ({'/'.join(IMAGE_EXTS)}) or choose another split"
+            f"no images in {folder}; add the {split} images there ({'/'.join(IMAGE_EXTS)}) or "
+            "choose another split"
         )
     return images
 
@@ -475,11 +479,13 @@ def _require_images(folder: Path, split: str) -> list[Path]:
 def _check_root(path: Path, spec: str, expected: str) -> None:
     if not path.exists():
         raise EdgesegError(
-            f"dataset folder {path} (from '{spec}') does not exist; pass the folder that contains {expected}"
+            f"dataset folder {path} (from '{spec}') does not exist; pass the folder that contains "
+            f"{expected}"
         )
     if not path.is_dir():
         raise EdgesegError(
-            f"dataset path {path} (from '{spec}') is a file, not a folder; pass the folder that contains {expected}"
+            f"dataset path {path} (from '{spec}') is a file, not a folder; pass the folder that "
+            f"contains {expected}"
         )
 
 
@@ -492,7 +498,8 @@ def _build_camvid(path: Path, spec: str, split: str, transform) -> SegDataset:
         )
         missing = image_dir if not image_dir.is_dir() else annot_dir
         raise EdgesegError(
-            f"CamVid split folder {missing} not found; a split needs {split}/ and {split}annot/ under {path} "
+            f"CamVid split folder {missing} not found; a split needs {split}/ and {split}annot/ "
+            f"under {path} "
             f"(splits found: {', '.join(found) or 'none'})"
         )
     images = _require_images(image_dir, split)
@@ -523,13 +530,15 @@ def _build_cityscapes(path: Path, spec: str, split: str, transform) -> SegDatase
     image_dir, label_dir = path / "leftImg8bit" / split, path / "gtFine" / split
     if not image_dir.is_dir():
         raise EdgesegError(
-            f"Cityscapes split folder {image_dir} not found; expected leftImg8bit/{split}/<city>/*_leftImg8bit.png "
+            f"Cityscapes split folder {image_dir} not found; expected "
+            f"leftImg8bit/{split}/<city>/*_leftImg8bit.png "
             f"and gtFine/{split}/<city>/*_gtFine_labelIds.png under {path}"
         )
     images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
     if not images:
         raise EdgesegError(
-            f"no images in {image_dir}; expected <city>/*_leftImg8bit.png files there or choose another split"
+            f"no images in {image_dir}; expected <city>/*_leftImg8bit.png files there or choose "
+            "another split"
         )
 
     def mask_for(img: Path) -> Path:
@@ -556,7 +565,8 @@ def _build_folder(path: Path, spec: str, split: str, transform) -> SegDataset:
     else:
         raise EdgesegError(
             f"folder dataset {path} has neither {path / split / 'images'} nor {path / 'images'}; "
-            f"put images in images/ and same-named PNG masks in masks/ (optionally per split: {split}/images/)"
+            "put images in images/ and same-named PNG masks in masks/ (optionally per split: "
+            f"{split}/images/)"
         )
     json_path = (
         root / "classes.json" if (root / "classes.json").is_file() else path / "classes.json"

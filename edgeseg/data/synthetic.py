@@ -600,7 +600,8 @@ class _Scene:
 def render_scene(seed: int, size_hw: tuple[int, int] = (256, 512)) -> tuple[np.ndarray, np.ndarray]:
     """Render one random street scene: (RGB uint8 HxWx3 image, uint8 HxW mask of class indices).
 
-    The same ``seed`` always gives identical arrays; mask values are in ``0..len(SYNTHETIC_CLASSES)-1``.
+    The same ``seed`` always gives identical arrays; mask values are in
+    ``0..len(SYNTHETIC_CLASSES)-1``.
     """
     return _Scene(int(seed), size_hw).render(0.0)
 

@@ -1,4 +1,4 @@
-"""``edgeseg export``: checkpoint -> ONNX with its ModelSpec, verified against PyTorch on the spot."""
+"""Checkpoint -> ONNX with its ModelSpec, verified against PyTorch on the spot."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def verify_onnx(
         got = sess.run(None, {"input": x.numpy()})[0].astype(np.float32)
         if got.shape != ref.shape:
             raise EdgesegError(
-                f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}; the export is broken"
+                f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}; the export is "
+                "broken"
             )
         max_diff = max(max_diff, float(np.abs(got - ref).max()))
         scale = max(scale, float(np.abs(ref).max()))
@@ -207,7 +208,8 @@ def export_onnx(
     if argmax:
         if spec.num_classes > 256:
             raise EdgesegError(
-                f"argmax needs at most 256 classes for uint8 labels, the model has {spec.num_classes}"
+                "argmax needs at most 256 classes for uint8 labels, the model has "
+                f"{spec.num_classes}"
             )
         spec = replace(spec, output=replace(spec.output, kind="labels"))
     if input_size is not None:

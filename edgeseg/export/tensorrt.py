@@ -81,7 +81,8 @@ def build_engine(
     timing_cache: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> dict[str, Any]:
-    """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; returns the record."""
+    """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; return the
+    record."""
     from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
     trt = import_tensorrt()

@@ -210,7 +210,7 @@ class Driver:
 
     # -- kernels
     def compile(self, sources: dict[str, str]) -> bytes:
-        """NVRTC: kernels.cu (+ pixel_ops.h as an in-memory header) -> CUBIN for this GPU, cached."""
+        """NVRTC: kernels.cu (+ pixel_ops.h as in-memory header) -> CUBIN for this GPU, cached."""
         nv = self.nvrtc
         version = _check(nv.nvrtcVersion())
         options = (*NVRTC_OPTIONS, f"--gpu-architecture={self.arch}")

@@ -14,7 +14,7 @@ _CHANNELS = {"bgr8": 3, "rgb8": 3, "bgra8": 4, "rgba8": 4, "mono8": 1, "8UC1": 1
 
 
 def image_msg_to_bgr(msg) -> np.ndarray:
-    """A ROS image (bgr8, rgb8, bgra8, rgba8, mono8) -> BGR uint8 (H, W, 3), honouring row padding."""
+    """A ROS image (bgr8, rgb8, bgra8, rgba8, mono8) -> BGR uint8 (H, W, 3), honouring padding."""
     enc = msg.encoding
     if enc not in _CHANNELS:
         raise EdgesegError(
@@ -46,7 +46,8 @@ def array_to_image_fields(img: np.ndarray, encoding: str) -> dict:
     expect = 2 if encoding == "mono8" else 3
     if img.ndim != expect or (encoding == "bgr8" and img.shape[2] != 3):
         raise EdgesegError(
-            f"{encoding} needs a {'(H, W)' if expect == 2 else '(H, W, 3)'} uint8 array, got {img.shape}"
+            f"{encoding} needs a {'(H, W)' if expect == 2 else '(H, W, 3)'} uint8 array, got "
+            f"{img.shape}"
         )
     h, w = img.shape[:2]
     return {

@@ -110,20 +110,24 @@ def display_available() -> str | None:
     import cv2
 
     if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display (DISPLAY is not set): run on a desktop session, or use --record out.mp4 instead"
+        return (
+            "no display (DISPLAY is not set): run on a desktop session, or use --record out.mp4 "
+            "instead"
+        )
     try:
         cv2.namedWindow("edgeseg-probe", cv2.WINDOW_NORMAL)
         cv2.destroyWindow("edgeseg-probe")
     except cv2.error:
         return (
-            "this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for --display, "
+            "this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for "
+            "--display, "
             "or use --record out.mp4 instead"
         )
     return None
 
 
 class DisplaySink(Sink):
-    """A window with the overlay, an FPS/latency HUD and a class legend; q or Esc stops the stream."""
+    """A window with the overlay, an FPS/latency HUD and a class legend; q or Esc stops it."""
 
     needs_overlay = True
     name = "display"

@@ -49,7 +49,7 @@ class Frame:
 
 
 class Source:
-    """Base class: ``read()`` returns the next Frame, or None at the end (or when a live feed drops)."""
+    """Base class: ``read()`` returns the next Frame, or None at the end (or when a feed drops)."""
 
     live = False  # live sources are realtime by default and may be reopened
     name = "source"
@@ -161,13 +161,17 @@ class CaptureSource(Source):
                     ""
                     if gst
                     else " (this OpenCV build has no GStreamer support: "
-                    "use the system OpenCV on a Jetson, or pip's opencv-python built with GStreamer)"
+                    "use the system OpenCV on a Jetson, or pip's opencv-python built with "
+                    "GStreamer)"
                 )
                 + f": {self.target}"
             )
         if self.kind == "url":
             return f"cannot open stream {self.target}: check the address, credentials and network"
-        return f"cannot decode video {self.target}: the file is corrupt or in a format OpenCV's FFmpeg cannot read"
+        return (
+            f"cannot decode video {self.target}: the file is corrupt or in a format OpenCV's "
+            "FFmpeg cannot read"
+        )
 
     def read(self) -> Frame | None:
         t0 = time.perf_counter()
@@ -274,7 +278,8 @@ def _parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
             size = (int(h), int(w))
     except ValueError:
         raise EdgesegError(
-            f"bad synthetic source '{spec}'; use synthetic, synthetic:640x360 or synthetic:640x360@30"
+            f"bad synthetic source '{spec}'; use synthetic, synthetic:640x360 or "
+            "synthetic:640x360@30"
         ) from None
     if min(size) < 8 or fps < 0:
         raise EdgesegError(
@@ -310,7 +315,7 @@ def open_source(spec: str | int, max_frames: int | None = None) -> Source:
         return ImageFolderSource(files, str(path))
     if not path.exists():
         raise EdgesegError(
-            f"source not found: {spec}; pass a video file, an image folder or glob, a camera index, "
-            "an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'"
+            f"source not found: {spec}; pass a video file, an image folder or glob, a camera "
+            "index, an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'"
         )
     return CaptureSource(str(path), "file", path.name)

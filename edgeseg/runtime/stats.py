@@ -32,7 +32,7 @@ class Ring:
 
 
 def percentiles(samples: np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
-    """``{"p50": ..., ...}`` of ``samples`` (0.0 for no samples): :func:`edgeseg.timing.summarize`."""
+    """``{"p50": ..., ...}`` of ``samples`` (0.0 without samples), see edgeseg.timing."""
     summary = summarize(samples, qs)
     return {f"p{q}": summary[f"p{q}"] for q in qs}
 

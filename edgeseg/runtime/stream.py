@@ -1,8 +1,8 @@
-"""The stream pipeline: capture, inference and output on their own threads, joined by bounded queues.
+"""The stream pipeline: capture, inference and output on their own threads, joined by queues.
 
 ::
 
-    capture (one thread a source) ──► queue ──► inference (pre, infer, post) ──► queue ──► output (sinks)
+    capture (a thread a source) ──► queue ──► inference (pre, infer, post) ──► queue ──► output
 
 Modes:
 - ``realtime`` (default for cameras, URLs, GStreamer, synthetic): each queue holds only the
@@ -55,7 +55,7 @@ class StreamResult(SegResult):
 
 
 class LatestSlot:
-    """A one-item queue where ``put`` replaces what is waiting (returns True when it dropped one)."""
+    """A one-item queue where ``put`` replaces what is waiting (True when it dropped one)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
@@ -462,7 +462,7 @@ class StreamPipeline:
     def join(
         self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0
     ) -> dict:
-        """Wait for the end (sources exhausted, duration, stop()); close everything; return the report."""
+        """Wait for the end (sources exhausted, duration, stop()); close all; return the report."""
         t_end = time.perf_counter() + self.duration if self.duration else None
         next_status = time.perf_counter() + status_every
         try:
@@ -507,7 +507,7 @@ class StreamPipeline:
 
 
 class _QueueSink(Sink):
-    """Hands results to Segmenter.stream's iterator (every result; the pipeline's mode decides drops)."""
+    """Hands every result to Segmenter.stream's iterator (the pipeline's mode decides drops)."""
 
     def __init__(self, q: queue.Queue, overlay: bool) -> None:
         self.q, self.needs_overlay, self.name = q, overlay, "iterator"

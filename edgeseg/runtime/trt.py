@@ -20,7 +20,7 @@ def sidecar_path(engine: str | os.PathLike) -> Path:
 
 
 def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
-    """The ModelSpec + build record beside an engine; a clear error when it is missing or foreign."""
+    """The ModelSpec + build record beside an engine; a clear error when missing or foreign."""
     path = sidecar_path(engine)
     if not Path(engine).is_file():
         raise EdgesegError(
@@ -39,7 +39,8 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if meta.get("format") != SIDECAR_FORMAT:
         raise EdgesegError(
-            f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT --trt'"
+            f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT "
+            "--trt'"
         )
     return meta
 
@@ -51,8 +52,10 @@ def check_engine(
     built = meta.get("tensorrt", {})
     if built.get("version") != trt_version:
         raise EdgesegError(
-            f"{engine} was built with TensorRT {built.get('version')}, this machine has {trt_version}; "
-            "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT --trt'"
+            f"{engine} was built with TensorRT {built.get('version')}, this machine has "
+            f"{trt_version}; "
+            "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT "
+            "--trt'"
         )
     if built.get("gpu") != gpu_name:
         raise EdgesegError(

@@ -23,7 +23,7 @@ def default_workers(cores: int | None = None) -> int:
 
 @dataclass
 class TrainConfig:
-    """Everything ``edgeseg train`` takes (each field is a flag: ``batch_size`` -> ``--batch-size``);
+    """Everything ``edgeseg train`` takes (each field a flag: ``batch_size`` -> ``--batch-size``);
     stored in checkpoints for the record."""
 
     data: str = setting(help="camvid:PATH, cityscapes:PATH, folder:PATH or synthetic[:N]")

@@ -38,7 +38,8 @@ def evaluate(
     if list(dataset.info.classes) != list(spec.classes):
         raise EdgesegError(
             f"{model_path} predicts {spec.num_classes} classes ({', '.join(spec.classes[:4])}...) "
-            f"but {data} has {len(dataset.info.classes)} ({', '.join(dataset.info.classes[:4])}...); "
+            f"but {data} has {len(dataset.info.classes)} "
+            f"({', '.join(dataset.info.classes[:4])}...); "
             "evaluate on the dataset the model was trained for"
         )
     n = len(dataset) if limit is None else min(limit, len(dataset))

@@ -15,7 +15,7 @@ import torch
 
 
 class ConfusionMatrix:
-    """Accumulates a ``num_classes x num_classes`` matrix; rows = ground truth, columns = prediction."""
+    """A ``num_classes x num_classes`` count matrix; rows = ground truth, columns = prediction."""
 
     def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
         self.num_classes = num_classes

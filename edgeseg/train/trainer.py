@@ -299,7 +299,8 @@ def load_teacher(path: str, num_classes: int, device: torch.device) -> nn.Module
     ckpt = read_checkpoint(path)
     if ckpt["spec"]["num_classes"] != num_classes:
         raise EdgesegError(
-            f"teacher {path} predicts {ckpt['spec']['num_classes']} classes, the data has {num_classes}"
+            f"teacher {path} predicts {ckpt['spec']['num_classes']} classes, the data has "
+            f"{num_classes}"
         )
     teacher = model_from_checkpoint(ckpt, num_classes, raw=True)
     teacher = teacher.to(device).to(memory_format=torch.channels_last).eval()
@@ -424,7 +425,8 @@ def train_one_epoch(
         loss = _step_loss(loop, img, mask.to(loop.device, non_blocking=True))
         if not torch.isfinite(loss):
             raise EdgesegError(
-                f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower lr (now {loop.lr})"
+                f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower lr (now "
+                f"{loop.lr})"
             )
         loop.optimizer.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()

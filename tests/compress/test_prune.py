@@ -1,4 +1,4 @@
-"""Structured pruning: real channel removal, a pruned checkpoint that reloads, fine-tuning, the table."""
+"""Structured pruning: real channel removal, a pruned checkpoint that reloads, fine-tuning."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""TensorRT engine records: cache keys, sidecars, stale/foreign refusal; the build itself on a GPU."""
+"""TensorRT engine records: cache keys, sidecars, stale/foreign refusal; the build on a GPU."""
 
 import json
 

@@ -97,7 +97,8 @@ class TestModel:
 
 
 def _export(name: str, tmp_path) -> tuple[torch.nn.Module, object]:
-    """The model with a few batches' worth of BN statistics (realistic eval activations), and its ONNX file."""
+    """The model with a few batches' worth of BN statistics (realistic eval activations), and its
+    ONNX file."""
     model = _build(name)
     with torch.no_grad():
         model.train()

@@ -1,4 +1,4 @@
-"""The C++ CPU kernels equal the NumPy reference: labels exactly, floats to 1e-5, overlays to 1 LSB."""
+"""The C++ CPU kernels equal the NumPy reference: labels exactly, floats to 1e-5, overlays 1 LSB."""
 
 import numpy as np
 import pytest
@@ -123,7 +123,7 @@ def test_class_counts_and_half_logits(C, dtype):
 @pytest.mark.parametrize("k", [2, 3, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_upsample_fuses_the_models_trailing_resize(k, dtype):
-    """upsample=k: bilinear xk of the logits, argmax, nearest to frame size, exactly as the reference."""
+    """upsample=k: bilinear xk of the logits, argmax, nearest to frame size, as the reference."""
     rng = np.random.default_rng(k)
     frame = _frame(rng, 131, 197)
     palette = rng.integers(0, 256, (7, 3))

@@ -91,7 +91,7 @@ def test_kernel_arguments_are_packed_as_the_driver_expects():
 
 @pytest.mark.skipif(kernels._cpu is None, reason="C++ extension not built")
 def test_colour_table_reproduces_the_cpu_blend_exactly():
-    """The host-side table the CUDA kernels get + blend_q in NumPy == the C++ overlay, bit for bit."""
+    """The host-side table the CUDA kernels get + blend_q in NumPy == the C++ overlay, bitwise."""
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (31, 47, 3), dtype=np.uint8)
     labels = rng.integers(0, 19, (31, 47)).astype(np.uint8)

@@ -1,4 +1,4 @@
-"""sensor_msgs/Image conversion, checked on message-shaped objects (ROS itself is not installed here)."""
+"""sensor_msgs/Image conversion, checked on message-shaped objects (ROS is not installed here)."""
 
 from types import SimpleNamespace
 

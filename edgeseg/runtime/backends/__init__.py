@@ -28,11 +28,13 @@ def load_backend(
     path = Path(path)
     if backend not in BACKENDS:
         raise EdgesegError(
-            f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; choose one of: {', '.join(BACKENDS)}"
+            f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; choose one of: "
+            f"{', '.join(BACKENDS)}"
         )
     if not path.is_file():
         raise EdgesegError(
-            f"model not found: {path}; pass a .onnx from 'edgeseg export' or a .pt from 'edgeseg train'"
+            f"model not found: {path}; pass a .onnx from 'edgeseg export' or a .pt from 'edgeseg "
+            "train'"
         )
     kind = file_backend(path)
     if kind is None:

@@ -23,7 +23,8 @@ def read_onnx_spec(path: str | os.PathLike) -> ModelSpec:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise EdgesegError(
-            f"{path} is not a valid ONNX model ({type(e).__name__}); re-export it with 'edgeseg export'"
+            f"{path} is not a valid ONNX model ({type(e).__name__}); re-export it with 'edgeseg "
+            "export'"
         ) from None
     meta = {p.key: p.value for p in model.metadata_props}
     return _spec_from_meta(meta, path)

@@ -97,7 +97,7 @@ class TensorRTBackend:
             self._capture_graph()
 
     def _capture_graph(self) -> None:
-        """After one normal enqueue (TensorRT's lazy set-up), record the execution as a CUDA graph."""
+        """After one normal enqueue (TensorRT's lazy set-up), capture the execution as a graph."""
         cu = self.drv.cu
         self.drv.stream_synchronize(self.stream)
         cu.cuStreamBeginCapture(
@@ -112,7 +112,7 @@ class TensorRTBackend:
         self.cuda_graph = self._graph_exec is not None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(1, 3, H, W) float batch -> the engine's output, through host buffers (the Backend API)."""
+        """(1, 3, H, W) float batch -> the engine's output, through host buffers (Backend API)."""
         if batch.shape != self.h_in.shape:
             raise EdgesegError(f"this engine takes {self.h_in.shape} inputs, got {batch.shape}")
         self.h_in[...] = batch

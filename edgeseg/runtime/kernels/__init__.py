@@ -7,7 +7,8 @@ Implementations with identical semantics (``reference`` is the spec, in NumPy):
 
 ``kernels.backend`` names the one in use: ``"cpu"`` whenever the extension is built (it is by
 ``pip install``), else ``"reference"`` with a warning. ``set_backend(name)`` switches; the
-environment variable ``EDGESEG_KERNELS=cpu|reference`` picks one for a whole process (CLI runs). Device
+environment variable ``EDGESEG_KERNELS=cpu|reference`` picks one for a whole process (CLI runs).
+Device
 arrays (CUDA) go through :mod:`edgeseg.runtime.kernels.cuda`, which works on device pointers.
 """
 
@@ -252,7 +253,8 @@ def overlay(
     labels = np.asarray(labels)
     if labels.dtype != np.uint8 or labels.shape != frame_bgr.shape[:2]:
         raise ValueError(
-            f"labels must be uint8 {frame_bgr.shape[:2]} like the frame, got {labels.dtype} {labels.shape}"
+            f"labels must be uint8 {frame_bgr.shape[:2]} like the frame, got {labels.dtype} "
+            f"{labels.shape}"
         )
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

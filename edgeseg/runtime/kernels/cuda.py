@@ -184,22 +184,8 @@ def preprocess(frame, size_hw: tuple[int, int], mean, std, out=None, dtype=None)
     return out
 
 
-def postprocess(
-    scores,
-    frame_hw: tuple[int, int],
-    palette=None,
-    frame=None,
-    alpha: float = 0.5,
-    out=None,
-    mode: str = "nearest",
-    overlay_out=None,
-    scratch=None,
-):
-    """CUDA scores tensor -> CUDA uint8 labels (and overlay when ``frame`` is given).
-
-    ``scores``: (1, C, h, w) float32/float16 or (1, h, w) integer labels. Returns ``labels`` or
-    ``(labels, overlay)``; ``out``/``overlay_out``/``scratch`` (h*w uint8) avoid allocation.
-    """
+def _score_kind(scores, mode: str) -> tuple[str, int]:
+    """(kernel kind, classes) of a scores tensor, or a ValueError saying what is wrong."""
     import torch
 
     kinds = {
@@ -221,45 +207,68 @@ def postprocess(
         )
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
-    scores = scores.contiguous()
     kind = kinds[scores.dtype]
     classes = scores.shape[1] if scores.ndim == 4 else 1
     if (scores.ndim == 4) != (kind in ("f32", "f16")) or classes > 256:
         raise ValueError(
-            f"scores {scores.dtype} {tuple(scores.shape)}: logits must be float with <= 256 classes, "
-            "labels integer (1, h, w)"
+            f"scores {scores.dtype} {tuple(scores.shape)}: logits must be float with <= 256 "
+            "classes, labels integer (1, h, w)"
         )
-    h, w = scores.shape[-2:]
+    return kind, classes
+
+
+def _overlay_args(frame, palette, alpha: float, frame_hw, overlay_out, dev):
+    """(frame, overlay tensor, colour table tensor, keep_q) for the blend in post-processing."""
+    import torch
+
     H, W = frame_hw
-    dev = scores.device
+    if palette is None:
+        raise ValueError("an overlay needs a palette")
+    if frame.dtype != torch.uint8 or tuple(frame.shape) != (H, W, 3) or not frame.is_cuda:
+        raise ValueError(
+            f"frame must be a CUDA uint8 ({H}, {W}, 3) tensor, got {tuple(frame.shape)}"
+        )
+    vis = (
+        overlay_out
+        if overlay_out is not None
+        else torch.empty((H, W, 3), dtype=torch.uint8, device=dev)
+    )
+    key = (str(dev), tuple(map(tuple, np.asarray(palette, np.int64).tolist())), float(alpha))
+    if key not in _TABLES:
+        table, kq = colour_table(palette, alpha)
+        _TABLES[key] = (torch.from_numpy(table).to(dev), kq)
+    table_t, keep_q = _TABLES[key]
+    return frame.contiguous(), vis, table_t, keep_q
+
+
+def postprocess(
+    scores,
+    frame_hw: tuple[int, int],
+    palette=None,
+    frame=None,
+    alpha: float = 0.5,
+    out=None,
+    mode: str = "nearest",
+    overlay_out=None,
+    scratch=None,
+):
+    """CUDA scores tensor -> CUDA uint8 labels (and overlay when ``frame`` is given).
+
+    ``scores``: (1, C, h, w) float32/float16 or (1, h, w) integer labels. Returns ``labels`` or
+    ``(labels, overlay)``; ``out``/``overlay_out``/``scratch`` (h*w uint8) avoid allocation.
+    """
+    import torch
+
+    kind, classes = _score_kind(scores, mode)
+    scores = scores.contiguous()
+    (h, w), (H, W), dev = scores.shape[-2:], frame_hw, scores.device
     labels = out if out is not None else torch.empty((H, W), dtype=torch.uint8, device=dev)
     small = scratch if scratch is not None else torch.empty((h * w,), dtype=torch.uint8, device=dev)
-    frame_ptr = pitch = ov_ptr = table_ptr = keep_q = 0
+    blend = (0, 0, 0, 0, 0)
     vis = None
     if frame is not None:
-        if palette is None:
-            raise ValueError("an overlay needs a palette")
-        if frame.dtype != torch.uint8 or tuple(frame.shape) != (H, W, 3) or not frame.is_cuda:
-            raise ValueError(
-                f"frame must be a CUDA uint8 ({H}, {W}, 3) tensor, got {tuple(frame.shape)}"
-            )
-        frame = frame.contiguous()
-        vis = (
-            overlay_out
-            if overlay_out is not None
-            else torch.empty((H, W, 3), dtype=torch.uint8, device=dev)
-        )
-        key = (str(dev), tuple(map(tuple, np.asarray(palette, np.int64).tolist())), float(alpha))
-        if key not in _TABLES:
-            table, kq = colour_table(palette, alpha)
-            _TABLES[key] = (torch.from_numpy(table).to(dev), kq)
-        table_t, keep_q = _TABLES[key]
-        frame_ptr, pitch, ov_ptr, table_ptr = (
-            frame.data_ptr(),
-            frame.stride(0),
-            vis.data_ptr(),
-            table_t.data_ptr(),
-        )
+        frame, vis, table, keep_q = _overlay_args(frame, palette, alpha, frame_hw, overlay_out, dev)
+        blend = (frame.data_ptr(), frame.stride(0), vis.data_ptr(), table.data_ptr(), keep_q)
     _kernels().postprocess(
         scores.data_ptr(),
         kind,
@@ -269,11 +278,7 @@ def postprocess(
         (H, W),
         small.data_ptr(),
         mode,
-        frame_ptr,
-        pitch,
-        ov_ptr,
-        table_ptr,
-        keep_q,
+        *blend,
         _stream(scores),
     )
     return labels if vis is None else (labels, vis)
