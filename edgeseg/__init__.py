@@ -9,9 +9,9 @@ __all__ = ["EdgesegError", "ModelSpec", "SegResult", "Segmenter", "create_model"
 
 
 def __getattr__(name: str):
-    # The model registry needs PyTorch (1.5 s to import, and ~100k objects the garbage collector
+    # The model registry needs PyTorch (seconds to import, and objects the garbage collector
     # then walks on every full collection): only training, export and .pt inference load it, not
-    # a process that runs an ONNX model.
+    # a process that runs an ONNX model (see edgeseg/_lazy.py).
     if name in ("create_model", "list_models"):
         from edgeseg import models
 

@@ -5,11 +5,14 @@ Import policy (``tests/test_architecture.py`` enforces the parts that can be che
 - **Optional packages** (the table below) are never imported at module level: a missing one
   costs nothing until the feature that needs it runs, and then gives one line saying how to
   install it instead of an ``ImportError`` traceback.
-- **PyTorch** is a hard dependency, but the ONNX streaming path never loads it (``edgeseg
-  stream`` on a ``.onnx``: 1.5 s and ~200 MB saved at start-up, and ~100k objects fewer for the
-  garbage collector). The modules on that path — ``edgeseg.spec``, ``edgeseg.runtime`` except
-  ``backends.torch``, ``edgeseg.data.synthetic`` — import ``torch`` only inside the functions
-  that need it; a test runs such a stream in a subprocess and checks ``torch`` never loaded.
+- **PyTorch** is a hard dependency, but the ONNX streaming path never loads it: ``edgeseg
+  stream`` on a ``.onnx`` starts faster in less memory, and the garbage collector has far fewer
+  objects to walk (start-up figures in benchmarks/RESULTS.md). The modules on that path —
+  ``edgeseg.spec``, ``edgeseg.runtime`` except ``backends.torch``, ``edgeseg.data.synthetic``,
+  the CLI's parser — import ``torch`` only inside the functions that need it; a test runs such
+  a stream in a subprocess and checks ``torch`` never loaded.
+- **Spawned measuring processes** (``edgeseg bench``) import what a configuration needs inside
+  the functions that measure it, so each configuration's peak memory is its own.
 - Everything else imports at module level.
 """
 

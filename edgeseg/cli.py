@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg._config import add_arguments, from_args, parse_hw
+from edgeseg.compress.config import PruneConfig
 from edgeseg.errors import EdgesegError
 from edgeseg.export.config import ExportConfig
 from edgeseg.train.config import TrainConfig
@@ -312,29 +313,18 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_prune(a: argparse.Namespace) -> int:
     from edgeseg.compress.prune import prune_checkpoint
 
-    res = prune_checkpoint(
-        a.checkpoint,
-        a.ratio,
-        a.data,
-        a.out,
-        finetune_epochs=a.finetune_epochs,
-        finetune_minutes=a.finetune_minutes,
-        lr=a.lr,
-        batch_size=a.batch_size,
-        device=a.device,
-        workers=a.workers,
-        distill=not a.no_distill,
-    )
+    cfg = from_args(PruneConfig, a)
+    res = prune_checkpoint(cfg)
     rows = [
         [k, res["before"].get(k, ""), res["pruned"].get(k, ""), res["after"].get(k, "")]
         for k in ("params", "gflops", "ort_cpu_ms", "val_miou")
     ]
     title = (
-        f"prune {a.checkpoint} at ratio {a.ratio}: {res['gflops_cut']:.1%} fewer GFLOPs, "
+        f"prune {cfg.checkpoint} at ratio {cfg.ratio}: {res['gflops_cut']:.1%} fewer GFLOPs, "
         f"x{res['latency_speedup']:.2f} ONNX Runtime CPU speed, mIoU {res['miou_change']:+.4f}"
     )
     _table(title, ["", "before", "pruned", "fine-tuned"], rows)
-    print(f"wrote {a.out}/pruned.pt, {a.out}/best.pt")
+    print(f"wrote {cfg.out}/pruned.pt, {cfg.out}/best.pt")
     _write_json(a.json, res)
     return 0
 
@@ -420,23 +410,9 @@ def _add_prune(sub) -> None:
     pr = sub.add_parser(
         "prune", help="structured channel pruning (torch-pruning) + fine-tuning, before/after table"
     )
-    pr.add_argument("checkpoint")
-    pr.add_argument("--ratio", type=float, required=True, help="fraction of channels to remove")
-    pr.add_argument("--data", required=True, help="dataset spec for fine-tuning and the val mIoU")
-    pr.add_argument("--out", required=True)
-    ft = pr.add_mutually_exclusive_group(required=True)
-    ft.add_argument("--finetune-epochs", type=int)
-    ft.add_argument("--finetune-minutes", type=float)
-    pr.add_argument("--lr", type=float, default=1e-3)
-    pr.add_argument("--batch-size", type=int, default=4)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--workers", type=int)
-    pr.add_argument(
-        "--no-distill",
-        action="store_true",
-        help="fine-tune on the labels only (default: also distil from the unpruned model)",
-    )
-    pr.add_argument("--json", metavar="OUT")
+    pr.add_argument("checkpoint", help="a .pt from 'edgeseg train'")
+    add_arguments(pr, PruneConfig, skip=("checkpoint",))
+    pr.add_argument("--json", metavar="OUT", help="write the table as JSON")
     pr.set_defaults(func=cmd_prune)
 
 

@@ -19,15 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
+from edgeseg.compress.config import PruneConfig
 from edgeseg.errors import EdgesegError
+from edgeseg.export.onnx import export_onnx
+from edgeseg.models.checkpoint import load_model, save_checkpoint
+from edgeseg.models.complexity import count_gflops, count_params
+from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgeseg.timing import summarize, time_calls
+from edgeseg.train.config import TrainConfig
+from edgeseg.train.evaluate import evaluate
+from edgeseg.train.trainer import train
 
 
 def ort_latency_ms(onnx_path: str | os.PathLike, runs: int = 30) -> float:
     """Median ONNX Runtime CPU latency of one batch-1 inference (after warm-up)."""
-    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
     backend = OnnxRuntimeBackend(onnx_path, "cpu")
     x = np.random.default_rng(0).standard_normal((1, 3, *backend.spec.input_hw), np.float32)
     return summarize(time_calls(lambda: backend.infer(x), 5, runs))["p50"]
@@ -35,11 +42,6 @@ def ort_latency_ms(onnx_path: str | os.PathLike, runs: int = 30) -> float:
 
 def measure(checkpoint: str | os.PathLike, data: str | None, device: str = "cpu") -> dict[str, Any]:
     """Params, GFLOPs at the model's input size, ONNX Runtime CPU latency and val mIoU."""
-    from edgeseg.export.onnx import export_onnx
-    from edgeseg.models.checkpoint import load_model
-    from edgeseg.models.complexity import count_gflops, count_params
-    from edgeseg.train.evaluate import evaluate
-
     model, spec, _ = load_model(checkpoint, "cpu")
     with tempfile.TemporaryDirectory() as d:
         export_onnx(checkpoint, d)
@@ -70,11 +72,9 @@ def prune_model(
     model: nn.Module, ratio: float, input_hw: tuple[int, int], num_classes: int
 ) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group (in place); return the model."""
-    import torch_pruning as tp
-
     if not 0.0 < ratio < 1.0:
         raise EdgesegError(
-            f"--ratio must be between 0 and 1 (the fraction of channels to remove), got {ratio}"
+            f"ratio must be between 0 and 1 (the fraction of channels to remove), got {ratio}"
         )
     model.eval()
     example = torch.randn(1, 3, *input_hw)
@@ -91,69 +91,50 @@ def prune_model(
     return model
 
 
-def prune_checkpoint(
-    checkpoint: str | os.PathLike,
-    ratio: float,
-    data: str,
-    out_dir: str | os.PathLike,
-    finetune_epochs: int | None = None,
-    finetune_minutes: float | None = None,
-    lr: float = 1e-3,
-    batch_size: int = 4,
-    device: str = "auto",
-    workers: int | None = None,
-    distill: bool = True,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Prune, fine-tune and measure; writes ``out_dir/pruned.pt`` (before fine-tuning) and the
-    fine-tuned ``out_dir/best.pt``; returns the before/after table.
+def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
+    """Prune, fine-tune and measure; writes ``out/pruned.pt`` (before fine-tuning) and the
+    fine-tuned ``out/best.pt``; returns the before/after table.
 
     ``distill``: the unpruned model is the fine-tuning teacher (pixel-wise KL on its logits on
     top of the usual loss), so the pruned network relearns the function it had, not only the
-    labels of 367 images."""
-    from edgeseg.models.checkpoint import load_model, save_checkpoint
-    from edgeseg.train.trainer import TrainConfig, train
-
-    if (finetune_epochs is None) == (finetune_minutes is None):
-        raise EdgesegError("give exactly one of --finetune-epochs or --finetune-minutes")
-    out = Path(out_dir)
+    labels of a few hundred images."""
+    cfg.check()
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, spec, ckpt = load_model(checkpoint, "cpu")
-    before = measure(checkpoint, data)
-    prune_model(model, ratio, spec.input_hw, spec.num_classes)
-    pruned_spec = replace(
-        spec, source={**spec.source, "pruned": {"ratio": ratio, "from": str(checkpoint)}}
-    )
+    model, spec, ckpt = load_model(cfg.checkpoint, "cpu")
+    before = measure(cfg.checkpoint, cfg.data)
+    prune_model(model, cfg.ratio, spec.input_hw, spec.num_classes)
+    pruned = {"ratio": cfg.ratio, "from": str(cfg.checkpoint)}
+    pruned_spec = replace(spec, source={**spec.source, "pruned": pruned})
     save_checkpoint(out / "pruned.pt", model, pruned_spec, ckpt.get("model_kwargs", {}))
-    right_after = measure(out / "pruned.pt", data)
-    extra = {"workers": workers} if workers is not None else {}
+    right_after = measure(out / "pruned.pt", cfg.data)
     train(
         TrainConfig(
-            data=data,
+            data=cfg.data,
             model=spec.arch,
             out=str(out),
-            epochs=finetune_epochs,
-            minutes=finetune_minutes,
-            lr=lr,
-            batch_size=batch_size,
+            epochs=cfg.finetune_epochs,
+            minutes=cfg.finetune_minutes,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
             input_size=spec.input_hw,
             init_from=str(out / "pruned.pt"),
-            teacher=str(checkpoint) if distill else None,
-            device=device,
+            teacher=str(cfg.checkpoint) if cfg.distill else None,
+            device=cfg.device,
             warmup=0.0,
-            quiet=quiet,
-            **extra,
+            quiet=cfg.quiet,
+            **({"workers": cfg.workers} if cfg.workers is not None else {}),
         )
     )
-    after = measure(out / "best.pt", data)
+    after = measure(out / "best.pt", cfg.data)
     return {
         "before": before,
         "pruned": right_after,
         "after": after,
-        "ratio": ratio,
+        "ratio": cfg.ratio,
         "gflops_cut": round(1 - after["gflops"] / before["gflops"], 4),
         "latency_speedup": round(before["ort_cpu_ms"] / after["ort_cpu_ms"], 3),
         "miou_change": round(after.get("val_miou", 0) - before.get("val_miou", 0), 4),
-        "distilled": distill,
+        "distilled": cfg.distill,
         "checkpoint": str(out / "best.pt"),
     }

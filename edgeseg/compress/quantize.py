@@ -99,12 +99,10 @@ def _settings(target: str) -> dict[str, Any]:
             },
         }
     # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply U8 x S8 pairs with
-    # VPMADDUBSW, whose 16-bit sums saturate at full range (measured here: CamVid val mIoU 0.15
-    # instead of 0.60); ONNX Runtime's documented remedy. Convolutions only, the tensors QAT
-    # simulates: quantizing the adds, SE gates, concats and resizes as well saved 9% on
-    # mbv3_unet_small (12.7 vs 13.9 ms in a one-off two-thread timing loop) without changing the
-    # verdict (FP32: 7.8 ms there), while on ReLU networks conv-only INT8 already beats FP32
-    # (bisenetv2 on CamVid: 75.3 vs 98.7 ms with `edgeseg bench`).
+    # VPMADDUBSW, whose 16-bit sums saturate at full range and wreck the accuracy; ONNX
+    # Runtime's documented remedy. Convolutions only, the tensors QAT simulates: quantizing the
+    # adds, SE gates, concats and resizes as well gains little (docs/training.md, INT8 section;
+    # figures in benchmarks/RESULTS.md).
     return {
         "quant_format": QuantFormat.QDQ,
         "activation_type": QuantType.QUInt8,

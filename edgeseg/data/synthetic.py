@@ -340,7 +340,7 @@ class _Scene:
         if yh:
             rows = np.linspace(0.0, 1.0, yh)[:, None]
             column = (self.sky_top * (1 - rows) + self.sky_hor * rows).astype(np.uint8)[:, None, :]
-            # cv2 rather than numpy broadcasting: ~5x faster for 3-channel fills.
+            # cv2 rather than numpy broadcasting: several times faster for 3-channel fills.
             img[:yh] = cv2.resize(column, (w, yh), interpolation=cv2.INTER_NEAREST)
         mask[:yh] = SKY
         if yh < h:
@@ -579,7 +579,7 @@ class _Scene:
         oy = int(self.noise_off[0] * (fine.shape[0] - h))
         ox = int(self.noise_off[1] * (fine.shape[1] - w))
         # All additive terms are mono and summed at HxW; only the last add touches 3 channels.
-        # cv2 throughout: numpy broadcasting over a trailing axis of 3 is ~10x slower.
+        # cv2 throughout: numpy broadcasting over a trailing axis of 3 is many times slower.
         tex = cv2.LUT(mask, _AMP_FINE_LUT)
         tex *= fine[oy : oy + h, ox : ox + w]
         blotch = cv2.LUT(mask, _AMP_BLOB_LUT)

@@ -62,9 +62,8 @@ class MobileNetV3UNet(nn.Module):
         decoder_channels: widths of the 4 decoder blocks (strides 16, 8, 4, 2).
         dropout: 2-D dropout before the classifier.
         fuse: ``"cat"`` or ``"add"`` per decoder block (strides 16, 8, 4, 2). The default
-            adds at stride 2 only: on a 2-core CPU that cut a batch-8 352x480 training step
-            of mbv3_unet_small from ~1.45 s to ~1.0 s (the stride-2 block dominated), while
-            the coarse strides keep the more expressive concatenation.
+            adds at stride 2 only, the block that dominated a CPU training step (see
+            docs/training.md), while the coarse strides keep the more expressive concatenation.
     """
 
     output_stride = 1

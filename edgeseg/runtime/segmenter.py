@@ -40,7 +40,7 @@ class Segmenter:
         **backend_options,
     ) -> None:
         # In nearest mode an ONNX model's trailing logits resize moves into the post-processing
-        # kernel (fused with the argmax; ~20% of mbv3_unet_small's ORT CPU time): same labels.
+        # kernel, fused with the argmax (docs/kernels.md): same labels, less time.
         backend_options.setdefault("fuse_resize", mode == "nearest")
         self.backend = load_backend(model, backend, device, **backend_options)
         self.model_path = str(model)

@@ -127,8 +127,8 @@ class CaptureSource(Source):
         Decoder threads: libavcodec's frame threading holds each frame back one frame per
         thread, latency a live stream must not pay, so URLs decode on one thread. Files do too
         on up to four cores: the pipeline's own stages already keep the cores busy, and frame
-        threading only adds synchronisation (the dash-cam clip on 2 cores: 2.6 core-ms a frame
-        single-threaded against 3.6 with FFmpeg's default). Above four cores FFmpeg chooses.
+        threading only adds synchronisation (CPU time per frame in docs/pipeline.md). Above four
+        cores FFmpeg chooses.
         A dead server must not block for FFmpeg's default 30 s: 5 s open and read timeouts.
         """
         import cv2

@@ -425,9 +425,9 @@ class StreamPipeline:
         """One untimed frame through every inference path before capture starts.
 
         First calls pay one-off costs: CUDA kernel module loading, cuDNN's algorithm choice and
-        allocator growth on a GPU (about 0.6 s for mbv3_unet_small on an H100), ONNX Runtime's
-        arena on a CPU. Left to the first real frame, they show up as a latency spike and, in
-        realtime mode, as frames dropped before the stream has settled.
+        allocator growth on a GPU, ONNX Runtime's arena on a CPU. Left to the first real frame,
+        they show up as a latency spike and, in realtime mode, as frames dropped before the
+        stream has settled.
         """
         h, w = self.seg.spec.input_hw
         if self.split:  # only the model runs on the inference threads

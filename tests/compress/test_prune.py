@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from edgeseg.compress.config import PruneConfig
 from edgeseg.compress.prune import prune_checkpoint, prune_model
 from edgeseg.errors import EdgesegError
 from edgeseg.models import create_model, list_models
@@ -21,9 +22,16 @@ def test_pruning_removes_channels_and_keeps_the_model_working(name):
 def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path):
     from edgeseg.models.checkpoint import load_model
 
-    res = prune_checkpoint(
-        tiny_run / "best.pt", 0.3, "synthetic:8", tmp_path, finetune_epochs=1, workers=0, quiet=True
+    cfg = PruneConfig(
+        str(tiny_run / "best.pt"),
+        0.3,
+        "synthetic:8",
+        str(tmp_path),
+        finetune_epochs=1,
+        workers=0,
+        quiet=True,
     )
+    res = prune_checkpoint(cfg)
     assert res["gflops_cut"] >= 0.25
     assert res["after"]["params"] == res["pruned"]["params"] < res["before"]["params"]
     for k in ("params", "gflops", "ort_cpu_ms", "val_miou"):
@@ -35,5 +43,5 @@ def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path):
 
 
 def test_bad_ratio(tiny_run, tmp_path):
-    with pytest.raises(EdgesegError, match="--ratio must be between 0 and 1"):
+    with pytest.raises(EdgesegError, match="ratio must be between 0 and 1"):
         prune_model(create_model("mbv3_unet_small", 3), 1.5, (64, 64), 3)

@@ -45,8 +45,9 @@ def lift_trailing_resize(model) -> int:
 
     Segmentation models end by resizing their logits to input size (mbv3_unet: x2, bisenetv2:
     x8). On ONNX Runtime CPU that last resize and the NCHWc-to-NCHW reorder of its large output
-    were a fifth of mbv3_unet_small's inference time; the post-processing kernel does the same
-    resize fused with the argmax at a fraction of the cost (``kernels.postprocess(upsample=k)``).
+    are a large share of a small model's time (docs/kernels.md); the post-processing kernel does
+    the same resize fused with the argmax at a fraction of the cost
+    (``kernels.postprocess(upsample=k)``).
     Only the exact form that kernel reproduces is lifted: one Resize producing the only graph
     output, ``mode=linear``, ``coordinate_transformation_mode=half_pixel``, constant scales
     ``(1, 1, k, k)`` with integer ``k >= 2``.
