@@ -535,6 +535,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag_row(action: argparse.Action) -> str:
+    flags = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest}`"
+    metavar = action.metavar or (action.dest.upper() if action.nargs != 0 else "")
+    if isinstance(metavar, tuple):
+        metavar = " ".join(metavar)
+    if action.choices:
+        metavar = ", ".join(map(str, action.choices))
+    text = (action.help or "").replace("%%", "%")
+    shown = action.default not in (None, False, argparse.SUPPRESS) and "(default:" not in text
+    if shown and action.option_strings:
+        text += f" (default: {action.default})"
+    text = text.replace("|", "\\|")
+    return f"| {flags} | {metavar} | {text} |"
+
+
+def reference_markdown() -> str:
+    """docs/cli.md: every command's arguments, generated from the parser."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    out = [
+        "# `edgeseg` command reference",
+        "",
+        "Generated from the parser (`edgeseg/cli.py`); regenerate with",
+        "`python -c \"from edgeseg.cli import reference_markdown as r; print(r(), end='')\" "
+        "> docs/cli.md`.",
+        "The same text, formatted for a terminal: `edgeseg COMMAND --help`.",
+        "",
+    ]
+    for name, parser in sub.choices.items():
+        out += [
+            f"## `edgeseg {name}`",
+            "",
+            f"{helps[name]}.",
+            "",
+            "| argument | value | |",
+            "|---|---|---|",
+        ]
+        out += [_flag_row(a) for a in parser._actions if a.dest != "help"]
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

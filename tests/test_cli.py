@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -269,4 +270,13 @@ def test_every_train_setting_is_a_flag():
         cfg.scale == (0.6, 1.2)
         and cfg.crop == (64, 96)
         and cfg.model_kwargs == {"width_mult": 0.75}
+    )
+
+
+def test_the_cli_reference_is_generated_from_the_parser():
+    from edgeseg.cli import reference_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert doc == reference_markdown(), (
+        "docs/cli.md is out of date: regenerate it with the command at its top"
     )
