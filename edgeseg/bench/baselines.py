@@ -126,15 +126,22 @@ def tensorrt_compute(backend, warmup: int, iters: int) -> dict[str, Any]:
     """GPU time of ``execute_async_v3`` alone (device buffers already filled, no copies), from CUDA
     events around each enqueue — the figure ``trtexec`` calls GPU compute time."""
     drv = backend.drv
+    io = backend.device_io(1)
+    stream = drv.stream_create()
     start, end = drv.event_create(), drv.event_create()
     samples = []
-    for i in range(warmup + iters):
-        drv.event_record(start, backend.stream)
-        backend._execute()
-        drv.event_record(end, backend.stream)
-        ms = drv.event_elapsed_ms(start, end)  # waits for the end event
-        if i >= warmup:
-            samples.append(ms)
+    try:
+        for i in range(warmup + iters):
+            drv.event_record(start, stream)
+            backend.run_device(io, stream)
+            drv.event_record(end, stream)
+            ms = drv.event_elapsed_ms(start, end)  # waits for the end event
+            if i >= warmup:
+                samples.append(ms)
+    finally:
+        for ev in (start, end):
+            drv.event_destroy(ev)
+        drv.stream_destroy(stream)
     return summarize(samples)
 
 

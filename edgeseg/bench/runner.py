@@ -184,7 +184,7 @@ def measure_config(
     x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
     samples = time_calls(lambda: whole.backend.infer(x), warmup, frames)
     model_only = summarize(samples)
-    if whole.backend.name == "onnxruntime":
+    if whole.backend.name == "ort":
         del whole  # freed before the pipeline's session: peak RSS counts one copy of the model
         seg = Segmenter(path, backend=backend, device=device)
     else:
@@ -220,7 +220,7 @@ def measure_config(
         "rss_before_model_mb": rss_start,
         "gpu_mem_mb": gpu_memory_mb(seg.backend.device),
     }
-    if seg.backend.name == "tensorrt":
+    if seg.backend.name == "trt":
         from edgeseg.bench.baselines import tensorrt_compute
 
         res["tensorrt_compute_ms"] = tensorrt_compute(seg.backend, warmup, frames)

@@ -28,6 +28,7 @@ from typing import Any
 
 from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 from edgeseg.runtime.trt import SIDECAR_FORMAT, gpu_name, import_tensorrt, sidecar_path
 
 
@@ -74,6 +75,52 @@ def engine_cache_dir() -> Path:
     return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "engines"
 
 
+def network_flags(trt: Any) -> int:
+    """Creation flags of a strongly typed network: TensorRT 10 asks for it with the
+    ``STRONGLY_TYPED`` flag; in TensorRT 11 every network is strongly typed and no flag is
+    passed (``EXPLICIT_BATCH`` is gone from both)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    major = int(str(trt.__version__).split(".")[0])
+    return 1 << int(flag) if flag is not None and major < 11 else 0
+
+
+def _build(
+    trt: Any,
+    onnx_path: Path,
+    input_hw: tuple[int, int],
+    options: EngineOptions,
+    timing_cache: str | os.PathLike | None,
+) -> tuple[Any, Any]:
+    """Parse and build; (the serialized plan, the timing cache or None)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise EdgesegError(f"TensorRT cannot parse {onnx_path}: {errors[:400]}")
+    config = builder.create_builder_config()
+    if options.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    h, w = input_hw
+    profile = builder.create_optimization_profile()
+    shapes = [(b, 3, h, w) for b in (options.min_batch, options.opt_batch, options.max_batch)]
+    profile.set_shape(network.get_input(0).name, *shapes)
+    config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        tc = Path(timing_cache)
+        cache = config.create_timing_cache(tc.read_bytes() if tc.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EdgesegError(
+            f"TensorRT failed to build an engine from {onnx_path} (see the log above); "
+            "try a larger --workspace"
+        )
+    return plan, cache
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -83,8 +130,6 @@ def build_engine(
 ) -> dict[str, Any]:
     """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; return the
     record."""
-    from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
-
     trt = import_tensorrt()
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     spec = read_onnx_spec(onnx_path)
@@ -110,37 +155,7 @@ def build_engine(
         write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))
         return {**meta["tensorrt"], "path": str(out_path), "from_cache": True}
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise EdgesegError(f"TensorRT cannot parse {onnx_path}: {errors[:400]}")
-    config = builder.create_builder_config()
-    if options.workspace_mb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    inp = network.get_input(0)
-    h, w = spec.input_hw
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        inp.name,
-        (options.min_batch, 3, h, w),
-        (options.opt_batch, 3, h, w),
-        (options.max_batch, 3, h, w),
-    )
-    config.add_optimization_profile(profile)
-    cache = None
-    if timing_cache is not None:
-        tc = Path(timing_cache)
-        cache = config.create_timing_cache(tc.read_bytes() if tc.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EdgesegError(
-            f"TensorRT failed to build an engine from {onnx_path} (see the log above); "
-            "try a larger --workspace"
-        )
+    plan, cache = _build(trt, onnx_path, spec.input_hw, options, timing_cache)
     with atomic_path(out_path) as tmp:
         Path(tmp).write_bytes(bytes(plan))
     write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))

@@ -1,9 +1,15 @@
-"""The CUDA host side in one small module: device memory, streams, events, kernel build, launch.
+"""The CUDA host side in one small module: device memory, streams, events, graphs, kernel build
+and launch, for one GPU per :class:`Driver`.
 
-Implemented with cuda-python (``cuda.bindings``: driver API + NVRTC; binary wheels for x86-64 and
-aarch64, what TensorRT's own Python samples use). Where a stack already has pycuda instead, the
-same :class:`Driver` interface runs on pycuda (kernels then built by its nvcc). Nothing here
-imports CUDA at module import time, so CPU-only installs never pay for it.
+Implemented with cuda-python (``cuda.bindings``, 12.6.1 or newer: driver API + NVRTC; binary
+wheels for x86-64 and aarch64, what TensorRT's own Python samples use). Where a stack already has
+pycuda instead, the same interface runs on pycuda (kernels then built by its nvcc; no graphs).
+Nothing here imports CUDA at module import time, so CPU-only installs never pay for it.
+
+Contexts: every driver works in its device's *primary* context, the one PyTorch and the CUDA
+runtime use, so pointers and streams from torch are valid here and ours in torch. A context is
+current per thread: every call makes it current on the calling thread first (cheap after the
+first time on a thread), so a pipeline may be driven from any thread.
 
 Kernels are the shipped ``cpp_ext/cuda/kernels.cu`` over ``cpp_ext/include/pixel_ops.h``,
 compiled at first use for the device's own architecture with ``--fmad=false`` (identical maths to
@@ -12,9 +18,12 @@ the CPU extension) and cached on disk under ``$EDGESEG_CACHE`` (default ``~/.cac
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg._io import atomic_path
+from edgeseg._lazy import require
 from edgeseg.errors import EdgesegError
 
 KERNEL_FILE = "kernels.cu"
@@ -41,6 +51,10 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "upsample_blend": ("P", "i", "i", "P", "i", "i", "P", "q", "P", "P", "H"),
 }
 _NP_KIND = {"P": np.uint64, "i": np.int32, "q": np.int64, "H": np.uint16}
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed; the message names the call and the error."""
 
 
 def kernel_sources() -> dict[str, str]:
@@ -85,11 +99,13 @@ def pack_args(
     return holders, np.array([h.ctypes.data for h in holders], np.uint64)
 
 
-def _check(result):
-    """cuda-python calls return ``(err, *values)``; raise on error, return the values."""
+def check(result: Any, call: str = "CUDA call") -> Any:
+    """cuda-python calls return ``(err, *values)``; raise :class:`CudaError` on an error, return
+    the values (one value as itself, none as None)."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err!r}")
+        name = getattr(err, "name", None) or f"error {int(err)}"
+        raise CudaError(f"{call} failed: {name}")
     return values[0] if len(values) == 1 else (tuple(values) if values else None)
 
 
@@ -114,105 +130,166 @@ class DeviceBuffer:
 
 
 class Driver:
-    """CUDA through cuda-python: context, memory, streams, events, NVRTC builds and launches."""
+    """One GPU through cuda-python: context, memory, streams, events, graphs, NVRTC, launches.
+
+    ``cu``/``nvrtc``: the binding modules (``cuda.bindings.driver``/``.nvrtc``); tests pass fakes
+    shaped like them.
+    """
 
     name = "cuda-python"
+    graphs = True  # stream capture into CUDA graphs
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, device: int = 0, cu: Any = None, nvrtc: Any = None) -> None:
+        self.cu = cu or require("cuda.bindings.driver")
+        self.nvrtc = nvrtc or require("cuda.bindings.nvrtc")
+        self.index = device
         try:
-            from cuda.bindings import driver as cu
-            from cuda.bindings import nvrtc
-        except ImportError:
-            raise EdgesegError(
-                "CUDA kernels need cuda-python: pip install 'cuda-python>=12' "
-                "(or pycuda, where a stack already uses it)"
-            ) from None
-        self.cu, self.nvrtc = cu, nvrtc
-        try:
-            _check(cu.cuInit(0))
-            self.device = _check(cu.cuDeviceGet(device))
-            # The primary context is the one PyTorch and the CUDA runtime use: pointers and
-            # streams from torch are valid here, and ours in torch.
-            self.context = _check(cu.cuDevicePrimaryCtxRetain(self.device))
-            _check(cu.cuCtxSetCurrent(self.context))
-        except Exception as e:
+            check(self.cu.cuInit(0), "cuInit")
+            count = check(self.cu.cuDeviceGetCount(), "cuDeviceGetCount")
+            if not 0 <= device < count:
+                raise CudaError(f"this machine has {count} CUDA GPU(s), numbered from 0")
+            self.device = check(self.cu.cuDeviceGet(device), "cuDeviceGet")
+            # The primary context is the one PyTorch and the CUDA runtime use.
+            self.context = check(
+                self.cu.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain"
+            )
+        except CudaError as e:
             raise EdgesegError(
                 f"no usable CUDA device {device} ({e}); check nvidia-smi and the driver"
             ) from None
-        major = _check(
-            cu.cuDeviceGetAttribute(
-                cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device
+        self._local = threading.local()
+        self.make_current()
+        attr = self.cu.CUdevice_attribute
+        major = check(
+            self.cu.cuDeviceGetAttribute(
+                attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device
             )
         )
-        minor = _check(
-            cu.cuDeviceGetAttribute(
-                cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device
+        minor = check(
+            self.cu.cuDeviceGetAttribute(
+                attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device
             )
         )
         self.arch = f"sm_{major}{minor}"
         self._modules: dict[str, Any] = {}
         self._functions: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._local.current = True
 
     def make_current(self) -> None:
-        """Bind the context to the calling thread (driver-API calls need one; each thread once)."""
+        """Bind this GPU's context to the calling thread (once per thread)."""
         if not getattr(self._local, "current", False):
-            _check(self.cu.cuCtxSetCurrent(self.context))
+            check(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
             self._local.current = True
+
+    def gpu_name(self) -> str:
+        raw = check(self.cu.cuDeviceGetName(256, self.device), "cuDeviceGetName")
+        return bytes(raw).split(b"\0", 1)[0].decode().strip()
 
     # -- memory
     def mem_alloc(self, nbytes: int) -> DeviceBuffer:
         self.make_current()
-        return DeviceBuffer(int(_check(self.cu.cuMemAlloc(max(1, nbytes)))), nbytes, self)
+        return DeviceBuffer(
+            int(check(self.cu.cuMemAlloc(max(1, nbytes)), "cuMemAlloc")), nbytes, self
+        )
 
     def mem_free(self, ptr: int) -> None:
-        _check(self.cu.cuMemFree(ptr))
+        self.make_current()
+        check(self.cu.cuMemFree(ptr), "cuMemFree")
 
-    def pinned_empty(self, shape, dtype) -> np.ndarray:
+    def pinned_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """Page-locked host array (fast, truly asynchronous copies); freed with the array."""
-        import ctypes
-
+        self.make_current()
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        ptr = int(_check(self.cu.cuMemHostAlloc(max(1, nbytes), 0)))
-        buf = (ctypes.c_byte * max(1, nbytes)).from_address(ptr)
-        arr = np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-        # Free the page-locked block when the array's buffer goes away.
-        import weakref
-
-        weakref.finalize(buf, self.cu.cuMemFreeHost, ptr)
+        count = int(np.prod(shape))
+        nbytes = max(1, count * dtype.itemsize)
+        ptr = int(check(self.cu.cuMemHostAlloc(nbytes, 0), "cuMemHostAlloc"))
+        buf = (ctypes.c_byte * nbytes).from_address(ptr)
+        arr = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+        weakref.finalize(buf, self.cu.cuMemFreeHost, ptr)  # page-locked block goes with the array
         return arr
 
-    def memcpy_htod(self, dst: int, src: np.ndarray, stream: int = 0) -> None:
-        _check(self.cu.cuMemcpyHtoDAsync(dst, src.ctypes.data, src.nbytes, stream))
+    def memcpy_htod(self, dst: int, src: np.ndarray, stream: Any = 0) -> None:
+        self.make_current()
+        check(
+            self.cu.cuMemcpyHtoDAsync(dst, src.ctypes.data, src.nbytes, stream), "cuMemcpyHtoDAsync"
+        )
 
-    def memcpy_dtoh(self, dst: np.ndarray, src: int, stream: int = 0) -> None:
-        _check(self.cu.cuMemcpyDtoHAsync(dst.ctypes.data, src, dst.nbytes, stream))
+    def memcpy_dtoh(self, dst: np.ndarray, src: int, stream: Any = 0) -> None:
+        self.make_current()
+        check(
+            self.cu.cuMemcpyDtoHAsync(dst.ctypes.data, src, dst.nbytes, stream), "cuMemcpyDtoHAsync"
+        )
 
     # -- streams and events
-    def stream_create(self) -> int:
-        return int(_check(self.cu.cuStreamCreate(1)))  # CU_STREAM_NON_BLOCKING
+    def stream_create(self) -> Any:
+        self.make_current()
+        return check(self.cu.cuStreamCreate(1), "cuStreamCreate")  # CU_STREAM_NON_BLOCKING
 
-    def stream_synchronize(self, stream: int) -> None:
-        _check(self.cu.cuStreamSynchronize(stream))
+    def stream_handle(self, stream: Any) -> int:
+        """The ``cudaStream_t`` value as an integer (what TensorRT and ONNX Runtime take)."""
+        return int(stream)
+
+    def stream_synchronize(self, stream: Any) -> None:
+        self.make_current()
+        check(self.cu.cuStreamSynchronize(stream), "cuStreamSynchronize")
+
+    def stream_destroy(self, stream: Any) -> None:
+        self.make_current()
+        check(self.cu.cuStreamDestroy(stream), "cuStreamDestroy")
 
     def event_create(self) -> Any:
-        return _check(self.cu.cuEventCreate(0))
+        self.make_current()
+        return check(self.cu.cuEventCreate(0), "cuEventCreate")
 
-    def event_record(self, event, stream: int) -> None:
-        _check(self.cu.cuEventRecord(event, stream))
+    def event_record(self, event: Any, stream: Any) -> None:
+        self.make_current()
+        check(self.cu.cuEventRecord(event, stream), "cuEventRecord")
 
-    def event_elapsed_ms(self, start, end) -> float:
-        _check(self.cu.cuEventSynchronize(end))
-        return float(_check(self.cu.cuEventElapsedTime(start, end)))
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        self.make_current()
+        check(self.cu.cuEventSynchronize(end), "cuEventSynchronize")
+        return float(check(self.cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
+
+    def event_destroy(self, event: Any) -> None:
+        self.make_current()
+        check(self.cu.cuEventDestroy(event), "cuEventDestroy")
+
+    # -- graphs
+    def graph_capture(self, stream: Any, enqueue: Callable[[], None]) -> Any:
+        """Capture what ``enqueue`` puts on ``stream`` as an executable graph.
+
+        Thread-local capture mode: other threads' CUDA calls neither join nor break it. If
+        ``enqueue`` raises, the capture is ended and discarded before the error propagates.
+        """
+        self.make_current()
+        mode = self.cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        check(self.cu.cuStreamBeginCapture(stream, mode), "cuStreamBeginCapture")
+        try:
+            enqueue()
+        except BaseException:
+            graph = self.cu.cuStreamEndCapture(stream)[1]  # ends the capture whatever it holds
+            if graph:
+                self.cu.cuGraphDestroy(graph)
+            raise
+        graph = check(self.cu.cuStreamEndCapture(stream), "cuStreamEndCapture")
+        try:
+            return check(self.cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        finally:
+            check(self.cu.cuGraphDestroy(graph), "cuGraphDestroy")  # the executable keeps a copy
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        self.make_current()
+        check(self.cu.cuGraphLaunch(graph_exec, stream), "cuGraphLaunch")
+
+    def graph_destroy(self, graph_exec: Any) -> None:
+        self.make_current()
+        check(self.cu.cuGraphExecDestroy(graph_exec), "cuGraphExecDestroy")
 
     # -- kernels
     def compile(self, sources: dict[str, str]) -> bytes:
-        """NVRTC: kernels.cu (+ pixel_ops.h as in-memory header) -> CUBIN for this GPU, cached."""
+        """NVRTC: kernels.cu (+ pixel_ops.h in memory) -> CUBIN for this GPU, cached on disk."""
         nv = self.nvrtc
-        version = _check(nv.nvrtcVersion())
+        version = check(nv.nvrtcVersion(), "nvrtcVersion")
         options = (*NVRTC_OPTIONS, f"--gpu-architecture={self.arch}")
         key = hashlib.sha256(repr((sources, options, version)).encode()).hexdigest()[:24]
         path = cache_dir() / f"kernels-{self.arch}-{key}.cubin"
@@ -224,16 +301,23 @@ class Driver:
             Path(tmp).write_bytes(cubin)
         return cubin
 
-    def function(self, name: str):
+    def function(self, name: str) -> Any:
+        self.make_current()
         with self._lock:
             if name not in self._functions:
                 if "kernels" not in self._modules:
                     image = self.compile(kernel_sources())
-                    self._modules["kernels"] = _check(self.cu.cuModuleLoadData(image))
-                self._functions[name] = _check(
-                    self.cu.cuModuleGetFunction(self._modules["kernels"], name.encode())
-                )
+                    self._modules["kernels"] = check(
+                        self.cu.cuModuleLoadData(image), "cuModuleLoadData"
+                    )
+                fn = self.cu.cuModuleGetFunction(self._modules["kernels"], name.encode())
+                self._functions[name] = check(fn, "cuModuleGetFunction")
             return self._functions[name]
+
+    def load_kernels(self) -> None:
+        """Build and load every kernel now (before a graph capture, which cannot load modules)."""
+        for name in SIGNATURES:
+            self.function(name)
 
     def launch(
         self,
@@ -241,21 +325,20 @@ class Driver:
         grid: tuple[int, int, int],
         block: tuple[int, int, int],
         args: tuple,
-        stream: int = 0,
+        stream: Any = 0,
     ) -> None:
-        self.make_current()
+        fn = self.function(name)
         holders, ptrs = pack_args(SIGNATURES[name], args)
-        _check(
-            self.cu.cuLaunchKernel(
-                self.function(name), *grid, *block, 0, stream, ptrs.ctypes.data, 0
-            )
-        )
+        result = self.cu.cuLaunchKernel(fn, *grid, *block, 0, stream, ptrs.ctypes.data, 0)
+        check(result, f"cuLaunchKernel({name})")
         del holders  # the driver has copied the values by the time cuLaunchKernel returns
 
 
-def nvrtc_compile(nv, sources: dict[str, str], options: tuple[str, ...], want_cubin: bool) -> bytes:
+def nvrtc_compile(
+    nv: Any, sources: dict[str, str], options: tuple[str, ...], want_cubin: bool
+) -> bytes:
     """Compile ``kernels.cu`` with NVRTC; a compile error raises with NVRTC's log."""
-    prog = _check(
+    prog = check(
         nv.nvrtcCreateProgram(
             sources[KERNEL_FILE].encode(),
             KERNEL_FILE.encode(),
@@ -268,40 +351,48 @@ def nvrtc_compile(nv, sources: dict[str, str], options: tuple[str, ...], want_cu
         opts = [o.encode() for o in options]
         err = nv.nvrtcCompileProgram(prog, len(opts), opts)[0]
         if int(err) != 0:
-            size = _check(nv.nvrtcGetProgramLogSize(prog))
+            size = check(nv.nvrtcGetProgramLogSize(prog))
             log = b" " * size
             nv.nvrtcGetProgramLog(prog, log)
             raise RuntimeError(
                 f"NVRTC failed to compile {KERNEL_FILE}:\n{log.decode(errors='replace')}"
             )
-        if want_cubin:
-            size = _check(nv.nvrtcGetCUBINSize(prog))
-            out = b" " * size
-            _check(nv.nvrtcGetCUBIN(prog, out))
-        else:
-            size = _check(nv.nvrtcGetPTXSize(prog))
-            out = b" " * size
-            _check(nv.nvrtcGetPTX(prog, out))
+        get_size, get = (
+            (nv.nvrtcGetCUBINSize, nv.nvrtcGetCUBIN)
+            if want_cubin
+            else (nv.nvrtcGetPTXSize, nv.nvrtcGetPTX)
+        )
+        out = b" " * check(get_size(prog))
+        check(get(prog, out))
         return out
     finally:
         nv.nvrtcDestroyProgram(prog)
 
 
 class PyCudaDriver(Driver):
-    """The same interface on pycuda, for stacks that already use it (kernels built by nvcc)."""
+    """The same interface on pycuda, for stacks that already use it (kernels built by nvcc).
+
+    pycuda keeps a context stack per thread: the device's primary context is pushed once on
+    every thread that uses the driver. Streams are pycuda ``Stream`` objects; TensorRT and ONNX
+    Runtime get their integer handle from :meth:`stream_handle`. No CUDA graphs.
+    """
 
     name = "pycuda"
+    graphs = False
 
-    def __init__(self, device: int = 0) -> None:  # noqa: D107 - see Driver
-        try:
-            import pycuda.driver as drv
-        except ImportError:
-            raise EdgesegError("pycuda is not installed") from None
-        drv.init()
-        self.drv = drv
-        self.dev = drv.Device(device)
+    def __init__(self, device: int = 0, drv: Any = None) -> None:  # noqa: D107 - see Driver
+        self.drv = drv or require("pycuda.driver")
+        self.drv.init()
+        if not 0 <= device < self.drv.Device.count():
+            raise EdgesegError(
+                f"no usable CUDA device {device}: this machine has "
+                f"{self.drv.Device.count()} CUDA GPU(s), numbered from 0"
+            )
+        self.index = device
+        self.dev = self.drv.Device(device)
         self.ctx = self.dev.retain_primary_context()
-        self.ctx.push()
+        self._local = threading.local()
+        self.make_current()
         major, minor = self.dev.compute_capability()
         self.arch = f"sm_{major}{minor}"
         self._module = None
@@ -309,9 +400,15 @@ class PyCudaDriver(Driver):
         self._lock = threading.Lock()
 
     def make_current(self) -> None:
-        pass  # pushed at construction, on the constructing thread
+        if not getattr(self._local, "current", False):
+            self.ctx.push()
+            self._local.current = True
+
+    def gpu_name(self) -> str:
+        return str(self.dev.name())
 
     def mem_alloc(self, nbytes: int) -> DeviceBuffer:
+        self.make_current()
         alloc = self.drv.mem_alloc(max(1, nbytes))
         buf = DeviceBuffer(int(alloc), nbytes, self)
         buf._alloc = alloc  # pycuda frees it with the object
@@ -320,34 +417,55 @@ class PyCudaDriver(Driver):
     def mem_free(self, ptr: int) -> None:
         pass  # the DeviceAllocation owned by the buffer frees itself
 
-    def pinned_empty(self, shape, dtype) -> np.ndarray:
+    def pinned_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        self.make_current()
         return self.drv.pagelocked_empty(shape, dtype)
 
-    def memcpy_htod(self, dst: int, src: np.ndarray, stream=None) -> None:
+    def memcpy_htod(self, dst: int, src: np.ndarray, stream: Any = None) -> None:
+        self.make_current()
         self.drv.memcpy_htod_async(dst, src, stream or None)
 
-    def memcpy_dtoh(self, dst: np.ndarray, src: int, stream=None) -> None:
+    def memcpy_dtoh(self, dst: np.ndarray, src: int, stream: Any = None) -> None:
+        self.make_current()
         self.drv.memcpy_dtoh_async(dst, src, stream or None)
 
-    def stream_create(self):
+    def stream_create(self) -> Any:
+        self.make_current()
         return self.drv.Stream()
 
-    def stream_synchronize(self, stream) -> None:
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle) if stream is not None and hasattr(stream, "handle") else 0
+
+    def stream_synchronize(self, stream: Any) -> None:
+        self.make_current()
         stream.synchronize()
 
-    def event_create(self):
+    def stream_destroy(self, stream: Any) -> None:
+        pass  # pycuda destroys a Stream with the object
+
+    def event_create(self) -> Any:
+        self.make_current()
         return self.drv.Event()
 
-    def event_record(self, event, stream) -> None:
+    def event_record(self, event: Any, stream: Any) -> None:
+        self.make_current()
         event.record(stream)
 
-    def event_elapsed_ms(self, start, end) -> float:
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        self.make_current()
         end.synchronize()
         return float(start.time_till(end))
 
-    def function(self, name: str):
+    def event_destroy(self, event: Any) -> None:
+        pass  # with the object
+
+    def graph_capture(self, stream: Any, enqueue: Callable[[], None]) -> Any:
+        raise EdgesegError("CUDA graphs need cuda-python (pip install 'cuda-python>=12.6.1')")
+
+    def function(self, name: str) -> Any:
         from pycuda.compiler import compile as nvcc_compile
 
+        self.make_current()
         with self._lock:
             if self._module is None:
                 src = kernel_sources()
@@ -356,7 +474,7 @@ class PyCudaDriver(Driver):
                 (inc / HEADER_FILE).write_text(src[HEADER_FILE])
                 cubin = nvcc_compile(
                     src[KERNEL_FILE],
-                    options=["--fmad=false", "-std=c++17"],
+                    options=list(NVRTC_OPTIONS),
                     arch=self.arch,
                     include_dirs=[str(inc)],
                     no_extern_c=True,
@@ -366,26 +484,27 @@ class PyCudaDriver(Driver):
                 self._functions[name] = self._module.get_function(name)
             return self._functions[name]
 
-    def launch(self, name: str, grid, block, args, stream=0) -> None:
+    def launch(self, name: str, grid, block, args, stream: Any = None) -> None:
+        fn = self.function(name)
         holders, _ = pack_args(SIGNATURES[name], args)
         values = [h if h.size > 1 else h[0] for h in holders]  # numpy scalars carry their C type
-        self.function(name)(*values, grid=tuple(grid), block=tuple(block), stream=stream or None)
+        fn(*values, grid=tuple(grid), block=tuple(block), stream=stream or None)
 
 
-_DRIVER: Driver | None = None
-_DRIVER_LOCK = threading.Lock()
+_DRIVERS: dict[int, Driver] = {}
+_DRIVERS_LOCK = threading.Lock()
 
 
 def get_driver(device: int = 0) -> Driver:
-    """The process-wide driver: cuda-python if importable, else pycuda; a clear error otherwise."""
-    global _DRIVER
-    with _DRIVER_LOCK:
-        if _DRIVER is None:
+    """The driver of GPU ``device`` (one per GPU per process): cuda-python if importable, else
+    pycuda; a clear error otherwise."""
+    with _DRIVERS_LOCK:
+        if device not in _DRIVERS:
             try:
-                _DRIVER = Driver(device)
+                _DRIVERS[device] = Driver(device)
             except EdgesegError as first:
                 try:
-                    _DRIVER = PyCudaDriver(device)
+                    _DRIVERS[device] = PyCudaDriver(device)
                 except EdgesegError:
                     raise first from None
-        return _DRIVER
+        return _DRIVERS[device]

@@ -1,33 +1,40 @@
-"""Segmenter: the embedding API — a frame in, labels at frame size out."""
+"""Segmenter: the embedding API — frames in, labels at frame size out."""
 
 from __future__ import annotations
 
 import os
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
+from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
 from edgeseg.runtime.result import SegResult
 from edgeseg.runtime.stream import stream
 from edgeseg.spec import ModelSpec
 
+MODES = ("nearest", "bilinear")
+
 
 class Segmenter:
     """Run a segmentation model on BGR frames.
 
-    >>> seg = Segmenter("model.onnx")        # or a .pt checkpoint; backend="auto"
+    >>> seg = Segmenter("model.onnx")        # or a .engine / .pt; backend="auto"
     >>> res = seg(frame_bgr)                 # res.labels: (H, W) uint8 at frame size
     >>> vis = res.overlay(alpha=0.5)
+    >>> results = seg.segment([cam0, cam1])  # several frames, one batched inference
 
-    One instance is meant for one thread; create one per camera, they are cheap.
+    One instance is meant for one thread; create one per camera, or batch the cameras.
 
     ``mode``: ``"nearest"`` (argmax at model size, labels upsampled: the runtime default) or
     ``"bilinear"`` (logits resized to frame size first: the accuracy path). In nearest mode an
     ONNX model's trailing logits resize runs in the post-processing kernel instead of ONNX
     Runtime (``fuse_resize=False`` keeps the graph whole); the labels are the model's.
+    On a GPU the whole frame path runs there (:mod:`edgeseg.runtime.gpu`); ``cuda_graph``
+    replays it as one CUDA graph, ``precision="fp16"`` runs a ``.pt`` in half precision.
     ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
 
@@ -37,75 +44,115 @@ class Segmenter:
         backend: str = "auto",
         device: str = "auto",
         mode: str = "nearest",
+        *,
+        precision: str | None = None,
+        cuda_graph: bool = False,
         **backend_options,
     ) -> None:
+        if mode not in MODES:
+            raise EdgesegError(f"mode must be 'nearest' or 'bilinear', got '{mode}'")
         # In nearest mode an ONNX model's trailing logits resize moves into the post-processing
         # kernel, fused with the argmax (docs/kernels.md): same labels, less time.
         backend_options.setdefault("fuse_resize", mode == "nearest")
-        self.backend = load_backend(model, backend, device, **backend_options)
+        self.backend = load_backend(model, backend, device, precision=precision, **backend_options)
         self.model_path = str(model)
         self.spec: ModelSpec = self.backend.spec
         self.mode = mode
-        self._input = np.empty((1, 3, *self.spec.input_hw), np.float32)  # reused every frame
-        self._gpu = _GpuPipeline(self) if _gpu_pipeline_possible(self.backend) else None
+        self._gpu = self._gpu_pipeline(cuda_graph) if self.backend.caps.device_buffers else None
+        if cuda_graph and (self._gpu is None or self._gpu.graph_kind is None):
+            self.close()
+            raise EdgesegError(
+                f"cuda_graph needs a GPU backend that supports it, not {self.backend.name} "
+                f"on {self.backend.device}"
+            )
+        self._inputs: dict[int, np.ndarray] = {}  # host input batches, reused
+
+    def _gpu_pipeline(self, cuda_graph: bool):
+        from edgeseg.runtime.gpu import GpuPipeline
+
+        try:
+            return GpuPipeline(self.backend, self.mode, cuda_graph)
+        except EdgesegError as e:
+            if self.backend.name == "trt":
+                raise
+            # no cuda-python: the model still runs on the GPU, the kernels on the CPU
+            warnings.warn(
+                f"CUDA kernels unavailable ({e}); pre/post-processing runs on the CPU",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
 
     @property
     def upsample(self) -> int:
         """The factor of the model's trailing resize that post-processing applies (1: none)."""
-        return getattr(self.backend, "upsample", 1)
+        return self.backend.caps.upsample
 
     @property
     def kernels(self) -> str:
         """Which pre/post-processing runs: ``cuda``, ``cpu`` (C++) or ``reference`` (NumPy)."""
-        return (
-            "cuda" if self._gpu is not None or hasattr(self.backend, "segment") else kernels.backend
-        )
+        return "cuda" if self._gpu is not None else kernels.backend
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most frames one :meth:`segment` call takes (None: any)."""
+        return self.backend.caps.max_batch
 
     def __call__(self, frame_bgr: np.ndarray, overlay_alpha: float | None = None) -> SegResult:
         """Segment one BGR uint8 frame; with ``overlay_alpha`` the overlay is blended in the same
         post-processing pass (``res.vis``, also what ``res.overlay(alpha)`` then returns)."""
+        return self.segment([frame_bgr], overlay_alpha)[0]
+
+    def segment(
+        self, frames: Sequence[np.ndarray], overlay_alpha: float | None = None
+    ) -> list[SegResult]:
+        """Segment several frames (of any sizes) in one batched inference; a result each."""
+        if not frames:
+            return []
+        frames = [kernels._check_frame(f) for f in frames]
         if self._gpu is not None:
-            return self._gpu(frame_bgr, overlay_alpha)
-        if hasattr(self.backend, "segment"):  # TensorRT: the whole pipeline on the GPU
-            labels, vis, timings = self.backend.segment(
-                kernels._check_frame(frame_bgr), self.mode, overlay_alpha
-            )
-            return SegResult(labels, self.spec, frame_bgr, timings, vis, overlay_alpha)
+            outs, timings = self._gpu.run(frames, overlay_alpha)
+            return [
+                SegResult(lab, self.spec, f, dict(timings), vis, overlay_alpha)
+                for f, (lab, vis) in zip(frames, outs)
+            ]
         t0 = time.perf_counter()
-        x = kernels.preprocess(
-            frame_bgr,
-            self.spec.input_hw,
-            self.spec.input.mean,
-            self.spec.input.std,
-            out=self._input,
-        )
+        x = self.preprocess(frames)
         t1 = time.perf_counter()
         scores = self.backend.infer(x)
         t2 = time.perf_counter()
-        vis = None
+        results = [
+            self.postprocess(scores[i : i + 1], f, overlay_alpha) for i, f in enumerate(frames)
+        ]
+        t3 = time.perf_counter()
+        timings = {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3}
+        for r in results:
+            r.timings_ms = dict(timings)
+        return results
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """BGR frames -> the (N, 3, h, w) float32 model input (host kernels; reused buffer)."""
+        n = len(frames)
+        if n not in self._inputs:
+            self._inputs[n] = np.empty((n, 3, *self.spec.input_hw), np.float32)
+        x = self._inputs[n]
+        s = self.spec
+        for i, f in enumerate(frames):
+            kernels.preprocess(f, s.input_hw, s.input.mean, s.input.std, out=x[i : i + 1])
+        return x
+
+    def postprocess(
+        self, scores: np.ndarray, frame: np.ndarray, overlay_alpha: float | None = None
+    ) -> SegResult:
+        """One frame's model output (batch of 1) -> its SegResult (host kernels)."""
+        hw, kw = frame.shape[:2], {"mode": self.mode, "upsample": self.upsample}
         if overlay_alpha is None:
-            labels = kernels.postprocess(
-                scores, frame_bgr.shape[:2], mode=self.mode, upsample=self.upsample
-            )
+            labels, vis = kernels.postprocess(scores, hw, **kw), None
         else:
             labels, vis = kernels.postprocess(
-                scores,
-                frame_bgr.shape[:2],
-                self.spec.palette,
-                frame_bgr,
-                overlay_alpha,
-                mode=self.mode,
-                upsample=self.upsample,
+                scores, hw, self.spec.palette, frame, overlay_alpha, **kw
             )
-        t3 = time.perf_counter()
-        return SegResult(
-            labels,
-            self.spec,
-            frame_bgr,
-            {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3},
-            vis,
-            overlay_alpha,
-        )
+        return SegResult(labels, self.spec, frame, {}, vis, overlay_alpha)
 
     def stream(
         self,
@@ -125,112 +172,15 @@ class Segmenter:
         """
         return stream(self, source, mode, max_frames, duration, overlay_alpha, reconnect)
 
+    def close(self) -> None:
+        """Release the GPU pipeline and the backend (sessions, engines, device memory)."""
+        if self._gpu is not None:
+            self._gpu.close()
+            self._gpu = None
+        self.backend.close()
 
-def _gpu_pipeline_possible(backend) -> bool:
-    if getattr(backend, "name", "") != "torch" or not str(
-        getattr(backend, "device", "")
-    ).startswith("cuda"):
-        return False
-    try:
-        from edgeseg.runtime.cuda import get_driver
+    def __enter__(self) -> Segmenter:
+        return self
 
-        get_driver()
-        return True
-    except (
-        Exception
-    ) as e:  # no cuda-python / pycuda: the model still runs on the GPU, kernels on CPU
-        warnings.warn(
-            f"CUDA kernels unavailable ({e}); pre/post-processing runs on the CPU",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
-
-
-class _GpuPipeline:
-    """uint8 frame up, preprocess, infer, postprocess on the GPU, uint8 labels down.
-
-    One stream (PyTorch's current one); page-locked staging buffers and device tensors are
-    kept between frames and reallocated only when the frame size changes.
-    """
-
-    def __init__(self, seg: Segmenter) -> None:
-        import torch
-
-        self.seg = seg
-        self.torch = torch
-        self.device = torch.device(seg.backend.device)
-        h, w = seg.spec.input_hw
-        self.input = torch.empty((1, 3, h, w), dtype=torch.float32, device=self.device)
-        self.scratch = torch.empty(
-            (h * w,), dtype=torch.uint8, device=self.device
-        )  # labels at model size
-        self.frame_hw: tuple[int, int] | None = None
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-
-    def _buffers(self, hw: tuple[int, int]) -> None:
-        torch = self.torch
-        if self.frame_hw == hw:
-            return
-        H, W = hw
-        self.host_frame = torch.empty((H, W, 3), dtype=torch.uint8).pin_memory()
-        self.host_labels = torch.empty((H, W), dtype=torch.uint8).pin_memory()
-        self.dev_frame = torch.empty((H, W, 3), dtype=torch.uint8, device=self.device)
-        self.dev_labels = torch.empty((H, W), dtype=torch.uint8, device=self.device)
-        self.host_vis = torch.empty((H, W, 3), dtype=torch.uint8).pin_memory()
-        self.dev_vis = torch.empty((H, W, 3), dtype=torch.uint8, device=self.device)
-        self.frame_hw = hw
-
-    def __call__(self, frame_bgr: np.ndarray, overlay_alpha: float | None = None) -> SegResult:
-        from edgeseg.runtime.kernels import cuda as kcuda
-
-        spec = self.seg.spec
-        frame_bgr = kernels._check_frame(frame_bgr)
-        t0 = time.perf_counter()
-        self._buffers(frame_bgr.shape[:2])
-        self.host_frame.numpy()[...] = frame_bgr
-        e = self.events
-        e[0].record()
-        self.dev_frame.copy_(self.host_frame, non_blocking=True)
-        kcuda.preprocess(
-            self.dev_frame, spec.input_hw, spec.input.mean, spec.input.std, out=self.input
-        )
-        e[1].record()
-        scores = self.seg.backend.infer_tensor(self.input)
-        e[2].record()
-        if overlay_alpha is None:
-            kcuda.postprocess(
-                scores, self.frame_hw, out=self.dev_labels, mode=self.seg.mode, scratch=self.scratch
-            )
-        else:
-            kcuda.postprocess(
-                scores,
-                self.frame_hw,
-                spec.palette,
-                self.dev_frame,
-                overlay_alpha,
-                out=self.dev_labels,
-                mode=self.seg.mode,
-                overlay_out=self.dev_vis,
-                scratch=self.scratch,
-            )
-            self.host_vis.copy_(self.dev_vis, non_blocking=True)
-        self.host_labels.copy_(self.dev_labels, non_blocking=True)
-        e[3].record()
-        e[3].synchronize()
-        labels = self.host_labels.numpy().copy()  # the staging buffers are reused by the next frame
-        vis = self.host_vis.numpy().copy() if overlay_alpha is not None else None
-        total = (time.perf_counter() - t0) * 1e3
-        pre, infer, post = (
-            e[0].elapsed_time(e[1]),
-            e[1].elapsed_time(e[2]),
-            e[2].elapsed_time(e[3]),
-        )
-        return SegResult(
-            labels,
-            spec,
-            frame_bgr,
-            {"pre": pre, "infer": infer, "post": post, "total": total},
-            vis,
-            overlay_alpha,
-        )
+    def __exit__(self, *exc) -> None:
+        self.close()

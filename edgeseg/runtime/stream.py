@@ -53,6 +53,22 @@ class StreamResult(SegResult):
     source: str = ""
     t_capture: float = 0.0
 
+    @classmethod
+    def of(cls, r: SegResult, sid: int, frame: Frame) -> StreamResult:
+        """``r`` stamped with the frame it came from."""
+        return cls(
+            labels=r.labels,
+            spec=r.spec,
+            frame=frame.image,
+            timings_ms=r.timings_ms,
+            vis=r.vis,
+            vis_alpha=r.vis_alpha,
+            index=frame.index,
+            source_id=sid,
+            source=frame.source,
+            t_capture=frame.t_capture,
+        )
+
 
 class LatestSlot:
     """A one-item queue where ``put`` replaces what is waiting (True when it dropped one)."""
@@ -62,7 +78,7 @@ class LatestSlot:
         self.item = None
         self.has = False
 
-    def put(self, item, stop: threading.Event | None = None) -> bool:
+    def put(self, item, stop: threading.Event | None = None, key: int = 0) -> bool:
         with self.cond:
             dropped = self.has
             self.item, self.has = item, True
@@ -89,7 +105,7 @@ class BlockingQueue:
     def __init__(self, size: int) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=size)
 
-    def put(self, item, stop: threading.Event | None = None) -> bool:
+    def put(self, item, stop: threading.Event | None = None, key: int = 0) -> bool:
         while True:
             try:
                 self.q.put(item, timeout=_POLL)
@@ -103,6 +119,34 @@ class BlockingQueue:
 
     def empty(self) -> bool:
         return self.q.empty()
+
+
+class LatestPerSource:
+    """Realtime results: the newest waiting result of each source (``put`` replaces only that
+    source's, returning True when it dropped one); ``get`` hands them out oldest first."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: dict[int, object] = {}  # insertion order: oldest first
+
+    def put(self, item, stop: threading.Event | None = None, key: int = 0) -> bool:
+        with self.cond:
+            dropped = self.items.pop(key, None) is not None
+            self.items[key] = item
+            self.cond.notify()
+            return dropped
+
+    def get(self, timeout: float):
+        with self.cond:
+            if not self.items and not self.cond.wait(timeout):
+                raise queue.Empty
+            if not self.items:
+                raise queue.Empty
+            return self.items.pop(next(iter(self.items)))
+
+    def empty(self) -> bool:
+        with self.cond:
+            return not self.items
 
 
 def default_mode(sources: list[Source]) -> str:
@@ -128,6 +172,9 @@ class StreamPipeline:
             from linear), which leaves more of the cores to decoding and encoding. Results are
             put back in capture order (every-frame) or never older than the last one shown
             (realtime). Otherwise 1.
+        batch: frames of different sources inferred together (default: one per source, at most
+            what the model takes); each result is routed back to its source, in order.
+        batch_wait: the most a frame waits (seconds) for the others of its batch.
     """
 
     def __init__(
@@ -145,6 +192,8 @@ class StreamPipeline:
         max_backoff_s: float = 8.0,
         kernel_threads: int = 1,
         infer_workers: int | str = "auto",
+        batch: int | None = None,
+        batch_wait: float = 0.01,
     ) -> None:
         if mode is not None and mode not in MODES:
             raise EdgesegError(f"unknown mode '{mode}'; choose realtime or every-frame")
@@ -177,11 +226,15 @@ class StreamPipeline:
         # GPU pipelines (torch-CUDA, TensorRT) keep pre/infer/post together on the device.
         self.split = self.seg.kernels in ("cpu", "reference")
         self.infer_backends = self._worker_backends(infer_workers)
+        self.batch, self.batch_wait = self._batch_size(batch), batch_wait
         realtime = self.mode == "realtime"
         self.in_queues = [
             LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources
         ]
-        self.out_queue = LatestSlot() if realtime else BlockingQueue(queue_size)
+        self.out_queue = LatestPerSource() if realtime else BlockingQueue(queue_size * self.batch)
+        self._arrival = threading.Condition()  # captures notify inference of new frames
+        self._arrivals = 0
+        self._rotation = 0
         self.stats = StreamStats()
         self.stop_event = threading.Event()
         self.errors: list[str] = []
@@ -232,6 +285,9 @@ class StreamPipeline:
                     frame.pre_ms = (time.perf_counter() - t0) * 1e3
                 if q.put((i, n - 1, frame), self.stop_event):
                     self.stats.dropped()
+                with self._arrival:
+                    self._arrivals += 1
+                    self._arrival.notify_all()
         except Exception as e:  # a source error ends this source, not the run
             self._error(f"source {src.name}: {e}")
         finally:
@@ -262,7 +318,7 @@ class StreamPipeline:
         """The backend each inference thread uses: the Segmenter's own, or (for several
         workers) single-threaded ONNX Runtime sessions of the same file."""
         b = self.seg.backend
-        ort_cpu = self.split and b.name == "onnxruntime" and b.device == "cpu"
+        ort_cpu = self.split and b.name == "ort" and b.device == "cpu"
         if workers == "auto":
             workers = 2 if ort_cpu and (os.cpu_count() or 1) >= 2 else 1
         if not isinstance(workers, int) or workers < 1:
@@ -281,22 +337,54 @@ class StreamPipeline:
             for _ in range(workers)
         ]  # warmed up by warmup() when the pipeline starts
 
+    def _batch_size(self, batch: int | None) -> int:
+        batch = len(self.sources) if batch is None else batch
+        if batch < 1:
+            raise EdgesegError(f"batch must be at least 1, got {batch}")
+        top = self.seg.max_batch
+        if top is not None and batch > top:
+            log.warning(
+                "the model takes at most %d frames a batch; batching %d, not %d", top, top, batch
+            )
+            batch = top
+        return batch
+
+    def _gather(self, pending: list[int]) -> list[tuple[int, int, Frame]]:
+        """Up to ``batch`` frames, taking each waiting source's next in turn; once a batch has a
+        frame it waits at most ``batch_wait`` for the rest. ``pending`` loses the sources that
+        have ended and are drained."""
+        items: list[tuple[int, int, Frame]] = []
+        deadline = None
+        while pending and len(items) < self.batch and not self.stop_event.is_set():
+            with self._arrival:
+                seen = self._arrivals
+            self._rotation = (self._rotation + 1) % len(pending)
+            for i in pending[self._rotation :] + pending[: self._rotation]:
+                if len(items) >= self.batch:
+                    break
+                try:
+                    items.append(self.in_queues[i].get(timeout=0))
+                except queue.Empty:
+                    if self._captures_done[i].is_set() and self.in_queues[i].empty():
+                        pending.remove(i)  # this source is finished and drained
+            now = time.perf_counter()
+            if len(items) >= self.batch or (deadline is not None and now >= deadline):
+                break
+            if items and deadline is None:
+                deadline = now + self.batch_wait
+            wait = _POLL if deadline is None else max(0.0, deadline - now)
+            with self._arrival:
+                self._arrival.wait_for(lambda seen=seen: self._arrivals != seen, timeout=wait)
+        return items
+
     def _inference(self, backend) -> None:
         self._single_threaded_kernels()
         pending = list(range(len(self.sources)))
         try:
             while pending and not self.stop_event.is_set():
-                for i in list(pending):
-                    q = self.in_queues[i]
-                    try:
-                        sid, seq, frame = q.get(timeout=_POLL / len(pending))
-                    except queue.Empty:
-                        if self._captures_done[i].is_set() and q.empty():
-                            pending.remove(i)  # this source is finished and drained
-                        continue
-                    if self.out_queue.put(
-                        (seq, self._segment(sid, frame, backend)), self.stop_event
-                    ):
+                items = self._gather(pending)
+                for sid, seq, out in self._segment(items, backend) if items else ():
+                    if self.out_queue.put((seq, out), self.stop_event, key=sid):
                         self.stats.dropped()
         except Exception as e:
             self._error(f"inference: {e}")
@@ -307,61 +395,36 @@ class StreamPipeline:
                 if self._workers_left == 0:
                     self._inference_done.set()
 
-    def _segment(self, sid: int, frame: Frame, backend):
+    def _segment(
+        self, items: list[tuple[int, int, Frame]], backend
+    ) -> list[tuple[int, int, object]]:
+        """One batched inference; ``(source, seq, result)`` per frame: a StreamResult on GPU
+        pipelines, ``(source, frame, scores)`` for the output stage to post-process on CPUs."""
+        frames = [f for _, _, f in items]
         if self.split:  # CPU backends: only the model runs here; post-processing is the output's
             t0 = time.perf_counter()
-            scores = backend.infer(frame.tensor)
-            frame.infer_ms = (time.perf_counter() - t0) * 1e3
-            frame.tensor = None
-            return sid, frame, scores
-        r = self.seg(frame.image, overlay_alpha=self.alpha if self.overlay else None)
-        return StreamResult(
-            labels=r.labels,
-            spec=r.spec,
-            frame=frame.image,
-            timings_ms=r.timings_ms,
-            vis=r.vis,
-            vis_alpha=r.vis_alpha,
-            index=frame.index,
-            source_id=sid,
-            source=frame.source,
-            t_capture=frame.t_capture,
-        )
+            x = frames[0].tensor if len(frames) == 1 else np.concatenate([f.tensor for f in frames])
+            scores = backend.infer(x)
+            ms = (time.perf_counter() - t0) * 1e3
+            for f in frames:
+                f.infer_ms, f.tensor = ms, None
+            return [
+                (sid, seq, (sid, f, scores[k : k + 1])) for k, (sid, seq, f) in enumerate(items)
+            ]
+        alpha = self.alpha if self.overlay else None
+        results = self.seg.segment([f.image for f in frames], overlay_alpha=alpha)
+        return [(sid, seq, StreamResult.of(r, sid, f)) for r, (sid, seq, f) in zip(results, items)]
 
     def _postprocess(self, item) -> StreamResult:
         sid, frame, scores = item
         t0 = time.perf_counter()
-        spec, hw = self.seg.spec, frame.image.shape[:2]
-        vis = None
-        if self.overlay:
-            labels, vis = kernels.postprocess(
-                scores,
-                hw,
-                spec.palette,
-                frame.image,
-                self.alpha,
-                mode=self.seg.mode,
-                upsample=self.seg.upsample,
-            )
-        else:
-            labels = kernels.postprocess(scores, hw, mode=self.seg.mode, upsample=self.seg.upsample)
-        timings = {
+        r = self.seg.postprocess(scores, frame.image, self.alpha if self.overlay else None)
+        r.timings_ms = {
             "pre": frame.pre_ms,
             "infer": frame.infer_ms,
             "post": (time.perf_counter() - t0) * 1e3,
         }
-        return StreamResult(
-            labels=labels,
-            spec=spec,
-            frame=frame.image,
-            timings_ms=timings,
-            vis=vis,
-            vis_alpha=self.alpha if self.overlay else None,
-            index=frame.index,
-            source_id=sid,
-            source=frame.source,
-            t_capture=frame.t_capture,
-        )
+        return StreamResult.of(r, sid, frame)
 
     def _in_order(self) -> Iterator:
         """Inference results in capture order per source. every-frame: a result waits until
@@ -430,14 +493,13 @@ class StreamPipeline:
         stream has settled.
         """
         h, w = self.seg.spec.input_hw
-        if self.split:  # only the model runs on the inference threads
-            x = np.zeros((1, 3, h, w), np.float32)
-            for backend in self.infer_backends:
-                backend.infer(x)
-        else:
-            self.seg(
-                np.zeros((h, w, 3), np.uint8), overlay_alpha=self.alpha if self.overlay else None
-            )
+        for n in sorted({1, self.batch}):  # a lone frame, and a full batch
+            if self.split:  # only the model runs on the inference threads
+                for backend in self.infer_backends:
+                    backend.infer(np.zeros((n, 3, h, w), np.float32))
+            else:
+                frames = [np.zeros((h, w, 3), np.uint8)] * n
+                self.seg.segment(frames, overlay_alpha=self.alpha if self.overlay else None)
 
     def start(self) -> None:
         try:

@@ -70,10 +70,7 @@ def import_tensorrt():
 
 
 def gpu_name(device: int = 0) -> str:
+    """GPU ``device``'s name as the CUDA driver reports it (what engines are checked against)."""
     from edgeseg.runtime.cuda import get_driver
 
-    drv = get_driver(device)
-    if hasattr(drv, "cu"):
-        raw = drv.cu.cuDeviceGetName(256, drv.device)[1]
-        return bytes(raw).split(b"\0", 1)[0].decode().strip()
-    return str(drv.dev.name())
+    return get_driver(device).gpu_name()

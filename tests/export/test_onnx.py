@@ -52,7 +52,7 @@ def test_onnx_eval_equals_checkpoint_eval(tiny_run, tiny_onnx):
     """The exported model scores what the checkpoint scores (same runtime path, other backend)."""
     a = evaluate(tiny_run / "best.pt", "synthetic:16", "val", device="cpu")
     b = evaluate(tiny_onnx, "synthetic:16", "val")
-    assert a["backend"] == "torch" and b["backend"] == "onnxruntime"
+    assert a["backend"] == "torch" and b["backend"] == "ort"
     assert abs(a["miou"] - b["miou"]) <= 0.002
     assert set(a) >= {"miou", "per_class_iou", "pixel_acc", "mean_dice"}
     assert np.isfinite(a["miou"])

@@ -1,15 +1,22 @@
-"""Backends: one module each, chosen by file type with ``backend="auto"``."""
+"""Backends: one module each, chosen by file type with ``backend="auto"``.
+
+The TensorRT and PyTorch modules are imported only when a file of theirs is loaded: an ONNX
+deployment never pays for PyTorch (see :mod:`edgeseg._lazy`).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from edgeseg.errors import EdgesegError, did_you_mean
-from edgeseg.runtime.backends.base import Backend
+from edgeseg.runtime.backends.base import Backend, Capabilities, DeviceIO
 
 BACKENDS = ("auto", "ort", "trt", "torch")
 _SUFFIXES = {".onnx": "ort", ".engine": "trt", ".plan": "trt", ".pt": "torch", ".pth": "torch"}
+_ORT_OPTIONS = ("threads", "spin", "exact_qdq", "fuse_resize", "io_binding")
+_TORCH_OPTIONS = ("compile",)
 
 
 def file_backend(path: str | os.PathLike) -> str | None:
@@ -17,24 +24,16 @@ def file_backend(path: str | os.PathLike) -> str | None:
     return _SUFFIXES.get(Path(path).suffix.lower())
 
 
-def load_backend(
-    path: str | os.PathLike, backend: str = "auto", device: str = "auto", **options
-) -> Backend:
-    """Load ``path`` (.onnx or .pt) with the named backend, or the natural one for its type.
-
-    ``options`` go to the ONNX Runtime backend (``threads``, ``spin``, ``exact_qdq``,
-    ``fuse_resize``); others ignore them.
-    """
-    path = Path(path)
+def _check_path(path: Path, backend: str) -> str:
     if backend not in BACKENDS:
+        hint = did_you_mean(backend, BACKENDS)
         raise EdgesegError(
-            f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; choose one of: "
-            f"{', '.join(BACKENDS)}"
+            f"unknown backend '{backend}'{hint}; choose one of: {', '.join(BACKENDS)}"
         )
     if not path.is_file():
         raise EdgesegError(
-            f"model not found: {path}; pass a .onnx from 'edgeseg export' or a .pt from 'edgeseg "
-            "train'"
+            f"model not found: {path}; pass a .onnx or .engine from 'edgeseg export' or a .pt "
+            "from 'edgeseg train'"
         )
     kind = file_backend(path)
     if kind is None:
@@ -43,31 +42,51 @@ def load_backend(
         )
     if backend != "auto" and backend != kind:
         raise EdgesegError(
-            f"backend '{backend}' cannot run a {path.suffix} file; use --backend {kind} or auto"
+            f"backend '{backend}' cannot run a {path.suffix} file; use backend {kind} or auto"
         )
+    return kind
+
+
+def load_backend(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    device: str = "auto",
+    *,
+    precision: str | None = None,
+    **options: Any,
+) -> Backend:
+    """Load ``path`` (.onnx, .engine or .pt) with the named backend, or the natural one for its
+    type.
+
+    ``precision``: what to compute in; a ``.pt`` runs fp32 or (on CUDA) fp16, while an ONNX
+    file or engine computes in the precision it was exported with (asking for another is an
+    error). ``options`` go to the backend that takes them: ONNX Runtime ``threads``, ``spin``,
+    ``exact_qdq``, ``fuse_resize``, ``io_binding``; PyTorch ``compile``.
+    """
+    path = Path(path)
+    kind = _check_path(path, backend)
+    if kind == "torch":
+        from edgeseg.runtime.backends.torch import TorchBackend
+
+        kw = {k: v for k, v in options.items() if k in _TORCH_OPTIONS}
+        return TorchBackend(path, device, precision or "fp32", **kw)
     if kind == "trt":
         from edgeseg.runtime.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(
-            path,
-            device if device.startswith("cuda") else "cuda",
-            cuda_graph=bool(options.get("cuda_graph", False)),
-        )
-    if kind == "ort":
+        loaded: Backend = TensorRTBackend(path, device if device.startswith("cuda") else "cuda")
+    else:
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(
-            path,
-            device,
-            **{
-                k: v
-                for k, v in options.items()
-                if k in ("threads", "spin", "exact_qdq", "fuse_resize")
-            },
+        loaded = OnnxRuntimeBackend(
+            path, device, **{k: v for k, v in options.items() if k in _ORT_OPTIONS}
         )
-    from edgeseg.runtime.backends.torch import TorchBackend
+    if precision is not None and precision != loaded.caps.precision:
+        loaded.close()
+        raise EdgesegError(
+            f"{path} computes in {loaded.caps.precision}, not {precision}: its precision was fixed "
+            f"at export (edgeseg export --fp16 or --int8 writes the other files)"
+        )
+    return loaded
 
-    return TorchBackend(path, device)
 
-
-__all__ = ["BACKENDS", "Backend", "file_backend", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "Capabilities", "DeviceIO", "file_backend", "load_backend"]

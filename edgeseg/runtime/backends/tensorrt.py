@@ -1,53 +1,66 @@
 """TensorRT backend for ``.engine`` files built by ``edgeseg export --trt``.
 
-TensorRT 10/11 name-based tensor API: ``set_input_shape``, ``set_tensor_address``,
-``execute_async_v3`` on our own stream. Device memory, the stream and page-locked host buffers
-come from :mod:`edgeseg.runtime.cuda` (cuda-python, or pycuda where installed). The engine's
-neighbours in the GPU pipeline are the CUDA kernels: ``segment()`` uploads a uint8 frame,
-preprocesses into the engine's input buffer, executes, and postprocesses the output buffer into
-uint8 labels (and the overlay) before the only download — no float tensor crosses PCIe.
-``cuda_graph=True`` captures the execution once and replays it (less launch overhead).
+TensorRT 10/11 name-based tensor API: ``set_input_shape`` (checked against the engine's
+optimization profile), ``set_tensor_address``, ``execute_async_v3`` on the stream the caller
+gives. Device memory and streams come from :mod:`edgeseg.runtime.cuda` (cuda-python, or pycuda,
+whose streams TensorRT gets as their integer handle). The frame path around the engine —
+uint8 upload, our CUDA pre/post-processing, labels download, CUDA graphs — is the GPU frame
+pipeline's (:mod:`edgeseg.runtime.gpu`), shared with every GPU backend.
+
+Everything an engine could get wrong is refused before it can corrupt device memory: a
+ModelSpec sidecar that disagrees with the engine's tensor shapes, an input type the preprocess
+kernel cannot write (only float32 and float16), an output type the post-processing cannot read,
+a batch size outside the optimization profile.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgeseg.device import cuda_index
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.trt import check_engine, gpu_name, import_tensorrt, read_sidecar
+from edgeseg.runtime.backends.base import Backend, Capabilities, DeviceIO
+from edgeseg.runtime.cuda import get_driver
+from edgeseg.runtime.trt import check_engine, import_tensorrt, read_sidecar
 from edgeseg.spec import ModelSpec
 
-_KIND = {
-    np.dtype(np.float32): "f32",
-    np.dtype(np.float16): "f16",
-    np.dtype(np.uint8): "u8",
-    np.dtype(np.int32): "i32",
-    np.dtype(np.int64): "i64",
+INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what the preprocess kernel writes
+OUTPUT_DTYPES = {
+    np.dtype(np.float32): "logits",
+    np.dtype(np.float16): "logits",
+    np.dtype(np.uint8): "labels",
+    np.dtype(np.int32): "labels",
+    np.dtype(np.int64): "labels",
 }
 
 
-class TensorRTBackend:
-    """Runs a serialized TensorRT engine (batch 1) on one GPU."""
+def tensor_dtype(trt: Any, dtype: Any, what: str, path: Path) -> np.dtype:
+    """NumPy dtype of a TensorRT tensor type, or one clear error (bf16, fp8, int4 have none)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except (TypeError, KeyError):
+        raise EdgesegError(
+            f"{path}: its {what} is {dtype}, which edgeseg cannot feed or read"
+        ) from None
 
-    name = "tensorrt"
 
-    def __init__(
-        self, path: str | os.PathLike, device: str = "cuda", cuda_graph: bool = False
-    ) -> None:
-        from edgeseg.runtime.cuda import get_driver
+class TensorRTBackend(Backend):
+    """Runs a serialized TensorRT engine on one GPU (``cuda:N``)."""
 
-        trt = import_tensorrt()
+    name = "trt"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cuda", driver: Any = None) -> None:
+        self.trt = trt = import_tensorrt()
         self.path = Path(path)
         meta = read_sidecar(self.path)
         self.spec = ModelSpec.from_dict(meta["spec"], origin=str(self.path))
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
-        self.drv = get_driver(index)
-        check_engine(meta, trt.__version__, gpu_name(index), self.path)
-        self.device = f"cuda:{index}"
+        index = cuda_index(device if device.startswith("cuda") else "cuda")
+        self.drv = driver or get_driver(index)
+        check_engine(meta, trt.__version__, self.drv.gpu_name(), self.path)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -57,150 +70,131 @@ class TensorRTBackend:
                 "rebuild it with 'edgeseg export CKPT --trt'"
             )
         self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.in_name, self.out_name = self._io_names()
+        self.in_dtype, self.out_dtype = self._dtypes()
+        lo, hi = self._batch_range()
+        self.caps = Capabilities(
+            f"cuda:{index}",
+            self.spec.precision,
+            device_buffers=True,
+            min_batch=lo,
+            max_batch=hi,
+            graph="driver" if self.drv.graphs else None,
+        )
+        self._bound: dict[int, tuple[DeviceIO, list]] = {}
+        self._shape_batch: int | None = None
+        self._stream = None
+        self._pinned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _io_names(self) -> tuple[str, str]:
+        trt, e = self.trt, self.engine
+        names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
+        ins = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(ins) != 1 or len(outs) != 1:
             raise EdgesegError(
                 f"{self.path}: expected one input and one output tensor, got {ins} / {outs}"
             )
-        self.in_name, self.out_name = ins[0], outs[0]
+        return ins[0], outs[0]
+
+    def _dtypes(self) -> tuple[np.dtype, np.dtype]:
+        e = self.engine
+        din = tensor_dtype(self.trt, e.get_tensor_dtype(self.in_name), "input type", self.path)
+        dout = tensor_dtype(self.trt, e.get_tensor_dtype(self.out_name), "output type", self.path)
+        if din not in INPUT_DTYPES:
+            raise EdgesegError(
+                f"{self.path}: its input is {din}, but edgeseg's preprocessing writes float32 or "
+                "float16; export the model with a float input (edgeseg export, optionally --fp16)"
+            )
+        if OUTPUT_DTYPES.get(dout) != self.spec.output.kind:
+            raise EdgesegError(
+                f"{self.path}: its output is {dout}, not the {self.spec.output.kind} its ModelSpec "
+                "describes (float logits, or uint8/int32/int64 labels); rebuild it with 'edgeseg "
+                "export --trt'"
+            )
+        return din, dout
+
+    def _batch_range(self) -> tuple[int, int]:
+        """Batch sizes the engine takes; its input's other dimensions must match the ModelSpec."""
+        shape = tuple(self.engine.get_tensor_shape(self.in_name))
         h, w = self.spec.input_hw
-        self.context.set_input_shape(self.in_name, (1, 3, h, w))
-        self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.in_name)))
-        self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.out_name)))
-        self.out_shape = tuple(self.context.get_tensor_shape(self.out_name))
-        self.stream = self.drv.stream_create()
-        self.d_in = self.drv.mem_alloc(3 * h * w * self.in_dtype.itemsize)
-        self.d_out = self.drv.mem_alloc(int(np.prod(self.out_shape)) * self.out_dtype.itemsize)
-        self.h_in = self.drv.pinned_empty((1, 3, h, w), self.in_dtype)
-        self.h_out = self.drv.pinned_empty(self.out_shape, self.out_dtype)
-        self.context.set_tensor_address(self.in_name, self.d_in.ptr)
-        self.context.set_tensor_address(self.out_name, self.d_out.ptr)
-        self.cuda_graph = cuda_graph and hasattr(self.drv, "cu")
-        self._graph_exec = None
-        self._frame_hw: tuple[int, int] | None = None
-        from edgeseg.runtime.kernels.cuda import CudaKernels
+        if len(shape) != 4 or tuple(shape[1:]) != (3, h, w):
+            raise EdgesegError(
+                f"{self.path}: the engine's input is {shape} but its ModelSpec says (N, 3, {h}, "
+                f"{w}); "
+                "the sidecar belongs to another engine: rebuild with 'edgeseg export --trt'"
+            )
+        if shape[0] != -1:
+            return shape[0], shape[0]
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.in_name, 0)
+        return int(lo[0]), int(hi[0])
 
-        self._kernels = CudaKernels(self.drv)
-        self._events = [self.drv.event_create() for _ in range(4)]
-        self._table_key: float | None = None
+    def _set_batch(self, batch: int) -> tuple[int, ...]:
+        """Input shape for ``batch`` set and checked; returns the output shape it implies."""
+        h, w = self.spec.input_hw
+        if not self.context.set_input_shape(self.in_name, (batch, 3, h, w)):
+            raise EdgesegError(
+                f"{self.path}: TensorRT refused batch {batch} (the engine takes "
+                f"{self.caps.min_batch} to {self.caps.max_batch})"
+            )
+        out = tuple(int(d) for d in self.context.get_tensor_shape(self.out_name))
+        if any(d < 0 for d in out) or out[0] != batch:
+            raise EdgesegError(
+                f"{self.path}: TensorRT left the output shape {out} for batch {batch}"
+            )
+        self._shape_batch = batch
+        return out
 
-    # -- model only
-    def _execute(self) -> None:
-        if self._graph_exec is not None:
-            self.drv.cu.cuGraphLaunch(self._graph_exec, self.stream)
-            return
-        if not self.context.execute_async_v3(self.stream):
-            raise EdgesegError("TensorRT execution failed (see the TensorRT log above)")
-        if self.cuda_graph:
-            self._capture_graph()
+    def device_io(self, batch: int) -> DeviceIO:
+        self.caps.check_batch(batch)
+        if batch not in self._bound:
+            out_shape = self._set_batch(batch)
+            h, w = self.spec.input_hw
+            d_in = self.drv.mem_alloc(batch * 3 * h * w * self.in_dtype.itemsize)
+            d_out = self.drv.mem_alloc(int(np.prod(out_shape)) * self.out_dtype.itemsize)
+            io = DeviceIO(batch, d_in.ptr, self.in_dtype, out_shape, self.out_dtype, d_out.ptr)
+            self._bound[batch] = (io, [d_in, d_out])
+        return self._bound[batch][0]
 
-    def _capture_graph(self) -> None:
-        """After one normal enqueue (TensorRT's lazy set-up), capture the execution as a graph."""
-        cu = self.drv.cu
-        self.drv.stream_synchronize(self.stream)
-        cu.cuStreamBeginCapture(
-            self.stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
-        )
-        self.context.execute_async_v3(self.stream)
-        err, graph = cu.cuStreamEndCapture(self.stream)
-        if int(err) == 0:
-            err, exec_ = cu.cuGraphInstantiate(graph, 0)
-            if int(err) == 0:
-                self._graph_exec = exec_
-        self.cuda_graph = self._graph_exec is not None
+    def run_device(self, io: DeviceIO, stream: Any) -> int:
+        if self._shape_batch != io.batch:  # another batch size ran last: its shape and buffers
+            self._set_batch(io.batch)
+        for name, ptr in ((self.in_name, io.input), (self.out_name, io.output)):
+            if not self.context.set_tensor_address(name, ptr):
+                raise EdgesegError(f"{self.path}: TensorRT refused the device buffer of {name}")
+        if not self.context.execute_async_v3(self.drv.stream_handle(stream)):
+            raise EdgesegError(f"TensorRT failed to run {self.path} (see the TensorRT log above)")
+        return io.output
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(1, 3, H, W) float batch -> the engine's output, through host buffers (Backend API)."""
-        if batch.shape != self.h_in.shape:
-            raise EdgesegError(f"this engine takes {self.h_in.shape} inputs, got {batch.shape}")
-        self.h_in[...] = batch
-        self.drv.memcpy_htod(self.d_in.ptr, self.h_in, self.stream)
-        self._execute()
-        self.drv.memcpy_dtoh(self.h_out, self.d_out.ptr, self.stream)
-        self.drv.stream_synchronize(self.stream)
-        return self.h_out.copy()
-
-    # -- the whole GPU pipeline
-    def _frame_buffers(self, hw: tuple[int, int]) -> None:
-        if self._frame_hw == hw:
-            return
-        H, W = hw
+        """(N, 3, H, W) float batch -> the engine's output, through page-locked host buffers."""
+        n = batch.shape[0]
         h, w = self.spec.input_hw
-        self.h_frame = self.drv.pinned_empty((H, W, 3), np.uint8)
-        self.h_labels = self.drv.pinned_empty((H, W), np.uint8)
-        self.h_vis = self.drv.pinned_empty((H, W, 3), np.uint8)
-        self.d_frame = self.drv.mem_alloc(H * W * 3)
-        self.d_labels = self.drv.mem_alloc(H * W)
-        self.d_vis = self.drv.mem_alloc(H * W * 3)
-        self.d_small = self.drv.mem_alloc(h * w)
-        self._frame_hw = hw
+        if batch.shape != (n, 3, h, w):
+            raise EdgesegError(f"this engine takes (N, 3, {h}, {w}) inputs, got {batch.shape}")
+        io = self.device_io(n)
+        if self._stream is None:
+            self._stream = self.drv.stream_create()
+        if n not in self._pinned:
+            self._pinned[n] = (
+                self.drv.pinned_empty(batch.shape, self.in_dtype),
+                self.drv.pinned_empty(io.output_shape, self.out_dtype),
+            )
+        h_in, h_out = self._pinned[n]
+        h_in[...] = batch
+        self.drv.memcpy_htod(io.input, h_in, self._stream)
+        out = self.run_device(io, self._stream)
+        self.drv.memcpy_dtoh(h_out, out, self._stream)
+        self.drv.stream_synchronize(self._stream)
+        return h_out.copy()
 
-    def segment(
-        self, frame_bgr: np.ndarray, mode: str = "nearest", overlay_alpha: float | None = None
-    ):
-        """uint8 BGR frame -> (labels, overlay or None, timings_ms), all processing on the GPU."""
-        from edgeseg.runtime.kernels.cuda import colour_table
-
-        k, e = self._kernels, self._events
-        H, W = frame_bgr.shape[:2]
-        self._frame_buffers((H, W))
-        t0 = time.perf_counter()
-        self.h_frame[...] = frame_bgr
-        self.drv.event_record(e[0], self.stream)
-        self.drv.memcpy_htod(self.d_frame.ptr, self.h_frame, self.stream)
-        k.preprocess(
-            self.d_frame.ptr,
-            (H, W),
-            W * 3,
-            self.d_in.ptr,
-            self.spec.input_hw,
-            self.spec.input.mean,
-            self.spec.input.std,
-            self.in_dtype == np.float16,
-            self.stream,
-        )
-        self.drv.event_record(e[1], self.stream)
-        self._execute()
-        self.drv.event_record(e[2], self.stream)
-        kind = _KIND[self.out_dtype]
-        classes = self.out_shape[1] if len(self.out_shape) == 4 else 1
-        table_ptr = keep_q = 0
-        if overlay_alpha is not None:
-            key = float(overlay_alpha)
-            if self._table_key != key:
-                table, keep_q = colour_table(self.spec.palette, overlay_alpha)
-                self._table = self.drv.mem_alloc(table.nbytes)
-                self.drv.memcpy_htod(self._table.ptr, table, self.stream)
-                self._table_key, self._keep_q = key, keep_q
-            table_ptr, keep_q = self._table.ptr, self._keep_q
-        k.postprocess(
-            self.d_out.ptr,
-            kind,
-            classes,
-            self.spec.input_hw,
-            self.d_labels.ptr,
-            (H, W),
-            self.d_small.ptr,
-            mode,
-            self.d_frame.ptr if overlay_alpha is not None else 0,
-            W * 3,
-            self.d_vis.ptr if overlay_alpha is not None else 0,
-            table_ptr,
-            keep_q,
-            self.stream,
-        )
-        self.drv.memcpy_dtoh(self.h_labels, self.d_labels.ptr, self.stream)
-        if overlay_alpha is not None:
-            self.drv.memcpy_dtoh(self.h_vis, self.d_vis.ptr, self.stream)
-        self.drv.event_record(e[3], self.stream)
-        self.drv.stream_synchronize(self.stream)
-        timings = {
-            "pre": self.drv.event_elapsed_ms(e[0], e[1]),
-            "infer": self.drv.event_elapsed_ms(e[1], e[2]),
-            "post": self.drv.event_elapsed_ms(e[2], e[3]),
-            "total": (time.perf_counter() - t0) * 1e3,
-        }
-        vis = self.h_vis.copy() if overlay_alpha is not None else None
-        return self.h_labels.copy(), vis, timings
+    def close(self) -> None:
+        for _, bufs in self._bound.values():
+            for b in bufs:
+                b.free()
+        self._bound.clear()
+        self._pinned.clear()
+        if self._stream is not None:
+            self.drv.stream_destroy(self._stream)
+            self._stream = None
+        self.context = self.engine = self.runtime = None

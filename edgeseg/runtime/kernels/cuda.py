@@ -2,14 +2,16 @@
 
 Two layers:
 - :class:`CudaKernels` launches the kernels of ``cpp_ext/cuda/kernels.cu`` on raw device pointers
-  (what the TensorRT backend uses with its own buffers);
+  (what the GPU frame pipeline, :mod:`edgeseg.runtime.gpu`, uses for every backend);
 - :func:`preprocess` / :func:`postprocess` take PyTorch CUDA tensors and run on PyTorch's current
-  stream (the torch-CUDA pipeline: upload uint8, preprocess, infer, postprocess, download labels,
-  with no host round trip in between). Their semantics are those of
+  stream (for tests and interactive use). Their semantics are those of
   :mod:`edgeseg.runtime.kernels.reference`; overlays use the 16-bit blend (within 1 LSB).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +19,8 @@ from edgeseg.runtime.cuda import Driver, get_driver
 from edgeseg.runtime.kernels.reference import palette_lut_bgr
 
 _BLOCK = (32, 8, 1)
+LOGITS = ("f32", "f16")
+LABELS = ("u8", "i32", "i64")
 
 
 def _grid(w: int, h: int) -> tuple[int, int, int]:
@@ -32,17 +36,20 @@ def colour_table(palette_rgb, alpha: float) -> tuple[np.ndarray, int]:
     ca = lut * np.float32(alpha)
     table = np.zeros((256, 4), np.uint16)
     table[:, :3] = (ca * np.float32(128.0) + np.float32(0.5)).astype(np.uint16) + 64
-    keep_q = int(
-        (np.float32(1.0 - alpha) * np.float32(32768.0) + np.float32(0.5)).astype(np.uint16)
-    )
-    return table, keep_q
+    keep = np.float32(1.0 - alpha) * np.float32(32768.0) + np.float32(0.5)
+    return table, int(keep.astype(np.uint16))
+
+
+def scratch_bytes(model_hw: tuple[int, int], upsample: int = 1) -> int:
+    """Bytes of the ``small`` scratch :meth:`CudaKernels.postprocess` needs."""
+    return model_hw[0] * model_hw[1] * upsample * upsample
 
 
 class CudaKernels:
     """Launchers over device pointers; every call is asynchronous on ``stream``."""
 
-    def __init__(self, driver: Driver | None = None) -> None:
-        self.driver = driver or get_driver()
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
 
     def preprocess(
         self,
@@ -54,19 +61,46 @@ class CudaKernels:
         mean,
         std,
         half: bool = False,
-        stream: int = 0,
+        stream: Any = 0,
     ) -> None:
         """uint8 BGR frame at ``frame`` -> (1, 3, h, w) float32 (or float16) at ``out``."""
         (H, W), (h, w) = frame_hw, size_hw
         mean = np.asarray(mean, np.float32)
         inv_std = (np.float32(1.0) / np.asarray(std, np.float32)).astype(np.float32)
+        args = (frame, H, W, pitch, out, h, w, mean, inv_std)
         self.driver.launch(
-            "preprocess_f16" if half else "preprocess_f32",
-            _grid(w, h),
-            _BLOCK,
-            (frame, H, W, pitch, out, h, w, mean, inv_std),
-            stream,
+            "preprocess_f16" if half else "preprocess_f32", _grid(w, h), _BLOCK, args, stream
         )
+
+    def _labels_small(
+        self,
+        scores: int,
+        kind: str,
+        classes: int,
+        model_hw: tuple[int, int],
+        small: int,
+        upsample: int,
+        stream: Any,
+    ) -> tuple[int, int, int]:
+        """Labels at model size (x ``upsample``) into ``small``; returns (pointer, h, w)."""
+        h, w = model_hw
+        if kind in LOGITS and upsample > 1:  # the model's trailing resize, fused with the argmax
+            hu, wu = h * upsample, w * upsample
+            args = (scores, classes, h, w, small, hu, wu)
+            self.driver.launch(f"bilinear_argmax_{kind}", _grid(wu, hu), _BLOCK, args, stream)
+            return small, hu, wu
+        if kind in LOGITS:
+            self.driver.launch(
+                f"argmax_{kind}", _grid(w, h), _BLOCK, (scores, classes, h, w, small), stream
+            )
+            return small, h, w
+        if kind == "u8":
+            return scores, h, w
+        n = h * w
+        self.driver.launch(
+            f"labels_from_{kind}", ((n + 255) // 256, 1, 1), (256, 1, 1), (scores, n, small), stream
+        )
+        return small, h, w
 
     def postprocess(
         self,
@@ -83,66 +117,75 @@ class CudaKernels:
         overlay: int = 0,
         colour_q: int = 0,
         keep_q: int = 0,
-        stream: int = 0,
+        stream: Any = 0,
+        upsample: int = 1,
     ) -> None:
         """Scores at ``scores`` -> uint8 labels at ``labels`` (frame size), optional overlay.
 
         ``kind``: ``f32``/``f16`` logits (C = ``classes``) or ``u8``/``i32``/``i64`` labels.
-        ``small``: scratch of h*w bytes (labels at model size); unused for u8 labels and for
-        ``mode="bilinear"`` without an overlay.
+        ``small``: scratch of :func:`scratch_bytes` bytes (labels at model size); unused for u8
+        labels and for ``mode="bilinear"`` without an overlay. ``upsample=k`` (nearest mode,
+        logits): the logits are a model's before its trailing x``k`` bilinear resize, done here
+        fused with the argmax, as the CPU kernel does.
         """
-        (h, w), (H, W) = model_hw, frame_hw
-        logits = kind in ("f32", "f16")
-        if logits and mode == "bilinear":
-            self.driver.launch(
-                f"bilinear_argmax_{kind}",
-                _grid(W, H),
-                _BLOCK,
-                (scores, classes, h, w, labels, H, W),
-                stream,
-            )
+        H, W = frame_hw
+        if upsample > 1 and (kind not in LOGITS or mode != "nearest"):
+            raise ValueError("upsample > 1 needs logits and mode='nearest'")
+        if kind in LOGITS and mode == "bilinear":
+            h, w = model_hw
+            args = (scores, classes, h, w, labels, H, W)
+            self.driver.launch(f"bilinear_argmax_{kind}", _grid(W, H), _BLOCK, args, stream)
             src, sh, sw = labels, H, W  # the overlay pass below keeps labels as they are
         else:
-            if logits:
-                self.driver.launch(
-                    f"argmax_{kind}", _grid(w, h), _BLOCK, (scores, classes, h, w, small), stream
-                )
-                src = small
-            elif kind == "u8":
-                src = scores
-            else:
-                n = h * w
-                self.driver.launch(
-                    f"labels_from_{kind}",
-                    ((n + 255) // 256, 1, 1),
-                    (256, 1, 1),
-                    (scores, n, small),
-                    stream,
-                )
-                src = small
-            sh, sw = h, w
+            src, sh, sw = self._labels_small(
+                scores, kind, classes, model_hw, small, upsample, stream
+            )
         if src == labels and not overlay:
             return
-        self.driver.launch(
-            "upsample_blend",
-            _grid(W, H),
-            _BLOCK,
-            (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q),
-            stream,
-        )
+        args = (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q)
+        self.driver.launch("upsample_blend", _grid(W, H), _BLOCK, args, stream)
+
+
+class ColourTables:
+    """Device colour tables for overlays, one per (palette, alpha), the few most recent kept: a
+    stream that varies its alpha cannot grow device memory without bound."""
+
+    def __init__(self, driver: Driver, keep: int = 4) -> None:
+        self.driver, self.keep = driver, keep
+        self._tables: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+
+    def get(self, palette, alpha: float, stream: Any = 0) -> tuple[int, int]:
+        """(device pointer of the table, keep_q) for ``palette`` at ``alpha``."""
+        key = (tuple(map(tuple, np.asarray(palette, np.int64).tolist())), float(alpha))
+        if key not in self._tables:
+            table, keep_q = colour_table(palette, alpha)
+            buf = self.driver.mem_alloc(table.nbytes)
+            self.driver.memcpy_htod(buf.ptr, table, stream)
+            self.driver.stream_synchronize(stream)  # ``table`` is pageable and goes out of scope
+            self._tables[key] = (buf, keep_q)
+            while len(self._tables) > self.keep:
+                self._tables.popitem(last=False)[1][0].free()
+        self._tables.move_to_end(key)
+        buf, keep_q = self._tables[key]
+        return buf.ptr, keep_q
+
+    def free(self) -> None:
+        for buf, _ in self._tables.values():
+            buf.free()
+        self._tables.clear()
 
 
 # ----------------------------------------------------------------------------- PyTorch tensors
 
-_KERNELS: CudaKernels | None = None
-_TABLES: dict = {}
+_PER_DEVICE: dict[int, tuple[CudaKernels, ColourTables]] = {}
 
 
-def _kernels() -> CudaKernels:
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = CudaKernels()
-    return _KERNELS
+def _for(tensor) -> tuple[CudaKernels, ColourTables]:
+    index = tensor.device.index or 0
+    if index not in _PER_DEVICE:
+        drv = get_driver(index)
+        _PER_DEVICE[index] = (CudaKernels(drv), ColourTables(drv))
+    return _PER_DEVICE[index]
 
 
 def _stream(tensor) -> int:
@@ -170,7 +213,8 @@ def preprocess(frame, size_hw: tuple[int, int], mean, std, out=None, dtype=None)
         or not out.is_contiguous()
     ):
         raise ValueError(f"out must be a contiguous float32/float16 (1, 3, {h}, {w}) tensor")
-    _kernels().preprocess(
+    half = out.dtype == torch.float16
+    _for(frame)[0].preprocess(
         frame.data_ptr(),
         tuple(frame.shape[:2]),
         frame.stride(0),
@@ -178,7 +222,7 @@ def preprocess(frame, size_hw: tuple[int, int], mean, std, out=None, dtype=None)
         (h, w),
         mean,
         std,
-        out.dtype == torch.float16,
+        half,
         _stream(frame),
     )
     return out
@@ -209,36 +253,12 @@ def _score_kind(scores, mode: str) -> tuple[str, int]:
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     kind = kinds[scores.dtype]
     classes = scores.shape[1] if scores.ndim == 4 else 1
-    if (scores.ndim == 4) != (kind in ("f32", "f16")) or classes > 256:
+    if (scores.ndim == 4) != (kind in LOGITS) or classes > 256:
         raise ValueError(
             f"scores {scores.dtype} {tuple(scores.shape)}: logits must be float with <= 256 "
             "classes, labels integer (1, h, w)"
         )
     return kind, classes
-
-
-def _overlay_args(frame, palette, alpha: float, frame_hw, overlay_out, dev):
-    """(frame, overlay tensor, colour table tensor, keep_q) for the blend in post-processing."""
-    import torch
-
-    H, W = frame_hw
-    if palette is None:
-        raise ValueError("an overlay needs a palette")
-    if frame.dtype != torch.uint8 or tuple(frame.shape) != (H, W, 3) or not frame.is_cuda:
-        raise ValueError(
-            f"frame must be a CUDA uint8 ({H}, {W}, 3) tensor, got {tuple(frame.shape)}"
-        )
-    vis = (
-        overlay_out
-        if overlay_out is not None
-        else torch.empty((H, W, 3), dtype=torch.uint8, device=dev)
-    )
-    key = (str(dev), tuple(map(tuple, np.asarray(palette, np.int64).tolist())), float(alpha))
-    if key not in _TABLES:
-        table, kq = colour_table(palette, alpha)
-        _TABLES[key] = (torch.from_numpy(table).to(dev), kq)
-    table_t, keep_q = _TABLES[key]
-    return frame.contiguous(), vis, table_t, keep_q
 
 
 def postprocess(
@@ -251,11 +271,13 @@ def postprocess(
     mode: str = "nearest",
     overlay_out=None,
     scratch=None,
+    upsample: int = 1,
 ):
     """CUDA scores tensor -> CUDA uint8 labels (and overlay when ``frame`` is given).
 
     ``scores``: (1, C, h, w) float32/float16 or (1, h, w) integer labels. Returns ``labels`` or
-    ``(labels, overlay)``; ``out``/``overlay_out``/``scratch`` (h*w uint8) avoid allocation.
+    ``(labels, overlay)``; ``out``/``overlay_out``/``scratch`` avoid allocation. ``upsample``:
+    see :meth:`CudaKernels.postprocess`.
     """
     import torch
 
@@ -263,13 +285,28 @@ def postprocess(
     scores = scores.contiguous()
     (h, w), (H, W), dev = scores.shape[-2:], frame_hw, scores.device
     labels = out if out is not None else torch.empty((H, W), dtype=torch.uint8, device=dev)
-    small = scratch if scratch is not None else torch.empty((h * w,), dtype=torch.uint8, device=dev)
-    blend = (0, 0, 0, 0, 0)
-    vis = None
+    nbytes = scratch_bytes((h, w), upsample)
+    small = (
+        scratch if scratch is not None else torch.empty((nbytes,), dtype=torch.uint8, device=dev)
+    )
+    kern, tables = _for(scores)
+    blend, vis = (0, 0, 0, 0, 0), None
     if frame is not None:
-        frame, vis, table, keep_q = _overlay_args(frame, palette, alpha, frame_hw, overlay_out, dev)
-        blend = (frame.data_ptr(), frame.stride(0), vis.data_ptr(), table.data_ptr(), keep_q)
-    _kernels().postprocess(
+        if palette is None:
+            raise ValueError("an overlay needs a palette")
+        if frame.dtype != torch.uint8 or tuple(frame.shape) != (H, W, 3) or not frame.is_cuda:
+            raise ValueError(
+                f"frame must be a CUDA uint8 ({H}, {W}, 3) tensor, got {tuple(frame.shape)}"
+            )
+        frame = frame.contiguous()
+        vis = (
+            overlay_out
+            if overlay_out is not None
+            else torch.empty((H, W, 3), dtype=torch.uint8, device=dev)
+        )
+        table, keep_q = tables.get(palette, alpha, _stream(scores))
+        blend = (frame.data_ptr(), frame.stride(0), vis.data_ptr(), table, keep_q)
+    kern.postprocess(
         scores.data_ptr(),
         kind,
         classes,
@@ -279,6 +316,7 @@ def postprocess(
         small.data_ptr(),
         mode,
         *blend,
-        _stream(scores),
+        stream=_stream(scores),
+        upsample=upsample,
     )
     return labels if vis is None else (labels, vis)

@@ -1,0 +1,261 @@
+"""The GPU frame pipeline, one implementation for every GPU backend (PyTorch, ONNX Runtime,
+TensorRT):
+
+::
+
+    uint8 frames ─► page-locked buffers ─► device (async) ─► preprocess kernel ─► backend on
+    device buffers ─► postprocess kernel (fused upsample, argmax, nearest, overlay) ─► uint8
+    labels (and overlays) ─► host
+
+One CUDA stream per pipeline (the backend's own when it is tied to one: ONNX Runtime's compute
+stream), the context made current on whichever thread calls, several frames (one per camera)
+batched into one inference. With ``cuda_graph=True`` the whole step — uploads, preprocessing,
+the model, post-processing, downloads — is captured once per batch shape and replayed as a
+single launch (recaptured when a frame size changes). Everything is released by :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeseg.device import cuda_index
+from edgeseg.runtime.backends.base import Backend, DeviceIO
+from edgeseg.runtime.cuda import DeviceBuffer, Driver, get_driver
+from edgeseg.runtime.kernels.cuda import ColourTables, CudaKernels, scratch_bytes
+from edgeseg.spec import ModelSpec
+
+KINDS = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(np.uint8): "u8",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+}
+
+
+class _Slot:
+    """The buffers of one frame of a batch at one frame size: page-locked host and device."""
+
+    def __init__(self, drv: Driver, hw: tuple[int, int]) -> None:
+        H, W = hw
+        self.hw = hw
+        self.h_frame = drv.pinned_empty((H, W, 3), np.uint8)
+        self.h_labels = drv.pinned_empty((H, W), np.uint8)
+        self.h_vis = drv.pinned_empty((H, W, 3), np.uint8)
+        self.device: list[DeviceBuffer] = [
+            drv.mem_alloc(H * W * 3),
+            drv.mem_alloc(H * W),
+            drv.mem_alloc(H * W * 3),
+        ]
+        self.d_frame, self.d_labels, self.d_vis = (b.ptr for b in self.device)
+
+    def free(self) -> None:
+        for b in self.device:
+            b.free()
+
+
+@dataclass
+class _Step:
+    """What one enqueue of a batch needs."""
+
+    io: DeviceIO
+    slots: list[_Slot]
+    scratch: list[int]
+    table: tuple[int, int]  # colour table pointer, keep_q (0, 0 without an overlay)
+    overlay: bool
+
+
+class GpuPipeline:
+    """Runs ``backend`` (with ``caps.device_buffers``) on frames; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        mode: str = "nearest",
+        cuda_graph: bool = False,
+        driver: Driver | None = None,
+    ) -> None:
+        self.backend, self.spec, self.mode = backend, backend.spec, mode
+        self.drv = driver or get_driver(cuda_index(backend.device))
+        self.drv.load_kernels()  # module loading is not allowed inside a graph capture
+        self.kernels, self.tables = CudaKernels(self.drv), ColourTables(self.drv)
+        own = backend.device_stream()
+        self.stream = own if own is not None else self.drv.stream_create()
+        self._own_stream = own is None
+        self.events = [self.drv.event_create() for _ in range(4)]
+        self.graph_kind = backend.caps.graph if cuda_graph else None
+        self._slots: dict[tuple[int, tuple[int, int]], _Slot] = {}
+        self._scratch: dict[int, DeviceBuffer] = {}
+        self._graphs: dict[tuple, Any] = {}
+        self._ran_eagerly: set[tuple] = set()
+
+    # -- buffers
+    def _slot(self, i: int, hw: tuple[int, int]) -> _Slot:
+        if (i, hw) not in self._slots:
+            old = [k for k in self._slots if k[0] == i]  # a frame size change: the old buffers go
+            for k in old:
+                self._slots.pop(k).free()
+                self._drop_graphs()
+            self._slots[(i, hw)] = _Slot(self.drv, hw)
+        return self._slots[(i, hw)]
+
+    def _scratch_ptr(self, i: int, model_hw: tuple[int, int]) -> int:
+        if i not in self._scratch:
+            self._scratch[i] = self.drv.mem_alloc(scratch_bytes(model_hw, self.backend.upsample))
+        return self._scratch[i].ptr
+
+    def _drop_graphs(self) -> None:
+        for graph in self._graphs.values():
+            if self.graph_kind == "driver":
+                self.drv.graph_destroy(graph)
+        self._graphs.clear()
+        self._ran_eagerly.clear()
+
+    # -- one step
+    def _enqueue(self, step: _Step, timed: bool) -> None:
+        """Uploads, preprocessing, the model, post-processing and downloads, on the stream."""
+        drv, s, e, io = self.drv, self.stream, self.events, step.io
+        in_item = int(np.prod(io_in_shape(self.spec))) * io.input_dtype.itemsize
+        for i, slot in enumerate(step.slots):
+            drv.memcpy_htod(slot.d_frame, slot.h_frame, s)
+            self.kernels.preprocess(
+                slot.d_frame,
+                slot.hw,
+                slot.hw[1] * 3,
+                io.input + i * in_item,
+                self.spec.input_hw,
+                self.spec.input.mean,
+                self.spec.input.std,
+                io.input_dtype == np.float16,
+                s,
+            )
+        if timed:
+            drv.event_record(e[1], s)
+        out = self.backend.run_device(io, s)
+        if timed:
+            drv.event_record(e[2], s)
+        self._postprocess(step, out)
+
+    def _postprocess(self, step: _Step, out: int) -> None:
+        io, s = step.io, self.stream
+        kind = KINDS[io.output_dtype]
+        classes = io.output_shape[1] if len(io.output_shape) == 4 else 1
+        model_hw = tuple(io.output_shape[-2:])
+        out_item = int(np.prod(io.output_shape[1:])) * io.output_dtype.itemsize
+        table, keep_q = step.table
+        for i, slot in enumerate(step.slots):
+            W = slot.hw[1]
+            blend = (
+                (slot.d_frame, W * 3, slot.d_vis, table, keep_q)
+                if step.overlay
+                else (0, 0, 0, 0, 0)
+            )
+            self.kernels.postprocess(
+                out + i * out_item,
+                kind,
+                classes,
+                model_hw,
+                slot.d_labels,
+                slot.hw,
+                step.scratch[i],
+                self.mode,
+                *blend,
+                stream=s,
+                upsample=self.backend.upsample,
+            )
+            self.drv.memcpy_dtoh(slot.h_labels, slot.d_labels, s)
+            if step.overlay:
+                self.drv.memcpy_dtoh(slot.h_vis, slot.d_vis, s)
+
+    def _capture(self, step: _Step) -> Any:
+        if self.graph_kind == "torch":
+            return self.backend.capture(self.stream, lambda: self._enqueue(step, timed=False))
+        return self.drv.graph_capture(self.stream, lambda: self._enqueue(step, timed=False))
+
+    def _replay(self, graph: Any) -> None:
+        if self.graph_kind == "torch":
+            self.backend.replay(graph, self.stream)
+        else:
+            self.drv.graph_launch(graph, self.stream)
+
+    def run(
+        self, frames: list[np.ndarray], overlay_alpha: float | None = None
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], dict[str, float]]:
+        """Segment a batch of BGR uint8 frames (any sizes); ``[(labels, overlay or None)]`` and
+        the step's timings in ms (``pre``/``infer``/``post`` from CUDA events; a graph replay
+        is one launch, reported whole as ``infer``)."""
+        t0 = time.perf_counter()
+        self.drv.make_current()
+        io = self.backend.device_io(len(frames))
+        slots = [self._slot(i, f.shape[:2]) for i, f in enumerate(frames)]
+        overlay = overlay_alpha is not None
+        table = (
+            self.tables.get(self.spec.palette, overlay_alpha, self.stream) if overlay else (0, 0)
+        )
+        step = _Step(
+            io,
+            slots,
+            [self._scratch_ptr(i, io.output_shape[-2:]) for i in range(len(frames))],
+            table,
+            overlay,
+        )
+        for slot, frame in zip(slots, frames):
+            slot.h_frame[...] = frame
+        key = (len(frames), tuple(s.hw for s in slots), overlay_alpha)
+        timings = self._launch(step, key)
+        results = [(s.h_labels.copy(), s.h_vis.copy() if overlay else None) for s in slots]
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return results, timings
+
+    def _launch(self, step: _Step, key: tuple) -> dict[str, float]:
+        drv, e, s = self.drv, self.events, self.stream
+        drv.event_record(e[0], s)
+        if key in self._graphs:
+            self._replay(self._graphs[key])
+            drv.event_record(e[3], s)
+            drv.stream_synchronize(s)
+            return {
+                "pre": 0.0,
+                "infer": drv.event_elapsed_ms(e[0], e[3]),
+                "post": 0.0,
+                "graph": 1.0,
+            }
+        self._enqueue(step, timed=True)
+        drv.event_record(e[3], s)
+        drv.stream_synchronize(s)
+        timings = {
+            "pre": drv.event_elapsed_ms(e[0], e[1]),
+            "infer": drv.event_elapsed_ms(e[1], e[2]),
+            "post": drv.event_elapsed_ms(e[2], e[3]),
+        }
+        if self.graph_kind is not None:
+            if key in self._ran_eagerly:  # warmed up (lazy initialisations done): capture
+                self._graphs[key] = self._capture(step)
+            self._ran_eagerly.add(key)
+        return timings
+
+    def close(self) -> None:
+        """Free every buffer, graph, event and the pipeline's own stream."""
+        self.drv.make_current()
+        self._drop_graphs()
+        for slot in self._slots.values():
+            slot.free()
+        self._slots.clear()
+        for buf in self._scratch.values():
+            buf.free()
+        self._scratch.clear()
+        self.tables.free()
+        for ev in self.events:
+            self.drv.event_destroy(ev)
+        self.events = []
+        if self._own_stream:
+            self.drv.stream_destroy(self.stream)
+
+
+def io_in_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """One frame's model input: (3, h, w)."""
+    return (3, *spec.input_hw)
