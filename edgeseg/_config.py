@@ -76,6 +76,8 @@ def _kwargs(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     kw: dict[str, Any] = {"help": meta.get("help", "")}
     if hint is bool:
         kw["action"] = argparse.BooleanOptionalAction if f.default is True else "store_true"
+    elif origin is list:  # a repeatable flag
+        kw.update(type=meta.get("parse") or args[0], action="append", metavar=meta.get("metavar"))
     elif origin is tuple and args == (int, int):
         kw.update(type=meta.get("parse") or parse_hw, metavar=meta.get("metavar") or "HxW")
     elif origin is tuple:
@@ -95,7 +97,7 @@ def _default_text(f: dataclasses.Field) -> str | None:
     if f.metadata.get("default_text"):
         return f.metadata["default_text"]
     if f.default is _MISSING or f.default is None or isinstance(f.default, bool):
-        return None
+        return None  # also list fields (default_factory): nothing to show
     value = f.default
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}x{value[1]}"
@@ -134,6 +136,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 
 def from_args(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
     """The dataclass ``cls`` from the flags that were given (the rest keep their defaults)."""
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items() if k in names}
+    values = {k: v for k, v in vars(ns).items() if k in names}
+    for k, v in values.items():  # nargs gives lists; tuple fields want tuples
+        if isinstance(v, list) and "tuple" in str(hints[k]):
+            values[k] = tuple(v)
     return cls(**{**values, **overrides})

@@ -18,6 +18,7 @@ from edgeseg._config import add_arguments, from_args, parse_hw
 from edgeseg.compress.config import PruneConfig
 from edgeseg.errors import EdgesegError
 from edgeseg.export.config import ExportConfig
+from edgeseg.runtime.config import StreamConfig
 from edgeseg.train.config import TrainConfig
 
 
@@ -38,12 +39,6 @@ def _write_json(path: str | None, payload: dict) -> None:
         from edgeseg._io import write_text_atomic
 
         write_text_atomic(path, json.dumps(payload, indent=2, default=str))
-
-
-def _positive_int(text: str, setting: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise EdgesegError(f"{setting} must be a positive integer or auto, got '{text}'")
-    return int(text)
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -156,15 +151,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_sinks(a: argparse.Namespace, pipe, seg) -> None:
+def _stream_sinks(cfg: StreamConfig, pipe, seg) -> None:
     from edgeseg.runtime.sinks import DisplaySink, MaskSink, VideoSink
 
     fps = next((s.fps for s in pipe.sources if getattr(s, "fps", 0)), 25.0)
-    if a.record:
-        pipe.sinks.append(VideoSink(a.record, fps))
-    if a.save_masks:
-        pipe.sinks.append(MaskSink(a.save_masks, multi_source=len(pipe.sources) > 1))
-    if a.display:
+    if cfg.record:
+        pipe.sinks.append(VideoSink(cfg.record, fps))
+    if cfg.save_masks:
+        pipe.sinks.append(MaskSink(cfg.save_masks, multi_source=len(pipe.sources) > 1))
+    if cfg.display:
         pipe.sinks.append(DisplaySink(seg.spec.classes, seg.spec.palette, pipe.stats))
 
 
@@ -190,26 +185,12 @@ def cmd_stream(a: argparse.Namespace) -> int:
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.stream import StreamPipeline
 
-    sources = [*(a.source or []), *(str(c) for c in (a.camera or []))]
-    if not sources:
-        raise EdgesegError(
-            "give a --source (file, folder, glob, URL, GStreamer pipeline, synthetic) or --camera N"
-        )
-    seg = Segmenter(a.model, backend=a.backend, device=a.device)
-    workers = a.infer_workers
-    workers = workers if workers == "auto" else _positive_int(workers, "infer_workers")
-    pipe = StreamPipeline(
-        seg,
-        sources,
-        mode=a.mode,
-        max_frames=a.max_frames,
-        duration=a.duration,
-        reconnect=a.reconnect,
-        alpha=a.alpha,
-        infer_workers=workers,
-    )
+    cfg = from_args(StreamConfig, a)
+    cfg.check()
+    seg = Segmenter(cfg.model, **cfg.segmenter_options())
+    pipe = StreamPipeline(seg, cfg.sources, **cfg.pipeline_options())
     try:
-        _stream_sinks(a, pipe, seg)
+        _stream_sinks(cfg, pipe, seg)
     except Exception:
         pipe.close()
         raise
@@ -219,7 +200,7 @@ def cmd_stream(a: argparse.Namespace) -> int:
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     tty = sys.stderr.isatty()
-    what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}"
+    what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}, batch {pipe.batch}"
     print(f"edgeseg stream: {pipe.source_names} -> {seg.model_path} [{what}]", file=sys.stderr)
 
     def status(stats) -> None:
@@ -238,7 +219,7 @@ def cmd_stream(a: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     if tty:
         print(file=sys.stderr)
-    _write_json(a.report, report)
+    _write_json(cfg.report, report)
     _print_stream_report(report)
     for err in pipe.errors:
         print(f"edgeseg stream: warning: {err}", file=sys.stderr)
@@ -301,6 +282,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         calib=a.calib,
         baselines=not a.no_baselines,
         isolate=not a.no_isolate,
+        cuda_graph=a.cuda_graph,
+        compile=a.compile,
     )
     res = run_bench(cfg, progress)
     print_table(res)
@@ -447,6 +430,12 @@ def _add_bench(sub) -> None:
         help="measure in this process (faster; peak RSS is then the whole run's)",
     )
     b.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also GPU rows with each frame's whole step replayed as one CUDA graph",
+    )
+    b.add_argument("--compile", action="store_true", help="also torch rows through torch.compile")
+    b.add_argument(
         "--zoo", action="store_true", help="every registered model: val mIoU against latency"
     )
     b.add_argument("--data", metavar="SPEC", help="--zoo: dataset for the val mIoU")
@@ -460,43 +449,7 @@ def _add_bench(sub) -> None:
 
 def _add_stream(sub) -> None:
     st = sub.add_parser("stream", help="segment live video: cameras, files, RTSP, GStreamer")
-    st.add_argument("--model", required=True, help="model.onnx, model.engine or a .pt checkpoint")
-    st.add_argument(
-        "--source",
-        action="append",
-        help="video file, image folder or glob, rtsp:// or http:// URL, GStreamer "
-        "pipeline ending in appsink, or synthetic[:WxH[@FPS]]; repeatable",
-    )
-    st.add_argument(
-        "--camera", action="append", type=int, metavar="N", help="V4L2 camera index (repeatable)"
-    )
-    st.add_argument(
-        "--mode",
-        choices=("realtime", "every-frame"),
-        help="realtime: newest frame wins (default for live sources); every-frame: "
-        "nothing dropped (default for files)",
-    )
-    st.add_argument("--display", action="store_true", help="show a window (q or Esc quits)")
-    st.add_argument("--record", metavar="OUT.mp4", help="write the overlay video")
-    st.add_argument("--save-masks", metavar="DIR", help="write class-index PNGs")
-    st.add_argument(
-        "--report", metavar="R.json", help="write frame counts, FPS, latency and stage percentiles"
-    )
-    st.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    st.add_argument("--max-frames", type=int, help="stop each source after N frames")
-    st.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    st.add_argument(
-        "--reconnect", action="store_true", help="reopen a live source that drops, with back-off"
-    )
-    st.add_argument("--backend", default="auto")
-    st.add_argument("--device", default="auto")
-    st.add_argument(
-        "--infer-workers",
-        default="auto",
-        metavar="N|auto",
-        help="inference threads; auto: 2 single-threaded ONNX Runtime sessions on a "
-        "multi-core CPU, else 1",
-    )
+    add_arguments(st, StreamConfig)
     st.set_defaults(func=cmd_stream)
 
 

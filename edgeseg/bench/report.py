@@ -13,9 +13,15 @@ def _fmt(v, nd: int = 1) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _variant(r: dict[str, Any]) -> str:
+    """``+graph``, ``+compile``: the options a row ran with."""
+    names = {"cuda_graph": "graph", "compile": "compile"}
+    return "".join(f" +{names.get(k, k)}" for k, v in (r.get("options") or {}).items() if v)
+
+
 def _label(r: dict[str, Any]) -> str:
     backend = r.get("backend", r["backend_requested"])
-    return f"{r['name']} {backend} {r.get('precision', r['precision_requested'])}"
+    return f"{r['name']} {backend}{_variant(r)} {r.get('precision', r['precision_requested'])}"
 
 
 COLUMNS = (
@@ -37,13 +43,13 @@ COLUMNS = (
 
 def _result_row(r: dict[str, Any]) -> list[str]:
     if "skipped" in r:
-        what = [r["name"], r["backend_requested"], r["precision_requested"]]
+        what = [r["name"], r["backend_requested"] + _variant(r), r["precision_requested"]]
         return [*what, f"[yellow]skipped: {r['skipped']}[/]", *[""] * (len(COLUMNS) - 4)]
     mo, pl, ra = r["model_only_ms"], r["pipeline"], r["ratios"]
     stages = "/".join(_fmt(pl["stages_ms"][s]["p50"]) for s in STAGES)
     return [
         r["name"],
-        r["backend"],
+        r["backend"] + _variant(r),
         r["precision"],
         _fmt(r["params"] / 1e6 if r["params"] else None, 2),
         _fmt(r["gflops"], 2),

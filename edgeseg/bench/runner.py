@@ -50,6 +50,19 @@ class BenchConfig:
     calib: str | None = None  # INT8 calibration frames; default: the checkpoint's training data
     baselines: bool = True
     isolate: bool = True  # one process per configuration (honest peak RSS)
+    cuda_graph: bool = False  # also GPU rows with the whole step replayed as one CUDA graph
+    compile: bool = False  # also torch rows through torch.compile
+
+    def variants(self, backend: str) -> list[dict[str, bool]]:
+        """Segmenter options each configuration of ``backend`` is measured with."""
+        out: list[dict[str, bool]] = [{}]
+        if self.cuda_graph and backend in ("torch", "trt"):
+            out.append({"cuda_graph": True})
+        if self.compile and backend == "torch":
+            out += [{"compile": True}] + (
+                [{"compile": True, "cuda_graph": True}] if self.cuda_graph else []
+            )
+        return out
 
 
 class Skip(Exception):
@@ -122,9 +135,9 @@ class Artifacts:
 
     def file_for(self, model: Path, backend: str, precision: str) -> Path:
         if backend == "torch":
-            if precision != "fp32":
-                raise Skip("the torch backend runs FP32 checkpoints only")
-            return self._checkpoint(model, "the torch backend runs FP32 checkpoints only")
+            if precision not in ("fp32", "fp16"):
+                raise Skip("the torch backend runs checkpoints in fp32 (or fp16 on a GPU)")
+            return self._checkpoint(model, "the torch backend runs checkpoints (.pt)")
         own = _file_precision(model)
         if (
             model.suffix.lower() != ".pt"
@@ -165,9 +178,19 @@ def _first_frame(source: str):
 
 
 def measure_config(
-    path: str, backend: str, device: str, source: str, frames: int, warmup: int
+    path: str,
+    backend: str,
+    device: str,
+    source: str,
+    frames: int,
+    warmup: int,
+    precision: str | None = None,
+    options: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """Model-only and end-to-end figures of one model file on one backend (in a fresh process)."""
+    """Model-only and end-to-end figures of one model file on one backend (in a fresh process).
+
+    ``options``: Segmenter options of the configuration (``cuda_graph``, ``compile``).
+    """
     from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb
     from edgeseg.runtime import kernels
     from edgeseg.runtime.segmenter import Segmenter
@@ -178,15 +201,20 @@ def measure_config(
     rss_start = rss_mb()
     # Model-only: the file's whole graph, as any runtime would run it (the pipeline below lets
     # the post-processing kernel do an ONNX model's final resize instead).
-    whole = Segmenter(path, backend=backend, device=device, fuse_resize=False)
+    options = options or {}
+    kw = {"backend": backend, "device": device, "precision": precision, **options}
+    whole = Segmenter(path, fuse_resize=False, **kw)
     spec = whole.spec
     frame = _first_frame(source)
-    x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
-    samples = time_calls(lambda: whole.backend.infer(x), warmup, frames)
+    if whole._gpu is not None:  # device-resident, like PyTorch eager with a synchronise
+        samples = whole._gpu.time_model(warmup, frames)
+    else:
+        x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
+        samples = time_calls(lambda: whole.backend.infer(x), warmup, frames)
     model_only = summarize(samples)
     if whole.backend.name == "ort":
-        del whole  # freed before the pipeline's session: peak RSS counts one copy of the model
-        seg = Segmenter(path, backend=backend, device=device)
+        whole.close()  # freed before the pipeline's session: peak RSS counts one model
+        seg = Segmenter(path, **kw)
     else:
         seg = whole
     for _ in range(min(warmup, 5)):
@@ -205,7 +233,8 @@ def measure_config(
         "backend": seg.backend.name,
         "device": seg.backend.device,
         "kernels": seg.kernels,
-        "precision": spec.precision,
+        "precision": seg.backend.caps.precision,
+        "options": options,
         "input_size": list(spec.input_hw),
         **complexity,
         "model_only_ms": model_only,
@@ -224,6 +253,7 @@ def measure_config(
         from edgeseg.bench.baselines import tensorrt_compute
 
         res["tensorrt_compute_ms"] = tensorrt_compute(seg.backend, warmup, frames)
+    seg.close()
     return res
 
 
@@ -359,6 +389,7 @@ def _baselines(cfg: BenchConfig, arts: Artifacts, m: Path, source: str, progress
 
 
 def _row(
+    options: dict[str, bool],
     cfg: BenchConfig,
     arts: Artifacts,
     m: Path,
@@ -374,12 +405,14 @@ def _row(
         "name": m.stem,
         "backend_requested": backend,
         "precision_requested": precision,
+        "options": options,
     }
     try:
         path = arts.file_for(m, backend, precision)
-        progress(f"{m.name} [{backend}, {precision}]: {cfg.frames} frames")
+        extra = "".join(f", {k.replace('_', ' ')}" for k in options)
+        progress(f"{m.name} [{backend}, {precision}{extra}]: {cfg.frames} frames")
         args = (str(path), backend, cfg.device, source, cfg.frames, cfg.warmup)
-        row.update(_call(cfg.isolate, measure_config, *args))
+        row.update(_call(cfg.isolate, measure_config, *args, precision, options))
         derived = path.is_relative_to(arts.work)  # exported/quantized/built for this run
         row["file"] = f"{path.name} (derived from {m.name})" if derived else str(path)
         row["ratios"] = _ratios(row, base)
@@ -402,7 +435,9 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
             for backend in dict.fromkeys(backends):
                 for precision in cfg.precisions or [_file_precision(m)]:
                     base = baselines.get(str(m), {})
-                    results.append(_row(cfg, arts, m, backend, precision, source, base, progress))
+                    for opts in cfg.variants(backend):
+                        row = _row(opts, cfg, arts, m, backend, precision, source, base, progress)
+                        results.append(row)
     return {
         "schema": SCHEMA,
         "date": time.strftime("%Y-%m-%d %H:%M"),

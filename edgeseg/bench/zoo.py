@@ -42,7 +42,9 @@ def _latency(onnx: str, warmup: int, iters: int) -> dict[str, Any]:
     return summarize(time_calls(lambda: be.infer(x), warmup, iters))
 
 
-def _untrained_checkpoint(arch: str, data: str, path: Path) -> Path:
+def _untrained_checkpoint(
+    arch: str, data: str, path: Path, input_hw: tuple[int, int] = (352, 480)
+) -> Path:
     """A randomly initialised checkpoint of ``arch`` with ``data``'s classes (latency needs no
     training)."""
     from edgeseg.data import build_dataset
@@ -60,7 +62,9 @@ def _untrained_checkpoint(arch: str, data: str, path: Path) -> Path:
         classes=list(info.classes),
         palette=[list(map(int, c)) for c in info.palette[:n]],
         ignore_index=info.ignore_index,
-        input=InputSpec(height=352, width=480, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+        input=InputSpec(
+            height=input_hw[0], width=input_hw[1], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)
+        ),
         output=OutputSpec("logits", getattr(model, "output_stride", 1)),
         source={"untrained": True},
     )

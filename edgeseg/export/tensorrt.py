@@ -79,9 +79,9 @@ def network_flags(trt: Any) -> int:
     """Creation flags of a strongly typed network: TensorRT 10 asks for it with the
     ``STRONGLY_TYPED`` flag; in TensorRT 11 every network is strongly typed and no flag is
     passed (``EXPLICIT_BATCH`` is gone from both)."""
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    major = int(str(trt.__version__).split(".")[0])
-    return 1 << int(flag) if flag is not None and major < 11 else 0
+    if int(str(trt.__version__).split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
 def _build(

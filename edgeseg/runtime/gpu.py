@@ -238,6 +238,33 @@ class GpuPipeline:
             self._ran_eagerly.add(key)
         return timings
 
+    def time_model(self, warmup: int, iters: int) -> list[float]:
+        """Wall-clock ms of the model alone on device-resident input (batch 1; replayed as a
+        CUDA graph when the pipeline uses graphs), each ending in a synchronise: what
+        ``edgeseg bench`` reports as model-only for a GPU backend."""
+        self.drv.make_current()
+        io, s = self.backend.device_io(1), self.stream
+        run = lambda: self.backend.run_device(io, s)  # noqa: E731
+        graph = None
+        for _ in range(max(2, warmup)):
+            run()
+            self.drv.stream_synchronize(s)
+        if self.graph_kind == "torch":
+            graph = self.backend.capture(s, run)
+        elif self.graph_kind == "driver":
+            graph = self.drv.graph_capture(s, run)
+        samples = []
+        try:
+            for _ in range(iters):
+                t = time.perf_counter()
+                self._replay(graph) if graph is not None else run()
+                self.drv.stream_synchronize(s)
+                samples.append((time.perf_counter() - t) * 1e3)
+        finally:
+            if graph is not None and self.graph_kind == "driver":
+                self.drv.graph_destroy(graph)
+        return samples
+
     def close(self) -> None:
         """Free every buffer, graph, event and the pipeline's own stream."""
         self.drv.make_current()

@@ -172,8 +172,9 @@ class StreamPipeline:
             from linear), which leaves more of the cores to decoding and encoding. Results are
             put back in capture order (every-frame) or never older than the last one shown
             (realtime). Otherwise 1.
-        batch: frames of different sources inferred together (default: one per source, at most
-            what the model takes); each result is routed back to its source, in order.
+        batch: frames of different sources inferred together (default: one per source on a GPU,
+            1 on CPU backends; at most what the model takes); each result is routed back to its
+            source, in order.
         batch_wait: the most a frame waits (seconds) for the others of its batch.
     """
 
@@ -338,7 +339,11 @@ class StreamPipeline:
         ]  # warmed up by warmup() when the pipeline starts
 
     def _batch_size(self, batch: int | None) -> int:
-        batch = len(self.sources) if batch is None else batch
+        """``batch``, or by default one frame per source on GPU pipelines (one launch for all
+        cameras) and one frame on CPU backends, where a batch costs more per frame than single
+        frames on the two single-threaded sessions (benchmarks/stream_batch.py)."""
+        if batch is None:
+            batch = 1 if self.split else len(self.sources)
         if batch < 1:
             raise EdgesegError(f"batch must be at least 1, got {batch}")
         top = self.seg.max_batch

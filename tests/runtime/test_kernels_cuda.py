@@ -189,3 +189,28 @@ def test_torch_cuda_pipeline_matches_cpu_pipeline_on_camvid(tiny_run, camvid_roo
         # cuDNN and MKL-DNN convolutions round differently: near-tie pixels may flip
         assert (a.labels == b.labels).mean() > 0.995
     assert torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [2, 4, 8])
+@pytest.mark.parametrize("half", [False, True])
+def test_cuda_fused_upsample_equals_cpu(k, half):
+    """The model's lifted trailing resize, done by the CUDA post-processing: the CPU's labels."""
+    torch = _cuda_or_skip()
+    rng = np.random.default_rng(k)
+    dtype = np.float16 if half else np.float32
+    scores = rng.standard_normal((1, 11, 22, 30)).astype(dtype)
+    frame = rng.integers(0, 256, (540, 960, 3), dtype=np.uint8)
+    palette = rng.integers(0, 256, (11, 3))
+    kernels.set_backend("cpu")
+    want_l, want_v = kernels.postprocess(scores, (540, 960), palette, frame, 0.5, upsample=k)
+    got_l, got_v = kcuda.postprocess(
+        torch.from_numpy(scores).cuda(),
+        (540, 960),
+        palette,
+        torch.from_numpy(frame).cuda(),
+        0.5,
+        upsample=k,
+    )
+    np.testing.assert_array_equal(got_l.cpu().numpy(), want_l)
+    np.testing.assert_array_equal(got_v.cpu().numpy(), want_v)

@@ -307,3 +307,65 @@ def test_cli_bad_source_and_display_are_one_line(tiny_onnx, tmp_path):
         _, err = proc.communicate(timeout=120)
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and msg in lines[0], err
+
+
+DASHCAM = (
+    __import__("pathlib").Path(__file__).resolve().parents[3]
+    / "shared/data/video/dashcam_960x540.mp4"
+)
+
+
+def _per_source(results):
+    out: dict[int, list] = {}
+    for r in results:
+        out.setdefault(r.source_id, []).append(r)
+    return out
+
+
+@pytest.mark.parametrize("batch", [None, 3, 1])
+def test_several_sources_batched_lose_nothing_keep_order_and_equal_single_runs(seg, clip, batch):
+    """Every frame of every source out, each source in order, labels as a one-source run's."""
+    got: list = []
+    pipe = StreamPipeline(
+        seg, [str(clip)] * 4, sinks=[collect(got)], mode="every-frame", batch=batch
+    )
+    assert pipe.batch == (1 if batch is None else batch)  # CPU default: single frames
+    rep = pipe.run()
+    alone: list = []
+    StreamPipeline(seg, [str(clip)], sinks=[collect(alone)], mode="every-frame").run()
+    assert rep["frames_out"] == 4 * 24 == rep["frames_in"]
+    for sid, results in _per_source(got).items():
+        assert [r.index for r in results] == list(range(24)), sid
+        for r, a in zip(results, alone):
+            np.testing.assert_array_equal(r.labels, a.labels)
+
+
+@pytest.mark.skipif(not DASHCAM.is_file(), reason=f"needs the dash-cam clip at {DASHCAM}")
+def test_four_dashcam_sources_batched_every_frame(seg):
+    got: list = []
+    pipe = StreamPipeline(
+        seg, [str(DASHCAM)] * 4, sinks=[collect(got)], mode="every-frame", batch=4
+    )
+    rep = pipe.run()
+    assert pipe.batch == 4 and rep["frames_out"] == 4 * 221
+    per = _per_source(got)
+    assert sorted(per) == [0, 1, 2, 3]
+    assert all([r.index for r in rs] == list(range(221)) for rs in per.values())
+    first = per[0]
+    for rs in per.values():  # the same clip: the same labels, whichever batch a frame was in
+        assert all(np.array_equal(a.labels, b.labels) for a, b in zip(rs, first))
+
+
+def test_realtime_batches_keep_the_newest_frame_of_each_source(seg):
+    got: list = []
+    srcs = [SyntheticSource((96, 160), fps=50, max_frames=40, seed=i) for i in range(3)]
+    pipe = StreamPipeline(
+        seg, srcs, sinks=[collect(got)], mode="realtime", batch=3, batch_wait=0.005
+    )
+    rep = pipe.run()
+    per = _per_source(got)
+    assert sorted(per) == [0, 1, 2]  # no source starved by the others
+    for rs in per.values():
+        idx = [r.index for r in rs]
+        assert idx == sorted(idx) and len(set(idx)) == len(idx)  # never older after newer
+    assert rep["frames_out"] + rep["frames_dropped"] == rep["frames_in"] == 120

@@ -1,0 +1,108 @@
+"""``StreamConfig``: the settings of ``edgeseg stream``, free of PyTorch so the CLI can build its
+flags from them without loading it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgeseg._config import setting
+from edgeseg.errors import EdgesegError
+
+
+@dataclass
+class StreamConfig:
+    """Everything ``edgeseg stream`` takes (each field a flag: ``max_frames`` ->
+    ``--max-frames``)."""
+
+    model: str = setting(help="model.onnx, model.engine or a .pt checkpoint")
+    source: list[str] = setting(
+        help="video file, image folder or glob, rtsp:// or http:// URL, GStreamer pipeline "
+        "ending in appsink, or synthetic[:WxH[@FPS]]; repeat for several streams",
+        factory=list,
+    )
+    camera: list[int] = setting(help="V4L2 camera index (repeatable)", factory=list, metavar="N")
+    mode: str | None = setting(
+        None,
+        "realtime: newest frame wins (default for live sources); every-frame: nothing dropped "
+        "(default for files)",
+        choices=("realtime", "every-frame"),
+    )
+    display: bool = setting(False, "show a window (q or Esc quits)")
+    record: str | None = setting(None, "write the overlay video", metavar="OUT.mp4")
+    save_masks: str | None = setting(None, "write class-index PNGs", metavar="DIR")
+    report: str | None = setting(
+        None, "write frame counts, FPS, latency and stage percentiles", metavar="R.json"
+    )
+    alpha: float = setting(0.5, "overlay opacity")
+    max_frames: int | None = setting(None, "stop each source after N frames", metavar="N")
+    duration: float | None = setting(None, "stop after S seconds", metavar="S")
+    reconnect: bool = setting(False, "reopen a live source that drops, with back-off")
+    backend: str = setting("auto", "auto, ort, trt or torch")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str | None = setting(
+        None,
+        "fp16 runs a .pt in half precision on a GPU (an ONNX or engine file has its own)",
+        choices=("fp32", "fp16", "int8"),
+    )
+    cuda_graph: bool = setting(
+        False, "GPU: replay each frame's whole step (pre, model, post) as one CUDA graph"
+    )
+    compile: bool = setting(False, "a .pt through torch.compile (GPU: needs Triton)")
+    batch: int | None = setting(
+        None,
+        "frames of different sources inferred together",
+        default_text="one per source on a GPU, 1 on a CPU; at most what the model takes",
+    )
+    batch_wait: float = setting(
+        10.0, "the most a frame waits for the others of its batch", metavar="MS"
+    )
+    infer_workers: str = setting(
+        "auto",
+        "inference threads; auto: 2 single-threaded ONNX Runtime sessions on a multi-core "
+        "CPU, else 1",
+        metavar="N|auto",
+    )
+
+    @property
+    def sources(self) -> list[str]:
+        """Every source, cameras by their index."""
+        return [*self.source, *(str(c) for c in self.camera)]
+
+    def check(self) -> None:
+        """Raise :class:`EdgesegError` naming the setting that is wrong."""
+        if not self.sources:
+            raise EdgesegError(
+                "give a source (file, folder, glob, URL, GStreamer pipeline, synthetic) or a camera"
+            )
+        w = self.infer_workers
+        if w != "auto" and (not w.isdigit() or int(w) < 1):
+            raise EdgesegError(f"infer_workers must be a positive integer or auto, got '{w}'")
+        if self.batch_wait < 0:
+            raise EdgesegError(f"batch_wait must be at least 0 ms, got {self.batch_wait}")
+
+    def segmenter_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~edgeseg.runtime.segmenter.Segmenter`."""
+        options: dict[str, Any] = {
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "cuda_graph": self.cuda_graph,
+        }
+        if self.compile:
+            options["compile"] = True
+        return options
+
+    def pipeline_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~edgeseg.runtime.stream.StreamPipeline`."""
+        w = self.infer_workers
+        return {
+            "mode": self.mode,
+            "max_frames": self.max_frames,
+            "duration": self.duration,
+            "reconnect": self.reconnect,
+            "alpha": self.alpha,
+            "batch": self.batch,
+            "batch_wait": self.batch_wait / 1e3,
+            "infer_workers": w if w == "auto" else int(w),
+        }
