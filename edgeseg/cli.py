@@ -114,6 +114,24 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_names(images: list[Path], out: Path) -> list[str]:
+    """Output stems, one per image: ``a.jpg`` and ``a.png`` get ``a_jpg``/``a_png``; refuses an
+    output folder where an input image would be overwritten."""
+    stems = [p.stem for p in images]
+    names = [
+        f"{p.stem}_{p.suffix[1:].lower()}" if stems.count(p.stem) > 1 else p.stem for p in images
+    ]
+    inputs = {p.resolve() for p in images}
+    for name in names:
+        for suffix in (".png", "_overlay.jpg"):
+            if (out / f"{name}{suffix}").resolve() in inputs:
+                raise EdgesegError(
+                    f"out {out} would overwrite the input image {name}{suffix}; choose another "
+                    "folder"
+                )
+    return names
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     import cv2
     import numpy as np
@@ -122,11 +140,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from edgeseg.runtime import Segmenter
 
     images = find_images(a.inputs)
-    seg = Segmenter(a.model, backend=a.backend, device=a.device)
     out = Path(a.out)
+    names = _predict_names(images, out)
+    seg = Segmenter(a.model, backend=a.backend, device=a.device)
     out.mkdir(parents=True, exist_ok=True)
     times = []
-    for path in images:
+    for path, name in zip(images, names):
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is None:
             raise EdgesegError(
@@ -134,14 +153,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
             )
         res = seg(frame)
         times.append(sum(res.timings_ms[k] for k in ("pre", "infer", "post")))
-        outputs = [(f"{path.stem}.png", res.labels)]
+        outputs = [(f"{name}.png", res.labels)]
         if a.overlay:
-            outputs.append((f"{path.stem}_overlay.jpg", res.overlay(a.alpha)))
-        for name, img in outputs:
-            with atomic_path(out / name) as tmp:
+            outputs.append((f"{name}_overlay.jpg", res.overlay(a.alpha)))
+        for file, img in outputs:
+            with atomic_path(out / file, durable=False) as tmp:
                 if not cv2.imwrite(str(tmp), img):
                     raise EdgesegError(
-                        f"could not write {out / name}; check the folder is writable"
+                        f"could not write {out / file}; check the folder is writable"
                     )
     kinds = "labels as class-index PNG" + (", overlays as JPEG" if a.overlay else "")
     print(
@@ -154,59 +173,89 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def _stream_sinks(cfg: StreamConfig, pipe, seg) -> None:
     from edgeseg.runtime.sinks import DisplaySink, MaskSink, VideoSink
 
-    fps = next((s.fps for s in pipe.sources if getattr(s, "fps", 0)), 25.0)
+    several = len(pipe.runners) > 1
+    fps = next((r.fps for r in pipe.runners if r.fps), 25.0)
     if cfg.record:
-        pipe.sinks.append(VideoSink(cfg.record, fps))
+        segment = cfg.record_segment * 60 if cfg.record_segment else None
+        pipe.sinks.append(VideoSink(cfg.record, fps, segment_s=segment, several=several))
     if cfg.save_masks:
-        pipe.sinks.append(MaskSink(cfg.save_masks, multi_source=len(pipe.sources) > 1))
+        pipe.sinks.append(MaskSink(cfg.save_masks, several, cfg.save_masks_max))
     if cfg.display:
         pipe.sinks.append(DisplaySink(seg.spec.classes, seg.spec.palette, pipe.stats))
 
 
 def _print_stream_report(report: dict[str, Any]) -> None:
     lat, st = report["latency_ms"], report["stages_ms"]
-    counts = f"{report['frames_in']} / {report['frames_out']} / {report['frames_dropped']}"
+    counts = (
+        f"{report['frames_in']} / {report['frames_out']} / {report['frames_dropped']} / "
+        f"{report['frames_failed']}"
+    )
     latency = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f}"
     rows = [
-        ["frames in / out / dropped", counts],
+        ["frames in / out / dropped / failed", counts],
         ["FPS", report["fps"]],
         ["latency p50 / p95 / p99 / max (ms)", latency],
     ]
     rows += [[f"{k} p50 / p99 (ms)", f"{v['p50']:.2f} / {v['p99']:.2f}"] for k, v in st.items()]
+    if report["reconnects"] or report["outage_s"]:
+        rows.append(
+            ["reconnects / outage (s)", f"{report['reconnects']} / {report['outage_s']:.1f}"]
+        )
+    for s in report["sources"] if len(report["sources"]) > 1 else []:
+        rows.append(
+            [
+                f"{s['name']} ({s['mode']}, {s['state']})",
+                f"{s['frames_out']} out, {s['frames_dropped']} dropped, {s['frames_failed']} "
+                "failed",
+            ]
+        )
     _table(
         f"stream: {report['frames_out']} frames from {report['source']}", ["metric", "value"], rows
     )
 
 
-def cmd_stream(a: argparse.Namespace) -> int:
+class _Signals:
+    """The first SIGINT/SIGTERM stops the stream cleanly (before it started: at once); a second
+    forces the exit."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.pipe, self.count = None, 0
+        self.old = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def __call__(self, signum, _frame) -> None:
+        self.count += 1
+        if self.count == 1 and self.pipe is not None:
+            self.pipe.stop()  # finish cleanly: files finalised, report written
+        else:
+            raise _ForcedExit(128 + signum)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+class _ForcedExit(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _run_stream(pipe, cfg: StreamConfig, signals: _Signals) -> int:
+    """Run to the end; the report written; the exit code (docs/operations.md)."""
     import gc
-    import signal
+    import os
 
-    from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.stream import StreamPipeline
-
-    cfg = from_args(StreamConfig, a)
-    cfg.check()
-    seg = Segmenter(cfg.model, **cfg.segmenter_options())
-    pipe = StreamPipeline(seg, cfg.sources, **cfg.pipeline_options())
-    try:
-        _stream_sinks(cfg, pipe, seg)
-    except Exception:
-        pipe.close()
-        raise
-
-    def on_signal(signum, _frame):  # finish cleanly: mp4 finalised, report written
-        pipe.stop()
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     tty = sys.stderr.isatty()
-    what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}, batch {pipe.batch}"
-    print(f"edgeseg stream: {pipe.source_names} -> {seg.model_path} [{what}]", file=sys.stderr)
 
     def status(stats) -> None:
         if tty:
             print(f"\r{stats.status_line()}   ", end="", file=sys.stderr, flush=True)
 
+    signals.pipe = pipe
     # Everything alive now (the model, ONNX Runtime, PyTorch if it loaded) lives until exit:
     # keep it out of the garbage collector's reach, or every full collection that the per-frame
     # allocations trigger walks all of it (the profile is in docs/pipeline.md).
@@ -214,16 +263,43 @@ def cmd_stream(a: argparse.Namespace) -> int:
     try:
         pipe.start()
         report = pipe.join(on_status=status)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    except _ForcedExit as e:  # a second signal: the report as it stands, then out at once
+        report = pipe.report()
+        _write_json(cfg.report, report)
+        print(f"\nedgeseg stream: forced to stop (exit {e.code})", file=sys.stderr, flush=True)
+        os._exit(e.code)
     if tty:
         print(file=sys.stderr)
     _write_json(cfg.report, report)
     _print_stream_report(report)
-    for err in pipe.errors:
-        print(f"edgeseg stream: warning: {err}", file=sys.stderr)
-    return 0
+    for err in report["errors"]:
+        print(f"edgeseg stream: {err}", file=sys.stderr)
+    return report["exit_code"]
+
+
+def cmd_stream(a: argparse.Namespace) -> int:
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.stream import StreamPipeline
+
+    cfg = from_args(StreamConfig, a)
+    cfg.check()
+    signals = _Signals()  # from the start: a signal while a camera opens is not lost
+    try:
+        seg = Segmenter(cfg.model, **cfg.segmenter_options())
+        pipe = StreamPipeline(seg, cfg.sources, **cfg.pipeline_options())
+        try:
+            _stream_sinks(cfg, pipe, seg)
+        except Exception:
+            pipe.close()
+            raise
+        what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}, batch {pipe.batch}"
+        print(f"edgeseg stream: {pipe.source_names} -> {seg.model_path} [{what}]", file=sys.stderr)
+        return _run_stream(pipe, cfg, signals)
+    except _ForcedExit as e:  # stopped before the stream started: nothing to finalise
+        print(f"edgeseg stream: stopped while starting (exit {e.code})", file=sys.stderr)
+        return e.code
+    finally:
+        signals.restore()
 
 
 def _zoo(a: argparse.Namespace, progress) -> int:

@@ -8,6 +8,7 @@ need nothing but the model path.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,49 @@ from edgeseg.errors import EdgesegError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "edgeseg"
+MAX_CLASSES = 256  # labels are uint8
+MAX_SIDE = 16384  # pixels a model input side may have
+MAX_PIXELS = 64 * 2**20
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rgb(c: Any) -> bool:
+    return (
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(_int(v) and 0 <= v <= 255 for v in c)
+    )
+
+
+def _three_finite(v: Any) -> bool:
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) == 3
+        and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+        )
+    )
+
+
+def _check_input(inp: InputSpec, bad) -> None:
+    for side in ("height", "width"):
+        v = getattr(inp, side)
+        if not _int(v) or not 1 <= v <= MAX_SIDE:
+            raise bad(f"input.{side}", f"an integer from 1 to {MAX_SIDE}", v)
+    if inp.height * inp.width > MAX_PIXELS:
+        raise bad("input", f"at most {MAX_PIXELS} pixels", (inp.height, inp.width))
+    if not _three_finite(inp.mean):
+        raise bad("input.mean", "three finite numbers", inp.mean)
+    if not _three_finite(inp.std) or not all(x > 0 for x in inp.std):
+        raise bad("input.std", "three finite numbers above 0", inp.std)
+    if inp.layout != "NCHW" or inp.color != "RGB" or inp.dtype not in ("float32", "float16"):
+        raise bad(
+            "input",
+            "layout NCHW, color RGB, dtype float32 or float16",
+            (inp.layout, inp.color, inp.dtype),
+        )
 
 
 @dataclass
@@ -54,18 +98,44 @@ class ModelSpec:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if len(self.classes) != self.num_classes:
-            raise EdgesegError(
-                f"model spec lists {len(self.classes)} class names for {self.num_classes} classes"
+        self.validate()
+
+    def validate(self, origin: str = "model spec") -> None:
+        """Refuse a spec no real model has: each check names the field and what it must be.
+
+        Every loader goes through here (ONNX metadata, checkpoints, engine sidecars), so a
+        malformed or hostile spec is refused before it sizes a buffer or drives a kernel.
+        """
+
+        def bad(field: str, need: str, got: Any) -> EdgesegError:
+            return EdgesegError(f"{origin} field {field} must be {need}, got {got!r}"[:300])
+
+        if not _int(self.num_classes) or not 1 <= self.num_classes <= MAX_CLASSES:
+            raise bad("num_classes", f"an integer from 1 to {MAX_CLASSES}", self.num_classes)
+        if not isinstance(self.classes, list) or len(self.classes) != self.num_classes:
+            raise bad("classes", f"a list of {self.num_classes} names", self.classes)
+        if not all(isinstance(c, str) and c for c in self.classes):
+            raise bad("classes", "non-empty strings", self.classes)
+        pal = self.palette
+        if (
+            not isinstance(pal, list)
+            or len(pal) < self.num_classes
+            or not all(_rgb(c) for c in pal)
+        ):
+            raise bad(
+                "palette", f"at least {self.num_classes} [r, g, b] lists of integers 0..255", pal
             )
-        if len(self.palette) < self.num_classes:
-            raise EdgesegError(
-                f"model spec has {len(self.palette)} palette colours for {self.num_classes} classes"
-            )
+        if not _int(self.ignore_index) or not 0 <= self.ignore_index <= 255:
+            raise bad("ignore_index", "an integer from 0 to 255", self.ignore_index)
+        _check_input(self.input, bad)
         if self.output.kind not in ("logits", "labels"):
-            raise EdgesegError(
-                f"model spec output kind must be 'logits' or 'labels', got {self.output.kind!r}"
-            )
+            raise bad("output.kind", "'logits' or 'labels'", self.output.kind)
+        if not _int(self.output.stride) or not 1 <= self.output.stride <= 64:
+            raise bad("output.stride", "an integer from 1 to 64", self.output.stride)
+        if self.precision not in PRECISIONS:
+            raise bad("precision", " or ".join(PRECISIONS), self.precision)
+        if not isinstance(self.arch, str) or not isinstance(self.source, dict):
+            raise bad("arch/source", "a string and an object", (self.arch, self.source))
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -83,7 +153,7 @@ class ModelSpec:
         if not isinstance(d, dict):
             raise EdgesegError(f"{origin}: the edgeseg model spec is not a JSON object")
         version = d.get("format_version")
-        if not isinstance(version, int):
+        if not _int(version):
             raise EdgesegError(f"{origin}: the edgeseg model spec has no format_version")
         if version > FORMAT_VERSION:
             raise EdgesegError(
@@ -95,10 +165,12 @@ class ModelSpec:
             d["input"] = InputSpec(**d["input"])
             d["output"] = OutputSpec(**d.get("output", {}))
             return cls(**d)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise EdgesegError(
                 f"{origin}: the edgeseg model spec is incomplete or malformed ({e})"
             ) from None
+        except EdgesegError as e:  # validate(): name the file too
+            raise EdgesegError(f"{origin}: {e}") from None
 
     @classmethod
     def from_json(cls, text: str, origin: str = "model") -> ModelSpec:

@@ -57,3 +57,20 @@ def tiny_onnx(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_onnx")
     export_onnx(tiny_run / "best.pt", out)
     return out / "model.onnx"
+
+
+@pytest.fixture(autouse=True)
+def every_frame_is_accounted_for(monkeypatch):
+    """Every stream run of the suite: frames_in == out + dropped + failed, per source and in all."""
+    from edgeseg.runtime.stream import StreamPipeline
+
+    join = StreamPipeline.join
+
+    def checked(self, *args, **kwargs):
+        report = join(self, *args, **kwargs)
+        for counts in [report, *report["sources"]]:
+            got = counts["frames_out"] + counts["frames_dropped"] + counts["frames_failed"]
+            assert counts["frames_in"] == got, counts
+        return report
+
+    monkeypatch.setattr(StreamPipeline, "join", checked)

@@ -77,6 +77,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is a PyTorch file but not an edgeseg checkpoint; "
             "pass a best.pt or last.pt written by 'edgeseg train'"
         )
+    kinds = {"arch": str, "spec": dict, "state_dict": dict}
+    broken = [k for k, kind in kinds.items() if not isinstance(ckpt.get(k), kind)]
+    if broken:
+        raise EdgesegError(
+            f"{path} is an incomplete edgeseg checkpoint (no valid {', '.join(broken)}); "
+            "re-run 'edgeseg train' or pass the right file"
+        )
     return ckpt
 
 

@@ -29,15 +29,43 @@ class StreamConfig:
         choices=("realtime", "every-frame"),
     )
     display: bool = setting(False, "show a window (q or Esc quits)")
-    record: str | None = setting(None, "write the overlay video", metavar="OUT.mp4")
-    save_masks: str | None = setting(None, "write class-index PNGs", metavar="DIR")
+    record: str | None = setting(
+        None,
+        "write the overlay video; {source} in the name: one file per source (several sources "
+        "without it: NAME_<n>.mp4)",
+        metavar="OUT.mp4",
+    )
+    record_segment: float | None = setting(
+        None,
+        "start a new video file every MINUTES (NAME.000.mp4, ...): a hard kill loses at most "
+        "the last one",
+        metavar="MINUTES",
+    )
+    save_masks: str | None = setting(
+        None,
+        "write class-index PNGs into DIR/run-<time>-<pid>/ ({source}: a folder each)",
+        metavar="DIR",
+    )
+    save_masks_max: int | None = setting(
+        None, "keep only the newest N mask files of the run", metavar="N"
+    )
     report: str | None = setting(
         None, "write frame counts, FPS, latency and stage percentiles", metavar="R.json"
     )
     alpha: float = setting(0.5, "overlay opacity")
     max_frames: int | None = setting(None, "stop each source after N frames", metavar="N")
     duration: float | None = setting(None, "stop after S seconds", metavar="S")
-    reconnect: bool = setting(False, "reopen a live source that drops, with back-off")
+    reconnect: bool = setting(
+        False,
+        "reopen a live source that drops, stalls or is not up yet, with back-off (at most 1 s "
+        "between tries)",
+    )
+    stall_timeout: float | None = setting(
+        None,
+        "a live source that delivers nothing for S seconds is treated as dead (0: never)",
+        default_text="5 for live sources, never for files",
+        metavar="S",
+    )
     backend: str = setting("auto", "auto, ort, trt or torch")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     precision: str | None = setting(
@@ -78,6 +106,8 @@ class StreamConfig:
         w = self.infer_workers
         if w != "auto" and (not w.isdigit() or int(w) < 1):
             raise EdgesegError(f"infer_workers must be a positive integer or auto, got '{w}'")
+        if self.record_segment is not None and self.record_segment <= 0:
+            raise EdgesegError(f"record_segment must be above 0 minutes, got {self.record_segment}")
         if self.batch_wait < 0:
             raise EdgesegError(f"batch_wait must be at least 0 ms, got {self.batch_wait}")
 

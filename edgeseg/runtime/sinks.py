@@ -8,18 +8,30 @@ pipeline; capture goes on.
 from __future__ import annotations
 
 import os
+import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from edgeseg._io import fsync_path, remove_leftovers, temp_tag
 from edgeseg.errors import EdgesegError
 
 
+class SinkFailed(Exception):
+    """A sink cannot go on (disk full, no encoder): the pipeline disables it at once."""
+
+
 class Sink:
+    """Where results go: ``write`` each, ``close`` at the end (finalise files)."""
+
     name = "sink"
     needs_overlay = False
+
+    def start(self, sources: list[str]) -> None:
+        """Called once before the first result, with the names of the stream's sources."""
 
     def write(self, result) -> None:  # result: edgeseg.runtime.stream.StreamResult
         raise NotImplementedError
@@ -32,65 +44,190 @@ class Sink:
         return False
 
 
+def source_path(template: str | os.PathLike, sid: int, several: bool) -> Path:
+    """``template`` for source ``sid``: ``{source}`` becomes its number; with several sources
+    and no ``{source}``, the number goes before the extension (``out.mp4`` -> ``out_1.mp4``)."""
+    text = str(template)
+    if "{source}" in text:
+        return Path(text.replace("{source}", str(sid)))
+    p = Path(text)
+    return p.with_name(f"{p.stem}_{sid}{p.suffix}") if several else p
+
+
+def free_name(path: Path) -> Path:
+    """``path``, or the first ``NAME-k.EXT`` that does not exist: nothing is overwritten."""
+    k = 0
+    out = path
+    while out.exists():
+        k += 1
+        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return out
+
+
+class _Recording:
+    """One source's current mp4: the writer, its hidden temporary file and the final name."""
+
+    def __init__(self, final: Path, fps: float, size: tuple[int, int]) -> None:
+        import cv2
+
+        self.final, self.size = final, size
+        self.tmp = final.with_name(f".{final.name}.{temp_tag()}.partial{final.suffix}")
+        self.frames = 0
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.writer.isOpened():
+            raise SinkFailed(f"cannot write {final}: OpenCV has no mp4v encoder here")
+
+    def finish(self) -> Path:
+        """Write the index (moov atom), flush to disk, rename into place; the final path."""
+        self.writer.release()
+        if not self.tmp.is_file() or self.tmp.stat().st_size == 0:
+            raise SinkFailed(f"{self.final} came out empty (disk full or not writable?)")
+        fsync_path(self.tmp)
+        final = free_name(self.final)
+        os.replace(self.tmp, final)
+        fsync_path(final.parent, directory=True)
+        return final
+
+
 class VideoSink(Sink):
-    """The overlay as an mp4 (``mp4v``). Written to a hidden temp file, renamed into place on close,
-    so an interrupted run never leaves a truncated file under the final name."""
+    """The overlay as mp4 (``mp4v``), one file per source (``{source}`` in the path, else
+    ``NAME_<n>.mp4`` with several sources).
+
+    ``segment_s``: a new file every ``segment_s`` seconds of video (``NAME.000.mp4``,
+    ``NAME.001.mp4``...), so a hard kill or a power cut loses at most the segment being
+    written: an mp4 is playable only once its index is written at the end. Files are written
+    under a hidden name that carries this process's id (concurrent runs never collide; a later
+    run removes what a crashed one left) and renamed when complete; an existing file is never
+    replaced (the next free ``NAME-k.mp4`` is taken). A frame size that changes (a camera that
+    came back at another resolution) starts a new file. Free disk space is checked every second:
+    below ``min_free_mb`` the recording stops with :class:`SinkFailed`.
+    """
 
     needs_overlay = True
 
-    def __init__(self, path: str | os.PathLike, fps: float = 25.0) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float = 25.0,
+        *,
+        segment_s: float | None = None,
+        several: bool = False,
+        min_free_mb: float = 64.0,
+    ) -> None:
+        self.template, self.several = str(path), several
         self.fps = fps if fps and fps > 0 else 25.0
-        self.name = f"record {self.path.name}"
-        if not self.path.parent.exists():
-            raise EdgesegError(
-                f"cannot record to {self.path}: folder {self.path.parent} does not exist"
+        self.segment_s, self.min_free = segment_s, min_free_mb * 2**20
+        self.name = f"record {Path(self.template).name}"
+        folder = source_path(self.template, 0, several).parent
+        if not folder.exists():
+            raise EdgesegError(f"cannot record to {self.template}: folder {folder} does not exist")
+        if segment_s is not None and segment_s <= 0:
+            raise EdgesegError(f"record_segment must be above 0, got {segment_s}")
+        self._current: dict[int, _Recording] = {}
+        self._segment: dict[int, int] = {}
+        self.written: list[Path] = []
+        self._checked = 0.0
+
+    def start(self, sources: list[str]) -> None:
+        self.several = self.several or len(sources) > 1
+
+    def _final(self, sid: int) -> Path:
+        path = source_path(self.template, sid, self.several)
+        if self.segment_s is None and sid not in self._segment:
+            self._segment[sid] = 0
+            return path
+        k = self._segment.get(sid, -1) + 1
+        self._segment[sid] = k
+        return path.with_name(f"{path.stem}.{k:03d}{path.suffix}")
+
+    def _start(self, sid: int, size: tuple[int, int]) -> _Recording:
+        final = self._final(sid)
+        base = source_path(self.template, sid, self.several)
+        remove_leftovers(final.parent, f".{base.stem}*.partial{base.suffix}")
+        self._current[sid] = rec = _Recording(final, self.fps, size)
+        return rec
+
+    def _finish(self, sid: int) -> None:
+        rec = self._current.pop(sid)
+        self.written.append(rec.finish())
+
+    def _check_disk(self, folder: Path) -> None:
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        free = shutil.disk_usage(folder).free
+        if free < self.min_free:
+            raise SinkFailed(
+                f"disk full: {free / 2**20:.0f} MB left in {folder}; recording stopped"
             )
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
-        self.writer = None
-        self.size: tuple[int, int] | None = None
 
     def write(self, result) -> None:
-        import cv2
-
-        vis = result.vis
-        h, w = vis.shape[:2]
-        if self.writer is None:
-            self.writer = cv2.VideoWriter(
-                str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h)
-            )
-            if not self.writer.isOpened():
-                raise EdgesegError(f"cannot write {self.path}: OpenCV has no mp4v encoder here")
-            self.size = (w, h)
-        if (w, h) != self.size:  # several sources of different sizes into one file
-            vis = cv2.resize(vis, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(vis)
+        sid, vis = result.source_id, result.vis
+        size = (vis.shape[1], vis.shape[0])
+        rec = self._current.get(sid)
+        if rec is not None and (
+            rec.size != size or (self.segment_s and rec.frames >= self.segment_s * self.fps)
+        ):
+            self._finish(sid)
+            rec = None
+        if rec is None:
+            rec = self._start(sid, size)
+        self._check_disk(rec.final.parent)
+        rec.writer.write(vis)
+        rec.frames += 1
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()  # writes the moov atom: the file is playable from here
-            self.writer = None
-            os.replace(self.tmp, self.path)
+        errors = []
+        for sid in list(self._current):
+            try:
+                self._finish(sid)
+            except SinkFailed as e:
+                errors.append(str(e))
+        if errors:
+            raise SinkFailed("; ".join(errors))
 
 
 class MaskSink(Sink):
-    """Class-index PNGs, one per frame: ``DIR/<source>_<index>.png`` (or ``DIR/<index>.png``)."""
+    """Class-index PNGs, one per frame, in a folder of their own for each run
+    (``DIR/run-YYYYmmdd-HHMMSS-PID/``), so a restarted service never overwrites the previous
+    run's masks: ``<source>_<index>.png`` (``<index>.png`` with one source). ``{source}`` in
+    ``DIR`` gives each source its own folder. ``max_files``: keep only the newest N of a run
+    (the older ones are deleted as new ones come), so days of 30 FPS cannot fill the disk."""
 
-    def __init__(self, folder: str | os.PathLike, multi_source: bool = False) -> None:
-        self.dir = Path(folder)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.multi = multi_source
-        self.name = f"save-masks {self.dir}"
+    def __init__(
+        self, folder: str | os.PathLike, several: bool = False, max_files: int | None = None
+    ) -> None:
+        self.template, self.several = str(folder), several
+        self.run = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.max_files = max_files
+        if max_files is not None and max_files < 1:
+            raise EdgesegError(f"save_masks_max must be at least 1, got {max_files}")
+        self._kept: deque[Path] = deque()
+        self.name = f"save-masks {self.template}"
+
+    def start(self, sources: list[str]) -> None:
+        self.several = self.several or len(sources) > 1
+
+    def folder(self, sid: int) -> Path:
+        base = Path(self.template.replace("{source}", str(sid)))
+        return base / self.run
 
     def write(self, result) -> None:
         import cv2
 
-        stem = f"{result.source_id}_{result.index:06d}" if self.multi else f"{result.index:06d}"
-        final = self.dir / f"{stem}.png"
-        tmp = self.dir / f".{stem}.tmp.png"
+        folder = self.folder(result.source_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        shared = self.several and "{source}" not in self.template
+        stem = f"{result.source_id}_{result.index:06d}" if shared else f"{result.index:06d}"
+        final = folder / f"{stem}.png"
+        tmp = folder / f".{stem}.tmp.png"
         if not cv2.imwrite(str(tmp), result.labels):
-            raise EdgesegError(f"could not write {final}; check the folder is writable")
+            raise SinkFailed(f"could not write {final}; check the folder is writable and not full")
         os.replace(tmp, final)
+        self._kept.append(final)
+        while self.max_files is not None and len(self._kept) > self.max_files:
+            self._kept.popleft().unlink(missing_ok=True)
 
 
 class CallbackSink(Sink):

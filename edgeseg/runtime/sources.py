@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg._io import IMAGE_EXTS, is_image, list_images
+from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
 
 
@@ -48,11 +49,20 @@ class Frame:
     infer_ms: float = 0.0
 
 
+class FrameError(Exception):
+    """A frame could not be read (a corrupt image in a folder): counted; the source goes on."""
+
+
 class Source:
     """Base class: ``read()`` returns the next Frame, or None at the end (or when a feed drops)."""
 
     live = False  # live sources are realtime by default and may be reopened
     name = "source"
+
+    @property
+    def spec(self) -> str:
+        """What :func:`open_source` opens this source again from."""
+        return self.name
 
     def read(self) -> Frame | None:
         raise NotImplementedError
@@ -83,7 +93,7 @@ class CaptureSource(Source):
     """Anything cv2.VideoCapture opens: cameras, files, URLs, GStreamer pipelines."""
 
     def __init__(self, target: str | int, kind: str, name: str) -> None:
-        self.target, self.kind, self.name = target, kind, name
+        self.target, self.kind, self.name = target, kind, redact(name)
         self.live = kind in ("camera", "url", "gstreamer")
         self.cap = None
         self.index = 0
@@ -94,8 +104,9 @@ class CaptureSource(Source):
 
         # Our own one-line errors replace OpenCV's and FFmpeg's stderr warnings (a missing camera
         # or a corrupt file would otherwise print several lines before ours).
+        # OpenCV's own messages name the URL, password and all: silent while opening.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         if self.cap is not None:
             self.cap.release()
         if self.kind == "gstreamer":
@@ -118,7 +129,7 @@ class CaptureSource(Source):
         fps = self.cap.get(cv2.CAP_PROP_FPS) if ok else 0.0
         self.fps = fps if 0 < fps < 1000 else 0.0
         if not ok and first:
-            raise EdgesegError(self._open_error())
+            raise EdgesegError(redact(self._open_error()))
         return ok
 
     def _ffmpeg_params(self) -> list[int]:
@@ -190,6 +201,10 @@ class CaptureSource(Source):
     def reopen(self) -> bool:
         return self.live and self._open()
 
+    @property
+    def spec(self) -> str:
+        return str(self.target)
+
     def close(self) -> None:
         if self.cap is not None:
             self.cap.release()
@@ -197,7 +212,8 @@ class CaptureSource(Source):
 
 
 class ImageFolderSource(Source):
-    """Sorted image files of a folder or a glob."""
+    """Sorted image files of a folder or a glob. An unreadable file is one failed frame
+    (:class:`FrameError`); the folder goes on."""
 
     fps = 0.0
 
@@ -208,19 +224,18 @@ class ImageFolderSource(Source):
     def read(self) -> Frame | None:
         import cv2
 
-        while self.index < len(self.files):
-            path = self.files[self.index]
-            t0 = time.perf_counter()
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            t1 = time.perf_counter()
-            if img is None:
-                raise EdgesegError(
-                    f"cannot read image {path}: the file is missing, empty or not an image"
-                )
-            f = Frame(img, self.index, t1, (t1 - t0) * 1e3, self.name)
-            self.index += 1
-            return f
-        return None
+        if self.index >= len(self.files):
+            return None
+        path = self.files[self.index]
+        self.index += 1
+        t0 = time.perf_counter()
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        t1 = time.perf_counter()
+        if img is None:
+            raise FrameError(
+                f"cannot read image {path}: the file is empty, truncated or not an image"
+            )
+        return Frame(img, self.index - 1, t1, (t1 - t0) * 1e3, self.name)
 
 
 class SyntheticSource(Source):
@@ -289,33 +304,38 @@ def _parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
 
 
 def open_source(spec: str | int, max_frames: int | None = None) -> Source:
-    """Open a source from its spec (see the module docstring); one clear error when it cannot."""
-    if isinstance(spec, int) or str(spec).isdigit():
-        return CaptureSource(int(spec), "camera", f"camera {spec}")
-    spec = str(spec)
-    if spec.startswith("/dev/video"):
-        return CaptureSource(spec, "camera", spec)
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        size, fps = _parse_synthetic(spec)
+    """Open a source from its spec (see the module docstring); one clear error when it cannot.
+
+    What exists on disk is a file or a folder first, whatever its name (a folder called ``0``,
+    a file name with ``!`` in it); then camera indices, ``synthetic``, GStreamer pipelines, URLs
+    and globs. Names and messages never carry credentials (:func:`edgeseg._redact.redact`).
+    """
+    text = str(spec)
+    path = Path(text)
+    if not isinstance(spec, int) and path.exists():
+        if path.is_dir():
+            files = list_images(path)
+            if not files:
+                raise EdgesegError(f"folder {path} holds no images ({', '.join(IMAGE_EXTS)})")
+            return ImageFolderSource(files, str(path))
+        return CaptureSource(str(path), "file", path.name)
+    if isinstance(spec, int) or text.isdigit():
+        return CaptureSource(int(text), "camera", f"camera {text}")
+    if text.startswith("/dev/video"):
+        return CaptureSource(text, "camera", text)
+    if text == "synthetic" or text.startswith("synthetic:"):
+        size, fps = _parse_synthetic(text)
         return SyntheticSource(size, fps, max_frames=max_frames)
-    if "!" in spec:
-        return CaptureSource(spec, "gstreamer", "gstreamer")
-    if "://" in spec:
-        return CaptureSource(spec, "url", spec.split("@")[-1])  # keep credentials out of logs
-    if any(ch in spec for ch in "*?["):
-        files = sorted(Path(p) for p in globlib.glob(spec) if is_image(p))
+    if "!" in text:
+        return CaptureSource(text, "gstreamer", "gstreamer")
+    if "://" in text:
+        return CaptureSource(text, "url", text)
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(text) if is_image(p))
         if not files:
-            raise EdgesegError(f"no images match '{spec}'")
-        return ImageFolderSource(files, spec)
-    path = Path(spec)
-    if path.is_dir():
-        files = list_images(path)
-        if not files:
-            raise EdgesegError(f"folder {path} holds no images ({', '.join(IMAGE_EXTS)})")
-        return ImageFolderSource(files, str(path))
-    if not path.exists():
-        raise EdgesegError(
-            f"source not found: {spec}; pass a video file, an image folder or glob, a camera "
-            "index, an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'"
-        )
-    return CaptureSource(str(path), "file", path.name)
+            raise EdgesegError(f"no images match '{text}'")
+        return ImageFolderSource(files, text)
+    raise EdgesegError(
+        f"source not found: {redact(text)}; pass a video file, an image folder or glob, a camera "
+        "index, an rtsp:// or http:// URL, a GStreamer pipeline, or 'synthetic'"
+    )

@@ -1,19 +1,25 @@
-"""Streaming statistics: frame counters, end-to-end latency and per-stage times, as percentiles.
+"""Streaming statistics: frame counts per source, end-to-end latency and per-stage times as
+percentiles, reconnects and outages, errors of sources, inference and sinks.
 
-Samples live in fixed-size rings (the last 65,536 frames), so a stream that runs for days keeps
-flat memory; percentiles are NumPy's (linear interpolation).
+Samples live in fixed-size rings (the last 65,536 frames) and error lists are bounded, so a
+stream that runs for days keeps flat memory. Every frame read is accounted for exactly once:
+``frames_in == frames_out + frames_dropped + frames_failed``, per source and in total, once a
+run has ended. The object is long-lived (a display or a metrics endpoint may hold it): a new run
+resets it in place.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from edgeseg.timing import summarize
 
 STAGES = ("decode", "pre", "infer", "post", "sink")
+MAX_ERRORS = 20  # kept per list; the count goes on
 
 
 class Ring:
@@ -28,7 +34,13 @@ class Ring:
         self.n += 1
 
     def values(self) -> np.ndarray:
-        return self.buf[: min(self.n, len(self.buf))]
+        """The kept samples, oldest first."""
+        if self.n <= len(self.buf):
+            return self.buf[: self.n]
+        return np.roll(self.buf, -(self.n % len(self.buf)))
+
+    def recent(self, k: int) -> np.ndarray:
+        return self.values()[-k:]
 
 
 def percentiles(samples: np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -37,71 +49,170 @@ def percentiles(samples: np.ndarray, qs: tuple[int, ...] = (50, 95, 99)) -> dict
     return {f"p{q}": summary[f"p{q}"] for q in qs}
 
 
+@dataclass
+class SourceStats:
+    """One source's counts and state."""
+
+    name: str
+    mode: str
+    state: str = "starting"  # starting | running | reconnecting | ended | stopped | failed
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    frames_failed: int = 0
+    reconnects: int = 0
+    outage_s: float = 0.0
+    error_count: int = 0
+    errors: list[str] = field(default_factory=list)
+    outage_since: float | None = None
+    last_frame: float | None = None  # time.perf_counter() of the newest frame read
+
+    def add_error(self, msg: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(msg)
+
+
 class StreamStats:
-    """Thread-safe counters and timings of one stream run."""
+    """Thread-safe counters and timings of one stream run (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: list[str] | None = None, modes: list[str] | None = None) -> None:
         self.lock = threading.Lock()
-        self.frames_in = self.frames_out = self.frames_dropped = 0
-        self.latency = Ring()
-        self.stages = {s: Ring() for s in STAGES}
-        self.t_start = time.perf_counter()
-        self.t_first_out: float | None = None
-        self.t_last_out: float | None = None
-        self.sink_errors = 0
-        self.reconnects = 0
+        self.reset(names or [], modes or [])
 
-    def frame_in(self, decode_ms: float) -> None:
+    def reset(self, names: list[str], modes: list[str]) -> None:
+        """Start over for a new run, keeping this object (others may hold it)."""
         with self.lock:
-            self.frames_in += 1
+            self.sources = [SourceStats(n, m) for n, m in zip(names, modes)]
+            self.latency = Ring()
+            self.stages = {s: Ring() for s in STAGES}
+            self.t_start = time.perf_counter()
+            self.t_last_out: float | None = None
+            self.sink_errors: dict[str, int] = {}
+            self.sinks_disabled: list[str] = []
+            self.errors: list[str] = []
+
+    # -- counting (called from the stages' threads)
+    def frame_in(self, sid: int, decode_ms: float) -> None:
+        with self.lock:
+            s = self.sources[sid]
+            s.frames_in += 1
+            s.last_frame = time.perf_counter()
             self.stages["decode"].add(decode_ms)
 
-    def dropped(self, n: int = 1) -> None:
+    def dropped(self, sid: int, n: int = 1) -> None:
         with self.lock:
-            self.frames_dropped += n
+            self.sources[sid].frames_dropped += n
 
-    def frame_out(self, t_capture: float, stage_ms: dict[str, float]) -> None:
+    def failed(self, sid: int, n: int = 1, error: str | None = None) -> None:
+        with self.lock:
+            self.sources[sid].frames_failed += n
+            if error:
+                self.sources[sid].add_error(error)
+
+    def frame_out(self, sid: int, t_capture: float, stage_ms: dict[str, float]) -> None:
         now = time.perf_counter()
         with self.lock:
-            self.frames_out += 1
+            self.sources[sid].frames_out += 1
             self.latency.add((now - t_capture) * 1e3)
             for k in ("pre", "infer", "post", "sink"):
                 if k in stage_ms:
                     self.stages[k].add(stage_ms[k])
-            if self.t_first_out is None:
-                self.t_first_out = now
             self.t_last_out = now
+
+    def state(self, sid: int, state: str, error: str | None = None) -> None:
+        """A source's new state; an outage runs from losing its feed to getting it back."""
+        now = time.perf_counter()
+        with self.lock:
+            s = self.sources[sid]
+            if state == "reconnecting" and s.outage_since is None:
+                s.outage_since = now
+            elif state != "reconnecting" and s.outage_since is not None:
+                s.outage_s += now - s.outage_since
+                s.outage_since = None
+            s.state = state
+            if error:
+                s.add_error(error)
+
+    def reconnected(self, sid: int) -> None:
+        with self.lock:
+            self.sources[sid].reconnects += 1
+
+    def sink_error(self, name: str) -> None:
+        with self.lock:
+            self.sink_errors[name] = self.sink_errors.get(name, 0) + 1
+
+    def sink_disabled(self, name: str, why: str) -> None:
+        with self.lock:
+            self.sinks_disabled.append(name)
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append(f"sink {name} disabled: {why}")
+
+    def error(self, msg: str) -> None:
+        with self.lock:
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append(msg)
+
+    # -- reading
+    def totals(self) -> dict[str, int]:
+        keys = ("frames_in", "frames_out", "frames_dropped", "frames_failed", "reconnects")
+        return {k: sum(getattr(s, k) for s in self.sources) for k in keys}
 
     def fps(self) -> float:
         """Output frames per second over the whole run (start to the last output)."""
-        if not self.frames_out or self.t_last_out is None:
+        out = sum(s.frames_out for s in self.sources)
+        if not out or self.t_last_out is None:
             return 0.0
-        return self.frames_out / max(1e-9, self.t_last_out - self.t_start)
+        return out / max(1e-9, self.t_last_out - self.t_start)
 
     def status_line(self) -> str:
+        """One line for a terminal: what the stream does now (the last 300 frames)."""
         with self.lock:
-            lat = self.latency.values()[-300:]  # recent frames: what the stream does now
-            p = percentiles(lat, (50, 99))
-            return (
-                f"{self.frames_out} frames  {self.fps():5.1f} FPS  latency p50 {p['p50']:.1f} ms "
-                f"p99 {p['p99']:.1f} ms  dropped {self.frames_dropped}"
+            p = percentiles(self.latency.recent(300), (50, 99))
+            t = self.totals()
+            waiting = [s.name for s in self.sources if s.state == "reconnecting"]
+            line = (
+                f"{t['frames_out']} frames  {self.fps():5.1f} FPS  latency p50 {p['p50']:.1f} ms "
+                f"p99 {p['p99']:.1f} ms  dropped {t['frames_dropped']}"
             )
+            return line + (f"  waiting for {', '.join(waiting)}" if waiting else "")
 
-    def report(self, source: str, model: str, backend: str) -> dict:
-        """The ``--report`` JSON: exactly the documented fields."""
+    def _all_errors(self) -> list[str]:
+        """The run's errors, and the first of each source that failed or lost frames."""
+        out = list(self.errors)
+        for s in self.sources:
+            if s.errors and (s.state == "failed" or s.frames_failed):
+                msg = s.errors[-1] if s.state == "failed" else s.errors[0]
+                out.append(msg if s.name in msg else f"source {s.name}: {msg}")
+        return out
+
+    def _outage(self, s: SourceStats, now: float) -> float:
+        return s.outage_s + (now - s.outage_since if s.outage_since is not None else 0.0)
+
+    def report(self, model: str, backend: str) -> dict:
+        """The ``--report`` JSON: totals, then one entry per source (docs/operations.md)."""
+        now = time.perf_counter()
         with self.lock:
             lat = self.latency.values()
+            sources = []
+            for s in self.sources:
+                d = {k: v for k, v in asdict(s).items() if k not in ("outage_since", "last_frame")}
+                d["outage_s"] = round(self._outage(s, now), 3)
+                sources.append(d)
             return {
-                "frames_in": self.frames_in,
-                "frames_out": self.frames_out,
-                "frames_dropped": self.frames_dropped,
+                **self.totals(),
                 "fps": round(self.fps(), 3),
                 "latency_ms": {
                     **percentiles(lat, (50, 95, 99)),
                     "max": round(float(lat.max()), 3) if lat.size else 0.0,
                 },
                 "stages_ms": {s: percentiles(self.stages[s].values(), (50, 99)) for s in STAGES},
-                "source": source,
+                "outage_s": round(sum(self._outage(s, now) for s in self.sources), 3),
+                "source": ", ".join(s.name for s in self.sources),
                 "model": model,
                 "backend": backend,
+                "sink_errors": dict(self.sink_errors),
+                "sinks_disabled": list(self.sinks_disabled),
+                "errors": self._all_errors(),
+                "sources": sources,
             }

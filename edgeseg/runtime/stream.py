@@ -2,18 +2,21 @@
 
 ::
 
-    capture (a thread a source) ──► queue ──► inference (pre, infer, post) ──► queue ──► output
+    capture (a thread a source) ──► queue ──► inference (batches) ──► queue ──► output (sinks)
 
-Modes:
-- ``realtime`` (default for cameras, URLs, GStreamer, synthetic): each queue holds only the
-  newest item; an older one still waiting is dropped and counted. Latency stays bounded by one
-  frame interval plus the processing time: the stream never falls behind.
-- ``every-frame`` (default for files and folders): bounded blocking queues; capture waits for
-  inference (back-pressure), nothing is lost, order is kept.
+Modes, per source (``mode`` sets all of them; by default from each source):
 
-Every blocking call waits with a timeout and rechecks the stop flag, so ``stop()`` (Ctrl-C,
-SIGTERM, a display's q key, ``--duration``) always ends the run with sinks closed cleanly.
-Capture, ONNX Runtime and the C++ kernels release the GIL, so the stages overlap on all cores.
+- ``realtime`` (cameras, URLs, GStreamer, synthetic): each queue holds only the newest item;
+  an older one still waiting is dropped and counted. Latency stays bounded by one frame interval
+  plus the processing time: the stream never falls behind.
+- ``every-frame`` (files and folders): bounded blocking queues; capture waits for inference
+  (back-pressure), nothing is lost, order is kept.
+
+A run never hangs and never hides a failure: every blocking wait has a timeout and rechecks the
+stop flag; a watchdog reopens (or fails) a source stuck in its read; an error in inference or in
+the output stage stops the run; a sink that keeps failing is disabled. ``exit_code`` and the
+report say what happened (docs/operations.md). Every frame read is counted exactly once as out,
+dropped or failed.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
+from edgeseg.runtime.capture import SourceRunner, is_live, open_within
+from edgeseg.runtime.queues import POLL, BlockingQueue, LatestSlot, ResultQueue
 from edgeseg.runtime.result import SegResult
-from edgeseg.runtime.sinks import Sink
-from edgeseg.runtime.sources import Frame, Source, open_source
+from edgeseg.runtime.sinks import Sink, SinkFailed
+from edgeseg.runtime.sources import Frame, Source
 from edgeseg.runtime.stats import StreamStats
 
 if TYPE_CHECKING:
@@ -41,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeseg.stream")
 MODES = ("realtime", "every-frame")
-_POLL = 0.05  # seconds between stop-flag checks in blocking waits
+# Exit codes of a run (docs/operations.md); the first that applies wins.
+EXIT_OK, EXIT_INFERENCE, EXIT_SOURCE, EXIT_SINK = 0, 4, 3, 5
 
 
 @dataclass
@@ -70,87 +77,9 @@ class StreamResult(SegResult):
         )
 
 
-class LatestSlot:
-    """A one-item queue where ``put`` replaces what is waiting (True when it dropped one)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.item = None
-        self.has = False
-
-    def put(self, item, stop: threading.Event | None = None, key: int = 0) -> bool:
-        with self.cond:
-            dropped = self.has
-            self.item, self.has = item, True
-            self.cond.notify()
-            return dropped
-
-    def get(self, timeout: float):
-        with self.cond:
-            if not self.has and not self.cond.wait(timeout):
-                raise queue.Empty
-            if not self.has:
-                raise queue.Empty
-            item, self.item, self.has = self.item, None, False
-            return item
-
-    def empty(self) -> bool:
-        with self.cond:
-            return not self.has
-
-
-class BlockingQueue:
-    """A bounded FIFO whose ``put`` waits for room (back-pressure) but gives up when stopped."""
-
-    def __init__(self, size: int) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=size)
-
-    def put(self, item, stop: threading.Event | None = None, key: int = 0) -> bool:
-        while True:
-            try:
-                self.q.put(item, timeout=_POLL)
-                return False
-            except queue.Full:
-                if stop is not None and stop.is_set():
-                    return False
-
-    def get(self, timeout: float):
-        return self.q.get(timeout=timeout)
-
-    def empty(self) -> bool:
-        return self.q.empty()
-
-
-class LatestPerSource:
-    """Realtime results: the newest waiting result of each source (``put`` replaces only that
-    source's, returning True when it dropped one); ``get`` hands them out oldest first."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.items: dict[int, object] = {}  # insertion order: oldest first
-
-    def put(self, item, stop: threading.Event | None = None, key: int = 0) -> bool:
-        with self.cond:
-            dropped = self.items.pop(key, None) is not None
-            self.items[key] = item
-            self.cond.notify()
-            return dropped
-
-    def get(self, timeout: float):
-        with self.cond:
-            if not self.items and not self.cond.wait(timeout):
-                raise queue.Empty
-            if not self.items:
-                raise queue.Empty
-            return self.items.pop(next(iter(self.items)))
-
-    def empty(self) -> bool:
-        with self.cond:
-            return not self.items
-
-
-def default_mode(sources: list[Source]) -> str:
-    return "realtime" if any(s.live for s in sources) else "every-frame"
+def default_mode(source: Source | None, spec: str) -> str:
+    live = source.live if source is not None else is_live(spec)
+    return "realtime" if live else "every-frame"
 
 
 class StreamPipeline:
@@ -159,23 +88,29 @@ class StreamPipeline:
     Args:
         segmenter: the :class:`~edgeseg.runtime.segmenter.Segmenter` shared by all sources.
         sources: source specs (see :mod:`edgeseg.runtime.sources`) or opened Source objects.
-        sinks: where results go; a sink that raises is logged and skipped.
-        mode: ``realtime`` | ``every-frame`` | None (from the sources).
+        sinks: where results go. A sink that raises is logged and skipped; after
+            ``max_sink_errors`` failures in a row (or one :class:`SinkFailed`) it is disabled.
+        mode: ``realtime`` | ``every-frame`` for every source, or None (each source's own).
         max_frames: stop each source after this many frames.
         duration: stop after this many seconds.
-        reconnect: reopen a live source that stops delivering, with exponential back-off.
+        reconnect: reopen a live source that stops delivering, stalls, or is not up yet at the
+            start, with exponential back-off (``backoff``: first and longest delay, seconds).
+        stall_timeout: seconds a live source may spend in one read (or open) before it is
+            treated as dead (0: never); default 5 for live sources.
         alpha: overlay opacity, for sinks that draw.
         infer_workers: inference threads. ``auto``: on an ONNX Runtime CPU model, one
             single-threaded session per two cores' worth of frames (2 on a 2-core machine) —
             two frames in flight with one thread each cost fewer core-milliseconds per frame
-            than one frame on two threads (intra-op parallelism of a small network is far
-            from linear), which leaves more of the cores to decoding and encoding. Results are
-            put back in capture order (every-frame) or never older than the last one shown
-            (realtime). Otherwise 1.
+            than one frame on two threads, which leaves more of the cores to decoding and
+            encoding. Results are put back in capture order (every-frame) or never older than
+            the last one shown (realtime). Otherwise 1.
         batch: frames of different sources inferred together (default: one per source on a GPU,
             1 on CPU backends; at most what the model takes); each result is routed back to its
             source, in order.
         batch_wait: the most a frame waits (seconds) for the others of its batch.
+        stop_timeout: seconds ``join`` waits for the threads after a stop before giving up on
+            them (a read that never returns) and reporting.
+        open_timeout: seconds a source's first open may take before it counts as failed.
     """
 
     def __init__(
@@ -190,130 +125,99 @@ class StreamPipeline:
         reconnect: bool = False,
         alpha: float = 0.5,
         queue_size: int = 4,
-        max_backoff_s: float = 8.0,
+        backoff: tuple[float, float] = (0.25, 1.0),
+        stall_timeout: float | None = None,
         kernel_threads: int = 1,
         infer_workers: int | str = "auto",
         batch: int | None = None,
         batch_wait: float = 0.01,
+        max_sink_errors: int = 25,
+        stop_timeout: float = 5.0,
+        open_timeout: float = 15.0,
     ) -> None:
-        if mode is not None and mode not in MODES:
-            raise EdgesegError(f"unknown mode '{mode}'; choose realtime or every-frame")
-        if max_frames is not None and max_frames < 1:
-            raise EdgesegError("max_frames must be at least 1")
-        if duration is not None and duration <= 0:
-            raise EdgesegError("duration must be positive")
-        if not 0.0 <= alpha <= 1.0:
-            raise EdgesegError(f"alpha must be between 0 and 1, got {alpha}")
+        _check_settings(mode, max_frames, duration, alpha)
         self.seg = segmenter
-        self.sources: list[Source] = []
-        try:
-            for s in sources:
-                self.sources.append(s if isinstance(s, Source) else open_source(s, max_frames))
-        except Exception:
-            for s in self.sources:
-                s.close()
-            raise
-        if not self.sources:
-            raise EdgesegError(
-                "no source given: a camera, file, folder, URL, pipeline or 'synthetic'"
-            )
         self.sinks = list(sinks or [])
-        self.mode = mode or default_mode(self.sources)
         self.max_frames, self.duration, self.reconnect = max_frames, duration, reconnect
-        self.alpha = alpha
-        self.max_backoff_s = max_backoff_s
-        self.kernel_threads = kernel_threads
-        # On CPU backends the three stages are pre (capture thread), infer, post (output thread);
-        # GPU pipelines (torch-CUDA, TensorRT) keep pre/infer/post together on the device.
-        self.split = self.seg.kernels in ("cpu", "reference")
-        self.infer_backends = self._worker_backends(infer_workers)
-        self.batch, self.batch_wait = self._batch_size(batch), batch_wait
-        realtime = self.mode == "realtime"
-        self.in_queues = [
-            LatestSlot() if realtime else BlockingQueue(queue_size) for _ in self.sources
-        ]
-        self.out_queue = LatestPerSource() if realtime else BlockingQueue(queue_size * self.batch)
-        self._arrival = threading.Condition()  # captures notify inference of new frames
+        self.alpha, self.kernel_threads = alpha, kernel_threads
+        self.max_sink_errors, self.stop_timeout = max_sink_errors, stop_timeout
+        self.open_timeout = open_timeout
+        self.stop_event = threading.Event()
+        self.stats = StreamStats()
+        self._arrival = threading.Condition()  # captures tell inference of new frames
         self._arrivals = 0
         self._rotation = 0
-        self.stats = StreamStats()
-        self.stop_event = threading.Event()
-        self.errors: list[str] = []
-        self._captures_done = [threading.Event() for _ in self.sources]
-        self._workers_left = len(self.infer_backends)
-        self._workers_lock = threading.Lock()
-        self._inference_done = threading.Event()
         self._threads: list[threading.Thread] = []
-
-    # -- control
-    def stop(self) -> None:
-        """Ask every stage to finish; safe from any thread and from signal handlers."""
-        self.stop_event.set()
-
-    @property
-    def overlay(self) -> bool:
-        """Blend the overlay during post-processing only when a sink draws it."""
-        return any(s.needs_overlay for s in self.sinks)
-
-    @property
-    def source_names(self) -> str:
-        return ", ".join(s.name for s in self.sources)
-
-    # -- stages
-    def _capture(self, i: int) -> None:
-        src, q = self.sources[i], self.in_queues[i]
-        n = 0
-        self._single_threaded_kernels()
+        self.runners: list[SourceRunner] = []
         try:
-            while not self.stop_event.is_set():
-                if self.max_frames is not None and n >= self.max_frames:
-                    break
-                frame = src.read()
-                if frame is None:
-                    if src.live and self.reconnect and self._reopen(src):
-                        continue
-                    break
-                n += 1
-                self.stats.frame_in(frame.decode_ms)
-                if self.split:  # the capture thread also preprocesses: one stage less on inference
-                    t0 = time.perf_counter()
-                    frame.tensor = kernels.preprocess(
-                        frame.image,
-                        self.seg.spec.input_hw,
-                        self.seg.spec.input.mean,
-                        self.seg.spec.input.std,
-                    )
-                    frame.pre_ms = (time.perf_counter() - t0) * 1e3
-                if q.put((i, n - 1, frame), self.stop_event):
-                    self.stats.dropped()
-                with self._arrival:
-                    self._arrivals += 1
-                    self._arrival.notify_all()
-        except Exception as e:  # a source error ends this source, not the run
-            self._error(f"source {src.name}: {e}")
-        finally:
-            self._captures_done[i].set()
+            opened = self._open_sources(sources)
+            if not opened:
+                raise EdgesegError(
+                    "no source given: a camera, file, folder, URL, pipeline or 'synthetic'"
+                )
+            self.modes = [mode or default_mode(src, spec) for spec, src in opened]
+            # On CPU backends the stages are pre (capture thread), infer, post (output thread);
+            # GPU pipelines keep pre/infer/post together on the device.
+            self.split = self.seg.kernels in ("cpu", "reference")
+            self.infer_backends = self._worker_backends(infer_workers)
+            self.batch, self.batch_wait = self._batch_size(batch, len(opened)), batch_wait
+            self.out_queue = ResultQueue(self.modes, queue_size * self.batch)
+            self._make_runners(opened, queue_size, backoff, stall_timeout)
+        except BaseException:
+            self._close_opened(sources)
+            raise
 
-    def _reopen(self, src: Source) -> bool:
-        delay = 0.25
-        while not self.stop_event.is_set():
-            log.warning("source %s stopped delivering; reconnecting in %.2g s", src.name, delay)
-            if self.stop_event.wait(delay):
-                return False
+    # -- construction
+    def _open_sources(self, sources: list) -> list[tuple[str, Source | None]]:
+        """(spec, opened source or None) each; with ``reconnect`` a live source that cannot be
+        opened yet is retried by its thread instead of failing the start."""
+        self._opened: list[Source] = []
+        out = []
+        for s in sources:
+            if isinstance(s, Source):
+                self._opened.append(s)
+                out.append((s.spec, s))
+                continue
             try:
-                if src.reopen():
-                    self.stats.reconnects += 1
-                    return True
-            except Exception as e:
-                log.warning("reconnecting %s failed: %s", src.name, e)
-            delay = min(self.max_backoff_s, delay * 2)
-        return False
+                src = open_within(s, self.max_frames, self.open_timeout)
+            except EdgesegError as e:
+                if not (self.reconnect and is_live(str(s))):
+                    raise
+                log.warning("%s; retrying until it is up (reconnect)", e)
+                src = None
+            if src is not None:
+                self._opened.append(src)
+            out.append((str(s), src))
+        return out
 
-    def _single_threaded_kernels(self) -> None:
-        if kernels._cpu is not None:
-            # The stages already run in parallel: a parallel region inside one would wait on
-            # cores busy with decoding, ONNX Runtime and encoding. (Per-thread OpenMP setting.)
-            kernels._cpu.set_num_threads(self.kernel_threads)
+    def _close_opened(self, sources: list) -> None:
+        for src in getattr(self, "_opened", []):
+            src.close()
+
+    def _make_runners(self, opened, queue_size: int, backoff, stall_timeout: float | None) -> None:
+        names = [src.name if src is not None else redact(spec) for spec, src in opened]
+        self.stats.reset(names, self.modes)
+        prepare = self._preprocess if self.split else None
+        for sid, ((spec, src), mode) in enumerate(zip(opened, self.modes)):
+            q = LatestSlot() if mode == "realtime" else BlockingQueue(queue_size)
+            live = src.live if src is not None else is_live(spec)
+            stall = (5.0 if live else 0.0) if stall_timeout is None else stall_timeout
+            self.runners.append(
+                SourceRunner(
+                    sid,
+                    spec,
+                    src,
+                    stats=self.stats,
+                    queue=q,
+                    stop=self.stop_event,
+                    max_frames=self.max_frames,
+                    reconnect=self.reconnect,
+                    stall_timeout=stall,
+                    backoff=backoff,
+                    prepare=prepare,
+                    on_frame=self._notify,
+                )
+            )
 
     def _worker_backends(self, workers: int | str) -> list:
         """The backend each inference thread uses: the Segmenter's own, or (for several
@@ -331,19 +235,18 @@ class StreamPipeline:
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         threads = max(1, (os.cpu_count() or 1) // workers)
+        fuse = self.seg.upsample > 1
         return [
-            OnnxRuntimeBackend(
-                self.seg.model_path, "cpu", threads=threads, fuse_resize=self.seg.upsample > 1
-            )
+            OnnxRuntimeBackend(self.seg.model_path, "cpu", threads=threads, fuse_resize=fuse)
             for _ in range(workers)
-        ]  # warmed up by warmup() when the pipeline starts
+        ]
 
-    def _batch_size(self, batch: int | None) -> int:
+    def _batch_size(self, batch: int | None, sources: int) -> int:
         """``batch``, or by default one frame per source on GPU pipelines (one launch for all
         cameras) and one frame on CPU backends, where a batch costs more per frame than single
         frames on the two single-threaded sessions (benchmarks/stream_batch.py)."""
         if batch is None:
-            batch = 1 if self.split else len(self.sources)
+            batch = 1 if self.split else sources
         if batch < 1:
             raise EdgesegError(f"batch must be at least 1, got {batch}")
         top = self.seg.max_batch
@@ -353,6 +256,48 @@ class StreamPipeline:
             )
             batch = top
         return batch
+
+    # -- control
+    def stop(self) -> None:
+        """Ask every stage to finish; safe from any thread and from signal handlers."""
+        self.stop_event.set()
+
+    @property
+    def sources(self) -> list[Source | None]:
+        return [r.source for r in self.runners]
+
+    @property
+    def mode(self) -> str:
+        """The sources' mode, or ``mixed``."""
+        return self.modes[0] if len(set(self.modes)) == 1 else "mixed"
+
+    @property
+    def overlay(self) -> bool:
+        """Blend the overlay during post-processing only when a sink draws it."""
+        return any(s.needs_overlay for s in self.sinks)
+
+    @property
+    def source_names(self) -> str:
+        return ", ".join(r.name for r in self.runners)
+
+    # -- stages
+    def _preprocess(self, frame: Frame) -> None:
+        """On CPU backends the capture thread also preprocesses: one stage less on inference."""
+        t0 = time.perf_counter()
+        s = self.seg.spec
+        frame.tensor = kernels.preprocess(frame.image, s.input_hw, s.input.mean, s.input.std)
+        frame.pre_ms = (time.perf_counter() - t0) * 1e3
+
+    def _notify(self) -> None:
+        with self._arrival:
+            self._arrivals += 1
+            self._arrival.notify_all()
+
+    def _single_threaded_kernels(self) -> None:
+        if kernels._cpu is not None:
+            # The stages already run in parallel: a parallel region inside one would wait on
+            # cores busy with decoding, ONNX Runtime and encoding. (Per-thread OpenMP setting.)
+            kernels._cpu.set_num_threads(self.kernel_threads)
 
     def _gather(self, pending: list[int]) -> list[tuple[int, int, Frame]]:
         """Up to ``batch`` frames, taking each waiting source's next in turn; once a batch has a
@@ -367,44 +312,59 @@ class StreamPipeline:
             for i in pending[self._rotation :] + pending[: self._rotation]:
                 if len(items) >= self.batch:
                     break
+                q = self.runners[i].queue
                 try:
-                    items.append(self.in_queues[i].get(timeout=0))
+                    items.append(q.get(timeout=0))
                 except queue.Empty:
-                    if self._captures_done[i].is_set() and self.in_queues[i].empty():
+                    if self.runners[i].done.is_set() and q.empty():
                         pending.remove(i)  # this source is finished and drained
             now = time.perf_counter()
             if len(items) >= self.batch or (deadline is not None and now >= deadline):
                 break
             if items and deadline is None:
                 deadline = now + self.batch_wait
-            wait = _POLL if deadline is None else max(0.0, deadline - now)
+            wait = POLL if deadline is None else max(0.0, deadline - now)
             with self._arrival:
                 self._arrival.wait_for(lambda seen=seen: self._arrivals != seen, timeout=wait)
         return items
 
     def _inference(self, backend) -> None:
         self._single_threaded_kernels()
-        pending = list(range(len(self.sources)))
+        pending = list(range(len(self.runners)))
+        items: list = []
         try:
             while pending and not self.stop_event.is_set():
                 items = self._gather(pending)
                 for sid, seq, out in self._segment(items, backend) if items else ():
                     if self.out_queue.put((seq, out), self.stop_event, key=sid):
-                        self.stats.dropped()
-        except Exception as e:
-            self._error(f"inference: {e}")
-            self.stop()
+                        self.stats.dropped(sid)
+                items = []
+        except Exception as e:  # out of memory, a broken model: the run stops, loudly
+            msg = f"inference failed: {type(e).__name__}: {e}"
+            for sid, _, _ in items:
+                self.stats.failed(sid, 1)
+            self._fail(msg)
         finally:
-            with self._workers_lock:
-                self._workers_left -= 1
-                if self._workers_left == 0:
-                    self._inference_done.set()
+            self._worker_finished()
+
+    def _worker_finished(self) -> None:
+        with self._arrival:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                self._inference_done.set()
 
     def _segment(
         self, items: list[tuple[int, int, Frame]], backend
     ) -> list[tuple[int, int, object]]:
         """One batched inference; ``(source, seq, result)`` per frame: a StreamResult on GPU
         pipelines, ``(source, frame, scores)`` for the output stage to post-process on CPUs."""
+        gaps = [(sid, seq, (sid, None, None)) for sid, seq, f in items if f is None]
+        items = [it for it in items if it[2] is not None]  # frames that failed to read: gaps
+        if not items:
+            return gaps
+        return gaps + self._infer(items, backend)
+
+    def _infer(self, items: list[tuple[int, int, Frame]], backend) -> list[tuple[int, int, object]]:
         frames = [f for _, _, f in items]
         if self.split:  # CPU backends: only the model runs here; post-processing is the output's
             t0 = time.perf_counter()
@@ -424,73 +384,104 @@ class StreamPipeline:
         sid, frame, scores = item
         t0 = time.perf_counter()
         r = self.seg.postprocess(scores, frame.image, self.alpha if self.overlay else None)
-        r.timings_ms = {
-            "pre": frame.pre_ms,
-            "infer": frame.infer_ms,
-            "post": (time.perf_counter() - t0) * 1e3,
-        }
+        post = (time.perf_counter() - t0) * 1e3
+        r.timings_ms = {"pre": frame.pre_ms, "infer": frame.infer_ms, "post": post}
         return StreamResult.of(r, sid, frame)
 
     def _in_order(self) -> Iterator:
         """Inference results in capture order per source. every-frame: a result waits until
         its predecessors are out (several workers finish out of order). realtime: a result
         older than one already shown is dropped (and counted)."""
-        every = self.mode == "every-frame"
-        next_seq = [0] * len(self.sources)
-        held: list[dict[int, object]] = [{} for _ in self.sources]
+        next_seq = [0] * len(self.runners)
+        self._held: list[dict[int, object]] = [{} for _ in self.runners]
         while True:
             try:
-                seq, item = self.out_queue.get(timeout=_POLL)
+                seq, item = self.out_queue.get(timeout=POLL)
             except queue.Empty:
                 if self._inference_done.is_set() and self.out_queue.empty():
-                    break
+                    return
                 continue
             sid = item[0] if isinstance(item, tuple) else item.source_id
-            if not every:
+            if self.modes[sid] == "realtime":
+                if _is_gap(item):
+                    continue
                 if seq < next_seq[sid]:
-                    self.stats.dropped()
+                    self.stats.dropped(sid)
                     continue
                 next_seq[sid] = seq + 1
                 yield item
                 continue
-            held[sid][seq] = item
-            while next_seq[sid] in held[sid]:
-                yield held[sid].pop(next_seq[sid])
+            held = self._held[sid]
+            held[seq] = item  # a gap too: its place is counted (failed) already
+            while next_seq[sid] in held:
+                out = held.pop(next_seq[sid])
                 next_seq[sid] += 1
-        for h in held:  # a stopped run: what is left, still in order
-            for seq in sorted(h):
-                yield h[seq]
+                if not _is_gap(out):
+                    yield out
 
     def _output(self) -> None:
         self._single_threaded_kernels()
-        broken: set[int] = set()
-        for res in self._in_order():
-            if isinstance(res, tuple):
-                res = self._postprocess(res)
-            t0 = time.perf_counter()
-            for k, sink in enumerate(self.sinks):
-                if k in broken:
-                    continue
-                try:
-                    sink.write(res)
-                except Exception as e:
-                    self.stats.sink_errors += 1
-                    log.error("sink %s failed on frame %d: %s", sink.name, res.index, e)
-                    if self.stats.sink_errors > 20 and k not in broken:
-                        broken.add(k)  # failing every frame: stop trying, keep the stream going
-                        log.error("sink %s disabled after repeated failures", sink.name)
-                if sink.wants_stop:
-                    self.stop()
-            res.timings_ms["sink"] = (time.perf_counter() - t0) * 1e3
-            self.stats.frame_out(res.t_capture, res.timings_ms)
+        failures = [0] * len(self.sinks)  # consecutive, per sink
+        self._disabled: set[int] = set()
+        try:
+            for res in self._in_order():
+                self._busy_sink = -1
+                if isinstance(res, tuple):
+                    try:
+                        res = self._postprocess(res)
+                    except Exception as e:
+                        self.stats.failed(res[0], 1)
+                        raise RuntimeError(
+                            f"post-processing failed: {type(e).__name__}: {e}"
+                        ) from e
+                t0 = time.perf_counter()
+                self._write_sinks(res, failures)
+                res.timings_ms["sink"] = (time.perf_counter() - t0) * 1e3
+                self.stats.frame_out(res.source_id, res.t_capture, res.timings_ms)
+        except Exception as e:  # nothing can come out any more: stop everything, loudly
+            self._fail(f"output failed: {e}")
+        finally:
+            self._busy_sink = None
 
-    def _error(self, msg: str) -> None:
-        self.errors.append(msg)
+    def _write_sinks(self, res: StreamResult, failures: list[int]) -> None:
+        for k, sink in enumerate(self.sinks):
+            if k in self._disabled:
+                continue
+            self._busy_sink = k
+            try:
+                sink.write(res)
+                failures[k] = 0
+            except Exception as e:
+                failures[k] += 1
+                self.stats.sink_error(sink.name)
+                log.error(
+                    "sink %s failed on frame %d of %s: %s", sink.name, res.index, res.source, e
+                )
+                if isinstance(e, SinkFailed) or failures[k] >= self.max_sink_errors:
+                    self._disable_sink(k, str(e))
+            if sink.wants_stop:
+                self.stop()
+        self._busy_sink = -1
+
+    def _disable_sink(self, k: int, why: str) -> None:
+        sink = self.sinks[k]
+        self._disabled.add(k)
+        log.error("sink %s disabled: %s", sink.name, why)
+        self.stats.sink_disabled(sink.name, why)
+        try:
+            sink.close()
+        except Exception as e:
+            self.stats.error(f"closing {sink.name}: {e}")
+
+    def _fail(self, msg: str) -> None:
+        self.failure = msg
+        self.stats.error(msg)
         log.error("%s", msg)
+        self.stop()
 
     # -- run
     def warmup(self) -> None:
-        """One untimed frame through every inference path before capture starts.
+        """One untimed frame (and one full batch) through every inference path before capture.
 
         First calls pay one-off costs: CUDA kernel module loading, cuDNN's algorithm choice and
         allocator growth on a GPU, ONNX Runtime's arena on a CPU. Left to the first real frame,
@@ -498,7 +489,7 @@ class StreamPipeline:
         stream has settled.
         """
         h, w = self.seg.spec.input_hw
-        for n in sorted({1, self.batch}):  # a lone frame, and a full batch
+        for n in sorted({1, self.batch}):
             if self.split:  # only the model runs on the inference threads
                 for backend in self.infer_backends:
                     backend.infer(np.zeros((n, 3, h, w), np.float32))
@@ -512,19 +503,27 @@ class StreamPipeline:
         except Exception:  # e.g. CUDA out of memory: release the sources, finalise the sinks
             self.close()
             raise
-        names = [f"capture-{i}" for i in range(len(self.sources))]
+        self.failure: str | None = None
+        self._workers_left = len(self.infer_backends)
+        self._inference_done = threading.Event()
+        self._busy_sink: int | None = None
+        for sink in self.sinks:
+            sink.start([r.name for r in self.runners])
+        for r in self.runners:
+            if r.source is not None:
+                self.stats.state(r.sid, "running")
+            r.start()
         self._threads = [
-            threading.Thread(target=self._capture, args=(i,), name=n, daemon=True)
-            for i, n in enumerate(names)
-        ]
-        self._threads += [
             threading.Thread(target=self._inference, args=(b,), name=f"inference-{k}", daemon=True)
             for k, b in enumerate(self.infer_backends)
         ]
         self._threads.append(threading.Thread(target=self._output, name="output", daemon=True))
-        self.stats = StreamStats()
+        self.stats.t_start = time.perf_counter()
         for t in self._threads:
             t.start()
+
+    def _alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
     def join(
         self, on_status: Callable[[StreamStats], None] | None = None, status_every: float = 1.0
@@ -533,10 +532,11 @@ class StreamPipeline:
         t_end = time.perf_counter() + self.duration if self.duration else None
         next_status = time.perf_counter() + status_every
         try:
-            while any(t.is_alive() for t in self._threads):
-                for t in self._threads:
-                    t.join(timeout=_POLL)
+            while self._alive():
+                self._threads[-1].join(timeout=POLL)
                 now = time.perf_counter()
+                for r in self.runners:
+                    r.check_stall(now)
                 if t_end is not None and now >= t_end:
                     self.stop()
                 if on_status is not None and now >= next_status:
@@ -544,8 +544,9 @@ class StreamPipeline:
                     next_status = now + status_every
         finally:
             self.stop()
-            for t in self._threads:
-                t.join(timeout=5.0)
+            deadline = time.perf_counter() + self.stop_timeout
+            for t in self._threads + [r.thread for r in self.runners if r.thread is not None]:
+                t.join(timeout=max(0.0, deadline - time.perf_counter()))
             self.close()
         return self.report()
 
@@ -556,21 +557,76 @@ class StreamPipeline:
         return self.join(on_status, status_every)
 
     def close(self) -> None:
-        for sink in self.sinks:
+        """Finalise the sinks and release the sources, except what a stuck thread may be using;
+        account for the frames still in the queues (dropped) or stuck in a stage (failed)."""
+        busy = getattr(self, "_busy_sink", None)
+        for k, sink in enumerate(self.sinks):
+            if k in getattr(self, "_disabled", set()):
+                continue
+            if self._alive() and busy == k:
+                self.stats.error(f"sink {sink.name} did not return from write(); left open")
+                continue
             try:
                 sink.close()
             except Exception as e:
-                self._error(f"closing {sink.name}: {e}")
-        for s in self.sources:
-            s.close()
+                self.stats.error(f"closing {sink.name}: {e}")
+                self.stats.sink_disabled(sink.name, str(e))
+        for r in self.runners:
+            why = r.close()
+            if why and self.stop_event.is_set() and r.thread is not None and r.thread.is_alive():
+                self.stats.error(why)
+        self._account_for_leftovers()
+
+    def _account_for_leftovers(self) -> None:
+        # Gaps (frames that failed to read) are counted already: only frames count here.
+        for r in self.runners:
+            self.stats.dropped(r.sid, sum(1 for _, _, f in r.queue.drain() if f is not None))
+        for sid, items in enumerate(self.out_queue.drain()):
+            self.stats.dropped(sid, sum(1 for _, res in items if not _is_gap(res)))
+        for sid, held in enumerate(getattr(self, "_held", [])):
+            self.stats.dropped(sid, sum(1 for res in held.values() if not _is_gap(res)))
+            held.clear()
+        for sid, s in enumerate(self.stats.sources):  # in a stage that never returned: failed
+            stuck = s.frames_in - s.frames_out - s.frames_dropped - s.frames_failed
+            if stuck > 0:
+                self.stats.failed(sid, stuck, f"{stuck} frames were in a stage that did not return")
+            if s.state in ("running", "reconnecting", "starting"):
+                self.stats.state(sid, "stopped")
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every source ended normally or the run was stopped; else why it was not."""
+        if getattr(self, "failure", None):
+            return EXIT_INFERENCE
+        if any(s.state == "failed" or s.frames_failed for s in self.stats.sources):
+            return EXIT_SOURCE  # a source gave up, or frames of it could not be read
+        if self.stats.sinks_disabled:
+            return EXIT_SINK
+        return EXIT_OK
 
     def report(self) -> dict:
         b = self.seg.backend
-        return self.stats.report(
-            self.source_names,
-            self.seg.model_path,
-            f"{b.name} ({b.device}, {self.seg.kernels} kernels)",
+        rep = self.stats.report(
+            self.seg.model_path, f"{b.name} ({b.device}, {self.seg.kernels} kernels)"
         )
+        rep["exit_code"] = self.exit_code
+        return rep
+
+
+def _is_gap(item) -> bool:
+    """A place-holder for a frame that failed to read (its number keeps the order)."""
+    return isinstance(item, tuple) and len(item) == 3 and item[1] is None
+
+
+def _check_settings(mode, max_frames, duration, alpha) -> None:
+    if mode is not None and mode not in MODES:
+        raise EdgesegError(f"unknown mode '{mode}'; choose realtime or every-frame")
+    if max_frames is not None and max_frames < 1:
+        raise EdgesegError("max_frames must be at least 1")
+    if duration is not None and duration <= 0:
+        raise EdgesegError("duration must be positive")
+    if not 0.0 <= alpha <= 1.0:
+        raise EdgesegError(f"alpha must be between 0 and 1, got {alpha}")
 
 
 class _QueueSink(Sink):
@@ -593,7 +649,10 @@ def stream(
     reconnect: bool = False,
     sinks: list[Sink] | None = None,
 ) -> Iterator[StreamResult]:
-    """Iterate over a source's results through the threaded pipeline (see Segmenter.stream)."""
+    """Iterate over a source's results through the threaded pipeline (see Segmenter.stream).
+
+    Raises :class:`EdgesegError` at the end when the run failed (a source, inference, a sink).
+    """
     q: queue.Queue = queue.Queue(maxsize=8)
     sink = _QueueSink(q, overlay_alpha is not None)
     pipe = StreamPipeline(
@@ -622,16 +681,18 @@ def stream(
     try:
         while not (done.is_set() and q.empty()):
             try:
-                yield q.get(timeout=_POLL)
+                yield q.get(timeout=POLL)
             except queue.Empty:
                 continue
         if failed:
             raise failed[0]
+        if report.get("exit_code", 0):
+            raise EdgesegError(f"the stream failed: {'; '.join(report['errors'][:3])}")
     finally:
         pipe.stop()
         while not done.is_set():  # unblock the output stage if it waits on a full iterator queue
             try:
-                q.get(timeout=_POLL)
+                q.get(timeout=POLL)
             except queue.Empty:
                 pass
 

@@ -37,9 +37,14 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
         raise EdgesegError(
             f"{path} is not valid JSON; rebuild the engine with 'edgeseg export CKPT --trt'"
         ) from None
-    if meta.get("format") != SIDECAR_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         raise EdgesegError(
             f"{path} is not an edgeseg engine record; rebuild the engine with 'edgeseg export CKPT "
+            "--trt'"
+        )
+    if not isinstance(meta.get("spec"), dict) or not isinstance(meta.get("tensorrt"), dict):
+        raise EdgesegError(
+            f"{path} lacks its spec or build record; rebuild the engine with 'edgeseg export CKPT "
             "--trt'"
         )
     return meta

@@ -26,12 +26,33 @@ REPORT_KEYS = {
     "frames_in",
     "frames_out",
     "frames_dropped",
+    "frames_failed",
+    "reconnects",
+    "outage_s",
     "fps",
     "latency_ms",
     "stages_ms",
     "source",
     "model",
     "backend",
+    "sink_errors",
+    "sinks_disabled",
+    "errors",
+    "sources",
+    "exit_code",
+}
+SOURCE_KEYS = {
+    "name",
+    "mode",
+    "state",
+    "frames_in",
+    "frames_out",
+    "frames_dropped",
+    "frames_failed",
+    "reconnects",
+    "outage_s",
+    "error_count",
+    "errors",
 }
 
 
@@ -66,7 +87,7 @@ def test_every_frame_mode_loses_nothing_and_keeps_order(seg, clip, tmp_path, wor
     rep = pipe.run()
     assert [r.index for r in got] == list(range(24))
     assert rep["frames_in"] == rep["frames_out"] == 24 and rep["frames_dropped"] == 0
-    assert len(list((tmp_path / "m").glob("*.png"))) == 24
+    assert len(list((tmp_path / "m").glob("run-*/*.png"))) == 24  # a folder per run
     # labels are those of a plain Segmenter call on the same decoded frame
     cap = cv2.VideoCapture(str(clip))
     for _ in range(5):
@@ -146,10 +167,10 @@ def test_a_failed_warm_up_still_closes_sources_and_sinks(seg, clip, tmp_path):
     video = VideoSink(tmp_path / "out.mp4")
     pipe = StreamPipeline(seg, [str(clip)], sinks=[video], infer_workers=1)
     pipe.infer_backends = [Broken(b) for b in pipe.infer_backends]
+    src = pipe.sources[0]
     with pytest.raises(RuntimeError, match="out of memory"):
         pipe.run()
-    cap = pipe.sources[0].cap
-    assert cap is None or not cap.isOpened()  # released
+    assert src.cap is None  # released
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no half-written temp file
 
 
@@ -179,10 +200,12 @@ def test_reconnects_a_live_source_that_dies(seg, clip):
     # and the pipeline must reopen it (twice, to reach 60 frames).
     src = CaptureSource(str(clip), "url", "flaky")
     assert src.live
-    pipe = StreamPipeline(seg, [src], sinks=[], mode="every-frame", max_frames=60, reconnect=True)
-    pipe.max_backoff_s = 0.1
+    pipe = StreamPipeline(
+        seg, [src], sinks=[], mode="every-frame", max_frames=60, reconnect=True, backoff=(0.05, 0.1)
+    )
     rep = pipe.run()
-    assert rep["frames_out"] == 60 and pipe.stats.reconnects >= 2
+    assert rep["frames_out"] == 60 and rep["reconnects"] >= 2 and rep["exit_code"] == 0
+    assert rep["sources"][0]["state"] == "ended"
 
 
 def test_without_reconnect_a_dead_live_source_ends_the_stream(seg, clip):
@@ -205,7 +228,7 @@ def test_a_failing_sink_does_not_stop_the_stream(seg, clip, caplog):
     pipe = StreamPipeline(seg, [str(clip)], sinks=[FlakySink(), collect(got)])
     rep = pipe.run()
     assert rep["frames_out"] == 24 and len(got) == 24
-    assert pipe.stats.sink_errors == 8
+    assert rep["sink_errors"] == {"flaky": 8} and rep["exit_code"] == 0
     assert "disk full" in caplog.text
 
 
@@ -218,15 +241,16 @@ def test_report_has_exactly_the_documented_fields(seg, clip, tmp_path):
         mode="every-frame",
     )
     rep = pipe.run()
-    assert set(rep) == REPORT_KEYS
+    assert set(rep) == REPORT_KEYS and all(set(s) == SOURCE_KEYS for s in rep["sources"])
     assert set(rep["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert set(rep["stages_ms"]) == set(STAGES) and all(
         set(v) == {"p50", "p99"} for v in rep["stages_ms"].values()
     )
     assert rep["frames_out"] == 20  # two sources share one model
     assert rep["latency_ms"]["p50"] <= rep["latency_ms"]["p99"] <= rep["latency_ms"]["max"]
-    cap = cv2.VideoCapture(str(tmp_path / "o.mp4"))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+    for name in ("o_0.mp4", "o_1.mp4"):  # one recording per source, not both in one file
+        cap = cv2.VideoCapture(str(tmp_path / name))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
 
 
 def test_segmenter_stream_iterator(seg, clip):
@@ -280,7 +304,7 @@ def test_sigterm_leaves_a_playable_mp4_and_a_complete_report(tiny_onnx, tmp_path
         rep,
     )
     deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".live.partial.mp4")):
+    while time.time() < deadline and not list(tmp_path.glob(".live.mp4.pid*.partial.mp4")):
         time.sleep(0.2)
     time.sleep(1.5)  # some frames in
     proc.send_signal(signal.SIGTERM)
@@ -293,7 +317,7 @@ def test_sigterm_leaves_a_playable_mp4_and_a_complete_report(tiny_onnx, tmp_path
     while cap.read()[0]:
         n += 1
     assert n == report["frames_out"]
-    assert not list(tmp_path.glob(".live.partial*"))
+    assert not list(tmp_path.glob(".live*partial*"))
 
 
 def test_cli_bad_source_and_display_are_one_line(tiny_onnx, tmp_path):

@@ -231,6 +231,18 @@ def _session_options(threads: int | None, spin: bool, exact_qdq: bool):
     return opts
 
 
+def _check_input_shape(shape: list, spec: ModelSpec, path: Path) -> None:
+    """The graph's input must be what the ModelSpec says: buffers are sized from the spec."""
+    h, w = spec.input_hw
+    if len(shape) != 4 or any(
+        isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, h, w))
+    ):
+        raise EdgesegError(
+            f"{path}: the graph's input is {shape} but its ModelSpec says (N, 3, {h}, {w}); "
+            "re-export it with 'edgeseg export'"
+        )
+
+
 def _own_stream(device: str) -> tuple[Any, Any]:
     """(driver, a new CUDA stream) for ONNX Runtime to compute on, or (None, None) without
     cuda-python: the session then runs on its own stream and frames go through the host."""
@@ -291,7 +303,9 @@ class OnnxRuntimeBackend(Backend):
         self.spec = _spec_from_meta(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.providers = self.session.get_providers()
         on = check_providers(device, [p for p, _ in providers], self.providers, self.path)
-        batch = self.session.get_inputs()[0].shape[0]
+        shape = self.session.get_inputs()[0].shape
+        _check_input_shape(shape, self.spec, self.path)
+        batch = shape[0]
         fixed = batch if isinstance(batch, int) and batch > 0 else None
         self.caps = Capabilities(
             on,
