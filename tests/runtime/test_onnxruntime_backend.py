@@ -156,3 +156,36 @@ def test_trt_cache_lives_beside_the_model(tmp_path):
         trt_cache_dir(tmp_path / "deploy" / "model.fp16.onnx")
         == tmp_path / "deploy" / "model.fp16.trt-cache"
     )
+
+
+def test_an_onnx_whose_input_disagrees_with_its_spec_is_refused(tiny_onnx, tmp_path):
+    import json
+
+    import onnx
+
+    from edgeseg.spec import METADATA_KEY
+
+    proto = onnx.load(str(tiny_onnx))
+    meta = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    spec = json.loads(meta.value)
+    spec["input"].update(height=1024, width=2048)  # a sidecar from another model
+    meta.value = json.dumps(spec)
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    with pytest.raises(
+        EdgesegError, match=r"the graph's input is .* ModelSpec says \(N, 3, 1024, 2048\)"
+    ):
+        load_backend(tmp_path / "m.onnx")
+
+
+def test_the_colour_tables_of_a_gpu_stay_few_whatever_the_alphas(tmp_path):
+    from edgeseg.runtime.kernels.cuda import ColourTables
+
+    fake = FakeGpu()
+    drv = cuda.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
+    tables = ColourTables(drv, keep=4)
+    palette = [[1, 2, 3], [4, 5, 6]]
+    for i in range(50):
+        tables.get(palette, i / 50)
+    assert len(fake.memory) == 4  # the four most recent; the others were freed
+    tables.free()
+    assert not fake.memory
