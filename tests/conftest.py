@@ -74,3 +74,39 @@ def every_frame_is_accounted_for(monkeypatch):
         return report
 
     monkeypatch.setattr(StreamPipeline, "join", checked)
+
+
+@pytest.fixture(scope="session")
+def dashcam() -> Path:
+    clip = SHARED_DATA / "video" / "dashcam_960x540.mp4"
+    if not clip.is_file():
+        pytest.skip(f"the dash-cam clip is not at {clip} (see ../shared/data/README.md)")
+    return clip
+
+
+@pytest.fixture(scope="session")
+def rtsp_ready() -> None:
+    """Skips, with the reason, where a real RTSP server cannot run (see edgeseg.testing)."""
+    from edgeseg.testing import rtsp_server_missing
+
+    reason = rtsp_server_missing()
+    if reason:
+        pytest.skip(f"no RTSP server here: {reason}")
+
+
+@pytest.fixture
+def rtsp_server(rtsp_ready, dashcam):
+    """A factory of real RTSP servers serving the dash-cam clip; all are killed at the end."""
+    from edgeseg.testing import RtspServer
+
+    servers = []
+
+    def make(**kwargs) -> RtspServer:
+        server = RtspServer(dashcam, **kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.close()

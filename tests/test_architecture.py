@@ -28,6 +28,7 @@ LAYERS = [
     ("compress", {"compress"}),
     ("artifacts", {"artifacts"}),
     ("bench", {"bench"}),
+    ("testing", {"testing"}),
     ("app", {"cli", "demo", "__main__", "__init__"}),
 ]
 LAYER_OF = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}

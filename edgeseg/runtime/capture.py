@@ -24,17 +24,18 @@ from edgeseg.runtime.stats import StreamStats
 
 log = logging.getLogger("edgeseg.stream")
 MAX_ABANDONED = 3  # stuck reader threads per source before it is given up
+RETRY_LOG_EVERY = 60.0  # seconds between log lines of a source that stays down
 
 
-def open_within(spec: str, max_frames: int | None, timeout: float) -> Source:
-    """:func:`open_source` that gives up after ``timeout`` seconds (an open that never returns:
-    a GStreamer pipeline to a dead camera, a pipe nobody writes to). The stuck opener is left
-    behind (a daemon thread); what it opens later is closed."""
+def open_within(spec: str, max_frames: int | None, timeout: float, **options) -> Source:
+    """:func:`open_source` (with its keyword ``options``) that gives up after ``timeout``
+    seconds (an open that never returns: a camera driver that hangs, a pipe nobody writes to).
+    The stuck opener is left behind (a daemon thread); what it opens later is closed."""
     box: dict = {}
 
     def run() -> None:
         try:
-            box["source"] = open_source(spec, max_frames)
+            box["source"] = open_source(spec, max_frames, **options)
         except BaseException as e:  # handed to the caller
             box["error"] = e
         if box.get("late") and "source" in box:
@@ -78,7 +79,8 @@ class SourceRunner:
         max_frames: int | None = None,
         reconnect: bool = False,
         stall_timeout: float = 0.0,
-        backoff: tuple[float, float] = (0.25, 1.0),
+        backoff: tuple[float, float] = (0.25, 0.5),
+        open_options: dict | None = None,
         prepare: Callable[[Frame], None] | None = None,
         on_frame: Callable[[], None] | None = None,
     ) -> None:
@@ -88,6 +90,7 @@ class SourceRunner:
         self.stats, self.queue, self.stop = stats, queue, stop
         self.max_frames, self.reconnect = max_frames, reconnect
         self.stall_timeout, self.backoff = stall_timeout, backoff
+        self.open_options = open_options or {}
         self.prepare, self.on_frame = prepare, on_frame
         self.ordered = not hasattr(queue, "has")  # every-frame: results wait for predecessors
         self.count = 0  # frames read so far: the next frame's number
@@ -184,15 +187,24 @@ class SourceRunner:
         """Open the source, retrying with back-off when reconnecting; None when this thread is
         done (stopped, abandoned, or the source failed)."""
         delay, limit = self.backoff
+        tries, since = 0, time.monotonic()
         while not self.stop.is_set() and gen == self.gen:
             try:
-                src = self._busy(lambda: open_source(self.spec, self.max_frames))
+                src = self._busy(
+                    lambda: open_source(self.spec, self.max_frames, **self.open_options)
+                )
             except EdgesegError as e:
                 if not self._may_reconnect():
                     self._fail(str(e))
                     return None
                 self.stats.state(self.sid, "reconnecting", str(e) if self.count == 0 else None)
-                log.warning("%s; retrying in %.2g s", e, delay)
+                tries += 1
+                if tries == 1:
+                    log.warning("%s; retrying every %.2g s", e, limit)
+                elif tries % max(1, round(RETRY_LOG_EVERY / limit)) == 0:
+                    # one line a minute: days of outage stay readable in the journal
+                    down = time.monotonic() - since
+                    log.warning("%s; still retrying (%d tries in %.0f s)", e, tries, down)
                 if self.stop.wait(delay):
                     return None
                 delay = min(limit, delay * 2)

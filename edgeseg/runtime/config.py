@@ -57,8 +57,13 @@ class StreamConfig:
     duration: float | None = setting(None, "stop after S seconds", metavar="S")
     reconnect: bool = setting(
         False,
-        "reopen a live source that drops, stalls or is not up yet, with back-off (at most 1 s "
+        "reopen a live source that drops, stalls or is not up yet, with back-off (at most 0.5 s "
         "between tries)",
+    )
+    rtsp_transport: str = setting(
+        "tcp",
+        "RTSP over tcp (no lost packets) or udp (less delay on a clean network)",
+        choices=("tcp", "udp"),
     )
     stall_timeout: float | None = setting(
         None,
@@ -131,6 +136,7 @@ class StreamConfig:
             "max_frames": self.max_frames,
             "duration": self.duration,
             "reconnect": self.reconnect,
+            "rtsp_transport": self.rtsp_transport,
             "alpha": self.alpha,
             "batch": self.batch,
             "batch_wait": self.batch_wait / 1e3,

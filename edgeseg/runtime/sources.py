@@ -6,8 +6,11 @@
 ``0``, ``1``, ``/dev/video2``  V4L2 camera through OpenCV (live)
 ``clip.mp4``                   video file (finite; every frame, in order)
 ``frames/``, ``"img/*.png"``   image folder or glob, sorted by name (finite)
-``rtsp://…``, ``http://…``     network stream through OpenCV/FFmpeg (live)
-``… ! appsink``                GStreamer pipeline (live), e.g. a Jetson CSI camera::
+``rtsp://…``, ``http://…``     network stream through OpenCV/FFmpeg (live); RTSP over TCP
+                               unless ``rtsp_transport="udp"``
+``… ! appsink``                GStreamer pipeline (live): through OpenCV when it has GStreamer,
+                               else run by gst-launch-1.0 (:mod:`.gst_launch`); e.g. a Jetson
+                               CSI camera::
 
                                    nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,
                                    height=720,framerate=30/1 ! nvvidconv ! video/x-raw,
@@ -22,10 +25,12 @@ figure is measured from.
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import os
+import re
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,56 +38,25 @@ import numpy as np
 from edgeseg._io import IMAGE_EXTS, is_image, list_images
 from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.frame import Frame, FrameError, Source
 
+RTSP_TRANSPORTS = ("tcp", "udp")
+# OpenCV reads FFmpeg's open options from one process-wide variable: opens take turns.
+_FFMPEG_OPEN = threading.Lock()
+# Probe 0.1 s of an RTSP stream instead of FFmpeg's 5 s: the SDP already names the codec and size
+# (sprop-parameter-sets), and a reconnect must be quick. Streams that need more are retried with
+# FFmpeg's default.
+FAST_PROBE = "analyzeduration;100000"
 
-@dataclass
-class Frame:
-    """One captured frame: BGR uint8 pixels, its index in the source, and when it was captured."""
-
-    image: np.ndarray
-    index: int
-    t_capture: float  # time.perf_counter() when the frame was read
-    decode_ms: float = 0.0
-    source: str = ""
-    tensor: np.ndarray | None = None  # the preprocessed input, when the pipeline makes it early
-    pre_ms: float = 0.0
-    infer_ms: float = 0.0
-
-
-class FrameError(Exception):
-    """A frame could not be read (a corrupt image in a folder): counted; the source goes on."""
-
-
-class Source:
-    """Base class: ``read()`` returns the next Frame, or None at the end (or when a feed drops)."""
-
-    live = False  # live sources are realtime by default and may be reopened
-    name = "source"
-
-    @property
-    def spec(self) -> str:
-        """What :func:`open_source` opens this source again from."""
-        return self.name
-
-    def read(self) -> Frame | None:
-        raise NotImplementedError
-
-    def reopen(self) -> bool:
-        """Try to reconnect a live source; True when frames flow again."""
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def __iter__(self):
-        while (f := self.read()) is not None:
-            yield f
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+__all__ = [
+    "CaptureSource",
+    "Frame",
+    "FrameError",
+    "ImageFolderSource",
+    "Source",
+    "SyntheticSource",
+    "open_source",
+]
 
 
 def _available_cameras() -> list[str]:
@@ -92,8 +66,11 @@ def _available_cameras() -> list[str]:
 class CaptureSource(Source):
     """Anything cv2.VideoCapture opens: cameras, files, URLs, GStreamer pipelines."""
 
-    def __init__(self, target: str | int, kind: str, name: str) -> None:
+    def __init__(
+        self, target: str | int, kind: str, name: str, *, rtsp_transport: str = "tcp"
+    ) -> None:
         self.target, self.kind, self.name = target, kind, redact(name)
+        self.rtsp_transport = rtsp_transport
         self.live = kind in ("camera", "url", "gstreamer")
         self.cap = None
         self.index = 0
@@ -118,7 +95,7 @@ class CaptureSource(Source):
                 else cv2.VideoCapture(self.target)
             )
         elif cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
-            self.cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, self._ffmpeg_params())
+            self.cap = self._open_ffmpeg()
             if not self.cap.isOpened() and self.kind == "file":  # another backend may read it
                 self.cap = cv2.VideoCapture(self.target)
         else:  # e.g. a Jetson's system OpenCV built without FFmpeg: GStreamer opens files too
@@ -131,6 +108,34 @@ class CaptureSource(Source):
         if not ok and first:
             raise EdgesegError(redact(self._open_error()))
         return ok
+
+    @property
+    def is_rtsp(self) -> bool:
+        return self.kind == "url" and str(self.target).lower().startswith(("rtsp://", "rtsps://"))
+
+    def _open_ffmpeg(self):
+        """VideoCapture through FFmpeg; RTSP with its transport and a short probe (then, if that
+        fails, FFmpeg's full probe)."""
+        import cv2
+
+        tries = [None]
+        if self.is_rtsp:
+            transport = f"rtsp_transport;{self.rtsp_transport}"
+            tries = [f"{transport}|{FAST_PROBE}", transport]
+        for options in tries:
+            with _FFMPEG_OPEN:
+                saved = os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+                if options:
+                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = options
+                try:
+                    cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, self._ffmpeg_params())
+                finally:
+                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+                    if saved is not None:
+                        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = saved
+            if cap.isOpened():
+                return cap
+        return cap
 
     def _ffmpeg_params(self) -> list[int]:
         """Open-time settings for files and URLs (FFmpeg reads them only when opening).
@@ -151,8 +156,6 @@ class CaptureSource(Source):
         return params
 
     def _open_error(self) -> str:
-        import cv2
-
         if self.kind == "camera":
             cams = _available_cameras()
             return (
@@ -165,17 +168,9 @@ class CaptureSource(Source):
                 + " (pass --camera N for one of them, or --source FILE|URL)"
             )
         if self.kind == "gstreamer":
-            gst = "GStreamer:                    YES" in cv2.getBuildInformation()
             return (
-                "cannot open the GStreamer pipeline"
-                + (
-                    ""
-                    if gst
-                    else " (this OpenCV build has no GStreamer support: "
-                    "use the system OpenCV on a Jetson, or pip's opencv-python built with "
-                    "GStreamer)"
-                )
-                + f": {self.target}"
+                f"cannot open the GStreamer pipeline {self.target}: run it with gst-launch-1.0 "
+                "to see GStreamer's own error"
             )
         if self.kind == "url":
             return f"cannot open stream {self.target}: check the address, credentials and network"
@@ -303,8 +298,21 @@ def _parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
     return size, fps
 
 
-def open_source(spec: str | int, max_frames: int | None = None) -> Source:
+@functools.cache
+def opencv_has_gstreamer() -> bool:
+    """Whether the installed OpenCV can run GStreamer pipelines (pip's never can)."""
+    import cv2
+
+    return bool(re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()))
+
+
+def open_source(
+    spec: str | int, max_frames: int | None = None, *, rtsp_transport: str = "tcp"
+) -> Source:
     """Open a source from its spec (see the module docstring); one clear error when it cannot.
+
+    ``rtsp_transport``: ``tcp`` (default: no packet loss, one connection through firewalls) or
+    ``udp`` (less delay on a clean network, smeared frames when packets are lost).
 
     What exists on disk is a file or a folder first, whatever its name (a folder called ``0``,
     a file name with ``!`` in it); then camera indices, ``synthetic``, GStreamer pipelines, URLs
@@ -327,9 +335,18 @@ def open_source(spec: str | int, max_frames: int | None = None) -> Source:
         size, fps = _parse_synthetic(text)
         return SyntheticSource(size, fps, max_frames=max_frames)
     if "!" in text:
-        return CaptureSource(text, "gstreamer", "gstreamer")
+        if opencv_has_gstreamer():
+            return CaptureSource(text, "gstreamer", "gstreamer")
+        from edgeseg.runtime.gst_launch import GstLaunchSource
+
+        return GstLaunchSource(text)
     if "://" in text:
-        return CaptureSource(text, "url", text)
+        if rtsp_transport not in RTSP_TRANSPORTS:
+            raise EdgesegError(
+                f"rtsp_transport must be one of {', '.join(RTSP_TRANSPORTS)}, got "
+                f"'{rtsp_transport}'"
+            )
+        return CaptureSource(text, "url", text, rtsp_transport=rtsp_transport)
     if any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in globlib.glob(text) if is_image(p))
         if not files:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -20,6 +21,12 @@ from edgeseg.timing import summarize
 
 STAGES = ("decode", "pre", "infer", "post", "sink")
 MAX_ERRORS = 20  # kept per list; the count goes on
+MAX_OUTAGES = 20  # the newest kept per source; reconnects and outage_s count them all
+
+
+def _wall(t: float) -> str:
+    """An epoch time as ISO 8601 UTC with milliseconds (the report's clock for events)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Ring:
@@ -64,13 +71,37 @@ class SourceStats:
     outage_s: float = 0.0
     error_count: int = 0
     errors: list[str] = field(default_factory=list)
+    outages: list[dict] = field(default_factory=list)
     outage_since: float | None = None
+    outage_wall: float = 0.0  # time.time() when the current outage began
+    outage_reason: str = ""
     last_frame: float | None = None  # time.perf_counter() of the newest frame read
 
     def add_error(self, msg: str) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_ERRORS:
             self.errors.append(msg)
+
+    def begin_outage(self, now: float, reason: str | None) -> None:
+        if self.outage_since is None:
+            self.outage_since, self.outage_wall = now, time.time()
+            self.outage_reason = reason or ""
+
+    def end_outage(self, now: float) -> None:
+        """The feed is back (a frame arrived) or the source is done: the outage is logged."""
+        if self.outage_since is None:
+            return
+        seconds = now - self.outage_since
+        self.outage_s += seconds
+        self.outages = self.outages[-(MAX_OUTAGES - 1) :] + [
+            {
+                "start": _wall(self.outage_wall),
+                "end": _wall(self.outage_wall + seconds),
+                "seconds": round(seconds, 3),
+                "reason": self.outage_reason,
+            }
+        ]
+        self.outage_since = None
 
 
 class StreamStats:
@@ -98,6 +129,7 @@ class StreamStats:
             s = self.sources[sid]
             s.frames_in += 1
             s.last_frame = time.perf_counter()
+            s.end_outage(s.last_frame)
             self.stages["decode"].add(decode_ms)
 
     def dropped(self, sid: int, n: int = 1) -> None:
@@ -121,15 +153,15 @@ class StreamStats:
             self.t_last_out = now
 
     def state(self, sid: int, state: str, error: str | None = None) -> None:
-        """A source's new state; an outage runs from losing its feed to getting it back."""
+        """A source's new state. An outage runs from losing the feed to its next frame (a
+        reopened stream that sends nothing yet is still out), or to the source's end."""
         now = time.perf_counter()
         with self.lock:
             s = self.sources[sid]
-            if state == "reconnecting" and s.outage_since is None:
-                s.outage_since = now
-            elif state != "reconnecting" and s.outage_since is not None:
-                s.outage_s += now - s.outage_since
-                s.outage_since = None
+            if state == "reconnecting":
+                s.begin_outage(now, error)
+            elif state != "running":
+                s.end_outage(now)
             s.state = state
             if error:
                 s.add_error(error)
@@ -196,7 +228,8 @@ class StreamStats:
             lat = self.latency.values()
             sources = []
             for s in self.sources:
-                d = {k: v for k, v in asdict(s).items() if k not in ("outage_since", "last_frame")}
+                hidden = ("outage_since", "outage_wall", "outage_reason", "last_frame")
+                d = {k: v for k, v in asdict(s).items() if k not in hidden}
                 d["outage_s"] = round(self._outage(s, now), 3)
                 sources.append(d)
             return {

@@ -94,7 +94,9 @@ class StreamPipeline:
         max_frames: stop each source after this many frames.
         duration: stop after this many seconds.
         reconnect: reopen a live source that stops delivering, stalls, or is not up yet at the
-            start, with exponential back-off (``backoff``: first and longest delay, seconds).
+            start, with exponential back-off (``backoff``: first and longest delay, seconds;
+            the longest is short so a camera that returns streams again within a second).
+        rtsp_transport: ``tcp`` or ``udp`` for ``rtsp://`` sources.
         stall_timeout: seconds a live source may spend in one read (or open) before it is
             treated as dead (0: never); default 5 for live sources.
         alpha: overlay opacity, for sinks that draw.
@@ -125,7 +127,8 @@ class StreamPipeline:
         reconnect: bool = False,
         alpha: float = 0.5,
         queue_size: int = 4,
-        backoff: tuple[float, float] = (0.25, 1.0),
+        backoff: tuple[float, float] = (0.25, 0.5),
+        rtsp_transport: str = "tcp",
         stall_timeout: float | None = None,
         kernel_threads: int = 1,
         infer_workers: int | str = "auto",
@@ -142,6 +145,7 @@ class StreamPipeline:
         self.alpha, self.kernel_threads = alpha, kernel_threads
         self.max_sink_errors, self.stop_timeout = max_sink_errors, stop_timeout
         self.open_timeout = open_timeout
+        self.open_options = {"rtsp_transport": rtsp_transport}
         self.stop_event = threading.Event()
         self.stats = StreamStats()
         self._arrival = threading.Condition()  # captures tell inference of new frames
@@ -179,7 +183,7 @@ class StreamPipeline:
                 out.append((s.spec, s))
                 continue
             try:
-                src = open_within(s, self.max_frames, self.open_timeout)
+                src = open_within(s, self.max_frames, self.open_timeout, **self.open_options)
             except EdgesegError as e:
                 if not (self.reconnect and is_live(str(s))):
                     raise
@@ -214,6 +218,7 @@ class StreamPipeline:
                     reconnect=self.reconnect,
                     stall_timeout=stall,
                     backoff=backoff,
+                    open_options=self.open_options,
                     prepare=prepare,
                     on_frame=self._notify,
                 )

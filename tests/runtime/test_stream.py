@@ -53,6 +53,7 @@ SOURCE_KEYS = {
     "outage_s",
     "error_count",
     "errors",
+    "outages",
 }
 
 

@@ -1,0 +1,57 @@
+"""What every source hands out: :class:`Frame`; what every source is: :class:`Source`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One captured frame: BGR uint8 pixels, its index in the source, and when it was captured."""
+
+    image: np.ndarray
+    index: int
+    t_capture: float  # time.perf_counter() when the frame was read
+    decode_ms: float = 0.0
+    source: str = ""
+    tensor: np.ndarray | None = None  # the preprocessed input, when the pipeline makes it early
+    pre_ms: float = 0.0
+    infer_ms: float = 0.0
+
+
+class FrameError(Exception):
+    """A frame could not be read (a corrupt image in a folder): counted; the source goes on."""
+
+
+class Source:
+    """Base class: ``read()`` returns the next Frame, or None at the end (or when a feed drops)."""
+
+    live = False  # live sources are realtime by default and may be reopened
+    name = "source"
+
+    @property
+    def spec(self) -> str:
+        """What :func:`open_source` opens this source again from."""
+        return self.name
+
+    def read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def reopen(self) -> bool:
+        """Try to reconnect a live source; True when frames flow again."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self):
+        while (f := self.read()) is not None:
+            yield f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

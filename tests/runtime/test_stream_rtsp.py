@@ -1,0 +1,158 @@
+"""``edgeseg stream`` against a real RTSP server (gst-rtsp-server) that dies and returns: frames
+flow again within 2 s of its return, at its new frame size, in order, counted in the report.
+Every frame carries the server's send time (edgeseg.testing), which is how order and latency
+are checked end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edgeseg.runtime import Segmenter
+from edgeseg.runtime.sinks import CallbackSink
+from edgeseg.runtime.sources import open_source
+from edgeseg.runtime.stream import StreamPipeline
+from edgeseg.testing import read_stamp, stamp_age_ms
+
+SIZES = [(480, 270), (320, 180), (400, 224)]  # served before, between and after two deaths
+DOWN_S = [1.5, 3.5]  # how long the server stays dead each time (a long back-off misses one)
+
+
+def _watch(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
+    def run() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _stamps(video: Path) -> tuple[tuple[int, int], list[int | None]]:
+    cap = cv2.VideoCapture(str(video))
+    stamps, shape = [], None
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        shape = image.shape[1::-1]
+        stamps.append(read_stamp(image))
+    cap.release()
+    return shape, stamps
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _run_through_two_deaths(server, model: Path, out: Path) -> tuple[subprocess.Popen, list]:
+    args = ["stream", "--model", model, "--source", server.url, "--reconnect", "--alpha", "0"]
+    args += ["--report", out / "report.json", "--record", out / "rec.mp4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeseg", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    _watch(proc, lines)
+    deadline = time.monotonic() + 60
+    while not any("->" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.5)
+    returns = []
+    for size, down in zip(SIZES[1:], DOWN_S):
+        server.kill()
+        time.sleep(down)
+        server.start(size=size)
+        returns.append(time.time())
+        time.sleep(3.0)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    return proc, returns, lines
+
+
+def test_the_stream_survives_two_server_deaths_in_order_and_resized(
+    rtsp_server, tiny_onnx, tmp_path
+):
+    server = rtsp_server(size=SIZES[0])
+    proc, returns, lines = _run_through_two_deaths(server, tiny_onnx, tmp_path)
+    assert proc.returncode == 0, "".join(lines)
+    report = json.loads((tmp_path / "report.json").read_text())
+    src = report["sources"][0]
+    assert src["frames_in"] == src["frames_out"] + src["frames_dropped"] + src["frames_failed"]
+    assert src["reconnects"] == 2 and len(src["outages"]) == 2, src
+    assert src["outage_s"] >= sum(DOWN_S) and report["outage_s"] == src["outage_s"]
+    for outage, back in zip(src["outages"], returns):
+        assert _epoch(outage["end"]) - back <= 2.0, (outage, back)  # frames again within 2 s
+    assert report["errors"] == [] and src["state"] == "stopped"
+
+    videos = [tmp_path / "rec.mp4", tmp_path / "rec.001.mp4", tmp_path / "rec.002.mp4"]
+    everything: list[int] = []
+    for video, size in zip(videos, SIZES):
+        shape, stamps = _stamps(video)
+        assert shape == size, video
+        assert len(stamps) > 25 and None not in stamps, video
+        everything += stamps
+    assert everything == sorted(everything) and len(set(everything)) == len(everything)
+    assert len(everything) == src["frames_out"]
+
+
+def _udp_sockets() -> int:
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        if os.path.exists(table):
+            with open(table) as f:
+                inodes |= {line.split()[9] for line in list(f)[1:]}
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used
+            continue
+        count += link.startswith("socket:[") and link[8:-1] in inodes
+    return count
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_the_rtsp_transport_is_the_one_asked_for(rtsp_server, transport):
+    server = rtsp_server(size=(320, 180))
+    before = _udp_sockets()
+    with open_source(server.url, rtsp_transport=transport) as src:
+        frames = [src.read() for _ in range(5)]
+        udp = _udp_sockets() - before
+    assert all(f is not None and f.image.shape == (180, 320, 3) for f in frames)
+    assert (udp > 0) == (transport == "udp"), udp
+
+
+def test_realtime_over_rtsp_shows_the_newest_frame_not_a_queue(rtsp_server, tiny_onnx):
+    """A sink four times slower than the camera: realtime drops the backlog, so what it shows
+    is never more than a few frames old (a queue would fall further behind every second)."""
+    server = rtsp_server(size=(320, 180), fps=25)
+    ages: list[float] = []
+
+    def slow(result) -> None:
+        ages.append(stamp_age_ms(result.frame))
+        time.sleep(0.16)
+
+    pipe = StreamPipeline(
+        Segmenter(tiny_onnx), [server.url], sinks=[CallbackSink(slow)], mode="realtime"
+    )
+    pipe.start()
+    time.sleep(6)
+    pipe.stop()
+    report = pipe.join()
+    late = [a for a in ages[5:] if a is not None]
+    assert len(late) >= 15 and report["frames_dropped"] > len(ages)
+    assert max(late) < 600, late
+    assert sum(late[-10:]) / 10 < 2 * sum(late[:10]) / 10 + 100
