@@ -31,10 +31,6 @@ OPTIONAL: dict[str, str] = {
     "pip install 'cuda-python>=12.6.1'",
     "pycuda": "pycuda is not installed: pip install pycuda (needs the CUDA toolkit)",
     "timm": "timm encoders need timm: pip install timm (or pip install 'edgeseg[timm]')",
-    "prometheus_client": "metrics need prometheus-client: pip install prometheus-client",
-    "gi": "GStreamer sources need PyGObject and GStreamer: sudo apt install python3-gi "
-    "gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-good "
-    "(then pip install PyGObject in a virtual environment)",
 }
 
 

@@ -277,6 +277,30 @@ def _run_stream(pipe, cfg: StreamConfig, signals: _Signals) -> int:
     return report["exit_code"]
 
 
+def _serve_metrics(cfg: StreamConfig, pipe, seg):
+    """The metrics endpoint when ``--metrics-port`` asks for one (the pipeline closed if it
+    cannot listen)."""
+    if cfg.metrics_port is None:
+        return None
+    from pathlib import Path
+
+    from edgeseg.runtime.metrics import MetricsServer
+
+    try:
+        server = MetricsServer(
+            pipe.stats,
+            cfg.metrics_port,
+            cfg.metrics_host,
+            model=Path(seg.model_path).name,
+            backend=seg.backend.name,
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    print(f"edgeseg stream: metrics at {server.url}", file=sys.stderr)
+    return server
+
+
 def cmd_stream(a: argparse.Namespace) -> int:
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.stream import StreamPipeline
@@ -294,7 +318,12 @@ def cmd_stream(a: argparse.Namespace) -> int:
             raise
         what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}, batch {pipe.batch}"
         print(f"edgeseg stream: {pipe.source_names} -> {seg.model_path} [{what}]", file=sys.stderr)
-        return _run_stream(pipe, cfg, signals)
+        metrics = _serve_metrics(cfg, pipe, seg)
+        try:
+            return _run_stream(pipe, cfg, signals)
+        finally:
+            if metrics is not None:
+                metrics.close()
     except _ForcedExit as e:  # stopped before the stream started: nothing to finalise
         print(f"edgeseg stream: stopped while starting (exit {e.code})", file=sys.stderr)
         return e.code

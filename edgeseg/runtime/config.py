@@ -52,6 +52,14 @@ class StreamConfig:
     report: str | None = setting(
         None, "write frame counts, FPS, latency and stage percentiles", metavar="R.json"
     )
+    metrics_port: int | None = setting(
+        None,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)",
+        metavar="PORT",
+    )
+    metrics_host: str = setting(
+        "127.0.0.1", "address the metrics listen on (0.0.0.0: every interface)", metavar="HOST"
+    )
     alpha: float = setting(0.5, "overlay opacity")
     max_frames: int | None = setting(None, "stop each source after N frames", metavar="N")
     duration: float | None = setting(None, "stop after S seconds", metavar="S")
@@ -113,6 +121,8 @@ class StreamConfig:
             raise EdgesegError(f"infer_workers must be a positive integer or auto, got '{w}'")
         if self.record_segment is not None and self.record_segment <= 0:
             raise EdgesegError(f"record_segment must be above 0 minutes, got {self.record_segment}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise EdgesegError(f"metrics_port must be 0-65535, got {self.metrics_port}")
         if self.batch_wait < 0:
             raise EdgesegError(f"batch_wait must be at least 0 ms, got {self.batch_wait}")
 

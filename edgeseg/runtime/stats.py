@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -20,6 +22,7 @@ import numpy as np
 from edgeseg.timing import summarize
 
 STAGES = ("decode", "pre", "infer", "post", "sink")
+COUNTS = ("frames_in", "frames_out", "frames_dropped", "frames_failed", "reconnects")
 MAX_ERRORS = 20  # kept per list; the count goes on
 MAX_OUTAGES = 20  # the newest kept per source; reconnects and outage_s count them all
 
@@ -27,6 +30,49 @@ MAX_OUTAGES = 20  # the newest kept per source; reconnects and outage_s count th
 def _wall(t: float) -> str:
     """An epoch time as ISO 8601 UTC with milliseconds (the report's clock for events)."""
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+# Histogram bounds (seconds) of the metrics endpoint: glass-to-label latency, and stage times.
+LATENCY_BOUNDS = (
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+STAGE_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+FPS_WINDOW = 5.0  # seconds of outputs a source's FPS is measured over
+
+
+class Buckets:
+    """A cumulative histogram of every sample since the run began (Prometheus semantics: a
+    sample counts in each bucket whose upper bound it does not exceed)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(upper bound, samples at or below it), ..., ("+Inf", all samples)]``."""
+        out, total = [], 0
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts):
+            total += n
+            out.append((bound, total))
+        return out
 
 
 class Ring:
@@ -117,6 +163,9 @@ class StreamStats:
             self.sources = [SourceStats(n, m) for n, m in zip(names, modes)]
             self.latency = Ring()
             self.stages = {s: Ring() for s in STAGES}
+            self.latency_hist = [Buckets(LATENCY_BOUNDS) for _ in names]
+            self.stage_hist = {s: Buckets(STAGE_BOUNDS) for s in STAGES}
+            self.out_times = [deque(maxlen=1024) for _ in names]
             self.t_start = time.perf_counter()
             self.t_last_out: float | None = None
             self.sink_errors: dict[str, int] = {}
@@ -131,6 +180,7 @@ class StreamStats:
             s.last_frame = time.perf_counter()
             s.end_outage(s.last_frame)
             self.stages["decode"].add(decode_ms)
+            self.stage_hist["decode"].add(decode_ms / 1e3)
 
     def dropped(self, sid: int, n: int = 1) -> None:
         with self.lock:
@@ -147,9 +197,12 @@ class StreamStats:
         with self.lock:
             self.sources[sid].frames_out += 1
             self.latency.add((now - t_capture) * 1e3)
+            self.latency_hist[sid].add(now - t_capture)
+            self.out_times[sid].append(now)
             for k in ("pre", "infer", "post", "sink"):
                 if k in stage_ms:
                     self.stages[k].add(stage_ms[k])
+                    self.stage_hist[k].add(stage_ms[k] / 1e3)
             self.t_last_out = now
 
     def state(self, sid: int, state: str, error: str | None = None) -> None:
@@ -187,8 +240,7 @@ class StreamStats:
 
     # -- reading
     def totals(self) -> dict[str, int]:
-        keys = ("frames_in", "frames_out", "frames_dropped", "frames_failed", "reconnects")
-        return {k: sum(getattr(s, k) for s in self.sources) for k in keys}
+        return {k: sum(getattr(s, k) for s in self.sources) for k in COUNTS}
 
     def fps(self) -> float:
         """Output frames per second over the whole run (start to the last output)."""
@@ -196,6 +248,36 @@ class StreamStats:
         if not out or self.t_last_out is None:
             return 0.0
         return out / max(1e-9, self.t_last_out - self.t_start)
+
+    def recent_fps(self, sid: int, now: float | None = None) -> float:
+        """A source's output frames per second over the last ``FPS_WINDOW`` seconds."""
+        now = time.perf_counter() if now is None else now
+        times = [t for t in self.out_times[sid] if t >= now - FPS_WINDOW]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(1e-9, times[-1] - times[0])
+
+    def snapshot(self) -> dict:
+        """A consistent copy of what the metrics endpoint exports (taken at scrape time, so
+        serving metrics costs the frames nothing)."""
+        now = time.perf_counter()
+        with self.lock:
+            sources = []
+            for sid, s in enumerate(self.sources):
+                sources.append(
+                    {
+                        **{k: getattr(s, k) for k in (*COUNTS, "name", "state")},
+                        "outage_s": self._outage(s, now),
+                        "age_s": None if s.last_frame is None else now - s.last_frame,
+                        "fps": self.recent_fps(sid, now),
+                        "latency": (
+                            self.latency_hist[sid].cumulative(),
+                            self.latency_hist[sid].sum,
+                        ),
+                    }
+                )
+            stages = {k: (h.cumulative(), h.sum) for k, h in self.stage_hist.items()}
+            return {"sources": sources, "stages": stages, "sink_errors": dict(self.sink_errors)}
 
     def status_line(self) -> str:
         """One line for a terminal: what the stream does now (the last 300 frames)."""
