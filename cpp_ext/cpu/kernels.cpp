@@ -446,6 +446,72 @@ void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool
     upsample_and_blend(small.data(), h, w, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
 }
 
+// ---------------------------------------------------------------------------- temporal smoothing
+
+inline void storev(float* p, fvec v) { std::memcpy(p, &v, sizeof v); }
+
+// The moving average of (C, h, w) scores updated in place (pixel_ops.h ema_update, a vector of
+// pixels at a time for float32); returns how many pixels' argmax differed from the old average's.
+template <typename T>
+i64 ema_rows(const T* x, float* ema, int C, int h, int w, float keep, float fresh) {
+    const i64 plane = (i64)h * w;
+    i64 changed = 0;
+#pragma omp parallel for schedule(static) reduction(+ : changed) num_threads(num_threads_for(plane * C))
+    for (int y = 0; y < h; ++y) {
+        const T* xr = x + (i64)y * w;
+        float* er = ema + (i64)y * w;
+        int px = 0;
+        if constexpr (sizeof(T) == sizeof(float)) {
+            for (; px + kLanes <= w; px += kLanes) {
+                fvec bx = loadv(xr + px), be = loadv(er + px);
+                ivec ax = {}, ae = {};
+                storev(er + px, be * keep + bx * fresh);
+                for (int c = 1; c < C; ++c) {
+                    const fvec v = loadv(xr + (i64)c * plane + px), e = loadv(er + (i64)c * plane + px);
+                    const ivec gx = v > bx, ge = e > be, cv = ivec{} + c;
+                    bx = gx ? v : bx;
+                    ax = gx ? cv : ax;
+                    be = ge ? e : be;
+                    ae = ge ? cv : ae;
+                    storev(er + (i64)c * plane + px, e * keep + v * fresh);
+                }
+                const ivec differ = ax != ae;
+                for (int l = 0; l < kLanes; ++l) changed += differ[l] != 0;
+            }
+        }
+        for (; px < w; ++px) changed += ema_update(xr + px, er + px, C, plane, keep, fresh);
+    }
+    return changed;
+}
+
+template <typename T>
+void copy_scores(const T* x, float* ema, i64 n) {
+    for (i64 i = 0; i < n; ++i) ema[i] = load_float(x, i);
+}
+
+// state <- state * keep + scores * (1 - keep), or state <- scores when more than ``limit`` pixels
+// changed class (a scene cut). Returns whether the average restarted.
+bool smooth(const py::array& scores, int dtype, py::array& state, double keep, i64 limit) {
+    require_c_contiguous(scores, "scores");
+    require_c_contiguous(state, "state");
+    require(dtype == F32 || dtype == F16, "smoothing needs float32 or float16 logits");
+    require(scores.ndim() == 4 && scores.shape(0) == 1, "scores must be (1, C, h, w)");
+    require(scores.itemsize() == (dtype == F32 ? 4 : 2), "scores dtype code does not match");
+    require(state.ndim() == 4 && state.itemsize() == 4, "state must be float32 (1, C, h, w)");
+    for (int d = 0; d < 4; ++d) require(state.shape(d) == scores.shape(d), "state and scores differ in shape");
+    const int C = (int)scores.shape(1), h = (int)scores.shape(2), w = (int)scores.shape(3);
+    const float k = (float)keep, fresh = (float)(1.0 - keep);
+    const void* x = cptr(scores);
+    float* ema = static_cast<float*>(mptr(state));
+    py::gil_scoped_release nogil;
+    const i64 changed = dtype == F32 ? ema_rows(static_cast<const float*>(x), ema, C, h, w, k, fresh)
+                                     : ema_rows(static_cast<const u16*>(x), ema, C, h, w, k, fresh);
+    if (changed <= limit) return false;
+    if (dtype == F32) copy_scores(static_cast<const float*>(x), ema, (i64)C * h * w);
+    else copy_scores(static_cast<const u16*>(x), ema, (i64)C * h * w);
+    return true;
+}
+
 void overlay(const py::array& labels, const py::array& frame, py::array& out, const py::array& lut_bgr, double alpha) {
     require_c_contiguous(labels, "labels");
     require(labels.ndim() == 2 && labels.itemsize() == 1, "labels must be uint8 (H, W)");
@@ -485,6 +551,8 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("inv_std"));
     m.def("postprocess", &postprocess, py::arg("scores"), py::arg("dtype"), py::arg("out"), py::arg("bilinear"),
           py::arg("frame"), py::arg("overlay_out"), py::arg("lut_bgr"), py::arg("alpha"), py::arg("upsample") = 1);
+    m.def("smooth", &smooth, py::arg("scores"), py::arg("dtype"), py::arg("state"), py::arg("keep"),
+          py::arg("limit"));
     m.def("overlay", &overlay, py::arg("labels"), py::arg("frame"), py::arg("out"), py::arg("lut_bgr"),
           py::arg("alpha"));
     m.def("get_num_threads", &get_num_threads);

@@ -45,6 +45,28 @@ __device__ void bilinear_argmax_px(const T* __restrict__ scores, int C, int h, i
     labels[(i64)y * W + x] = (u8)bilinear_argmax(scores, C, (i64)h * w, w, linear_tap(y, h, H), linear_tap(x, w, W));
 }
 
+template <typename T>
+__device__ void ema_votes_px(const T* __restrict__ x, const float* __restrict__ ema, int C, i64 n, u32* count) {
+    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool vote = i < n && ema_vote(x + i, ema + i, C, n);
+    // One atomic a warp: every lane reaches the ballot (blocks are whole warps).
+    const unsigned votes = __ballot_sync(0xffffffffu, vote);
+    if ((threadIdx.x & 31) == 0 && votes) atomicAdd(count, (u32)__popc(votes));
+}
+
+template <typename T>
+__device__ void ema_apply_px(const T* __restrict__ x, float* __restrict__ ema, int C, i64 n, float keep,
+                             float fresh, const u32* words, long long limit) {
+    const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const bool restart = words[1] != 0u || (long long)words[0] > limit;  // forced, or a scene cut
+    for (int c = 0; c < C; ++c) {
+        const i64 k = (i64)c * n + i;
+        const float v = load_float(x, k);
+        ema[k] = restart ? v : ema[k] * keep + v * fresh;
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -106,6 +128,31 @@ __global__ void upsample_blend(const u8* small, int h, int w, u8* labels, int H,
     o[0] = blend_q(f[0], keep_q, k[0]);
     o[1] = blend_q(f[1], keep_q, k[1]);
     o[2] = blend_q(f[2], keep_q, k[2]);
+}
+
+// Temporal smoothing of (1, C, h, w) logits into a float32 moving average ``ema`` (n = h * w),
+// three launches on one stream: ``ema_reset_count`` zeroes words[0]; ``ema_votes_*`` counts the
+// pixels whose argmax differs between x and the old average into words[0]; ``ema_apply_*``
+// restarts the average from x when words[1] (set by the host: a new stream, a reconnect, a size
+// change) or more than ``limit`` votes say so, else blends x in. No host sync, graph-capturable.
+__global__ void ema_reset_count(u32* words) { words[0] = 0u; }
+
+__global__ void ema_votes_f32(const float* x, const float* ema, int C, i64 n, u32* words) {
+    ema_votes_px(x, ema, C, n, words);
+}
+
+__global__ void ema_votes_f16(const u16* x, const float* ema, int C, i64 n, u32* words) {
+    ema_votes_px(x, ema, C, n, words);
+}
+
+__global__ void ema_apply_f32(const float* x, float* ema, int C, i64 n, float keep, float fresh, const u32* words,
+                              long long limit) {
+    ema_apply_px(x, ema, C, n, keep, fresh, words, limit);
+}
+
+__global__ void ema_apply_f16(const u16* x, float* ema, int C, i64 n, float keep, float fresh, const u32* words,
+                              long long limit) {
+    ema_apply_px(x, ema, C, n, keep, fresh, words, limit);
 }
 
 }  // extern "C"

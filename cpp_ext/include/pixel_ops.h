@@ -182,6 +182,32 @@ ES_HD int bilinear_argmax(const T* p, int C, i64 plane, int w, LinearTap ty, Lin
     return arg;
 }
 
+// ---------------------------------------------------------------------------- temporal smoothing
+
+// One pixel of the moving average of class scores: ema[c] = ema[c] * keep + x[c] * fresh for every
+// class (``fresh`` = (float)(1 - keep), two roundings and a sum, as NumPy computes it). Returns
+// whether the argmax of ``x`` differs from that of the average before the update: the vote that
+// tells a scene cut (most pixels changing class at once) from flicker.
+template <typename T>
+ES_HD bool ema_update(const T* x, float* ema, int C, i64 stride, float keep, float fresh) {
+    float bx = load_float(x, 0), be = ema[0];
+    int ax = 0, ae = 0;
+    ema[0] = be * keep + bx * fresh;
+    for (int c = 1; c < C; ++c) {
+        const float v = load_float(x, (i64)c * stride), e = ema[(i64)c * stride];
+        argmax_update(v, c, bx, ax);
+        argmax_update(e, c, be, ae);
+        ema[(i64)c * stride] = e * keep + v * fresh;
+    }
+    return ax != ae;
+}
+
+// Whether argmax(x) differs from argmax(ema) at one pixel (the vote alone, no update).
+template <typename T>
+ES_HD bool ema_vote(const T* x, const float* ema, int C, i64 stride) {
+    return argmax_classes(x, C, stride) != argmax_classes(ema, C, stride);
+}
+
 // One overlay byte: floor(frame * (1 - alpha) + colour * alpha + 0.5), saturated to 0..255.
 // ``keep`` is (float)(1 - alpha) and ``colour_alpha`` is (float)colour * (float)alpha.
 // Branch-free so that loops over a row vectorise.

@@ -94,6 +94,7 @@ class SourceRunner:
         self.prepare, self.on_frame = prepare, on_frame
         self.ordered = not hasattr(queue, "has")  # every-frame: results wait for predecessors
         self.count = 0  # frames read so far: the next frame's number
+        self.epoch = 0  # openings of the source so far (a reconnect is a new feed)
         self.gen = 0  # the live thread's generation; abandoned threads see it change
         self.busy_since: float | None = None  # when the current read() or open began
         self.done = threading.Event()
@@ -156,7 +157,7 @@ class SourceRunner:
                 if self._may_reconnect()
                 else self._end("ended")
             )
-        frame.index, frame.source = self.count, self.name
+        frame.index, frame.source, frame.epoch = self.count, self.name, self.epoch
         self.count += 1
         self.stats.frame_in(self.sid, frame.decode_ms)
         if self.prepare is not None:
@@ -214,6 +215,7 @@ class SourceRunner:
                     src.close()
                     return None
                 self.source = src
+                self.epoch += 1
             if self.stats.sources[self.sid].state == "reconnecting" and self.count:
                 self.stats.reconnected(self.sid)
             self.stats.state(self.sid, "running")

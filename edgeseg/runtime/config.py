@@ -61,6 +61,12 @@ class StreamConfig:
         "127.0.0.1", "address the metrics listen on (0.0.0.0: every interface)", metavar="HOST"
     )
     alpha: float = setting(0.5, "overlay opacity")
+    smooth: float = setting(
+        0.0,
+        "temporal smoothing: labels from each source's moving average of class scores, A the "
+        "weight of the past (0: off); restarts at a scene cut, a reconnect or a new frame size",
+        metavar="A",
+    )
     max_frames: int | None = setting(None, "stop each source after N frames", metavar="N")
     duration: float | None = setting(None, "stop after S seconds", metavar="S")
     reconnect: bool = setting(
@@ -148,6 +154,7 @@ class StreamConfig:
             "reconnect": self.reconnect,
             "rtsp_transport": self.rtsp_transport,
             "alpha": self.alpha,
+            "smooth": self.smooth,
             "batch": self.batch,
             "batch_wait": self.batch_wait / 1e3,
             "infer_workers": w if w == "auto" else int(w),

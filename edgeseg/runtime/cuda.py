@@ -38,7 +38,7 @@ KERNEL_FILE = "kernels.cu"
 HEADER_FILE = "pixel_ops.h"
 NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")
 
-# Kernel parameter kinds: P pointer, i int32, q int64, H uint16, f3 float3.
+# Kernel parameter kinds: P pointer, i int32, q int64, H uint16, f float32, f3 float3.
 SIGNATURES: dict[str, tuple[str, ...]] = {
     "preprocess_f32": ("P", "i", "i", "q", "P", "i", "i", "f3", "f3"),
     "preprocess_f16": ("P", "i", "i", "q", "P", "i", "i", "f3", "f3"),
@@ -49,8 +49,13 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "bilinear_argmax_f32": ("P", "i", "i", "i", "P", "i", "i"),
     "bilinear_argmax_f16": ("P", "i", "i", "i", "P", "i", "i"),
     "upsample_blend": ("P", "i", "i", "P", "i", "i", "P", "q", "P", "P", "H"),
+    "ema_reset_count": ("P",),
+    "ema_votes_f32": ("P", "P", "i", "q", "P"),
+    "ema_votes_f16": ("P", "P", "i", "q", "P"),
+    "ema_apply_f32": ("P", "P", "i", "q", "f", "f", "P", "q"),
+    "ema_apply_f16": ("P", "P", "i", "q", "f", "f", "P", "q"),
 }
-_NP_KIND = {"P": np.uint64, "i": np.int32, "q": np.int64, "H": np.uint16}
+_NP_KIND = {"P": np.uint64, "i": np.int32, "q": np.int64, "H": np.uint16, "f": np.float32}
 
 
 class CudaError(RuntimeError):

@@ -19,6 +19,7 @@ class Frame:
     tensor: np.ndarray | None = None  # the preprocessed input, when the pipeline makes it early
     pre_ms: float = 0.0
     infer_ms: float = 0.0
+    epoch: int = 0  # which opening of the source (a reconnect starts a new one)
 
 
 class FrameError(Exception):

@@ -26,6 +26,7 @@ from edgeseg.device import cuda_index
 from edgeseg.runtime.backends.base import Backend, DeviceIO
 from edgeseg.runtime.cuda import DeviceBuffer, Driver, get_driver
 from edgeseg.runtime.kernels.cuda import ColourTables, CudaKernels, scratch_bytes
+from edgeseg.runtime.smoothing import SmoothState
 from edgeseg.spec import ModelSpec
 
 KINDS = {
@@ -67,6 +68,7 @@ class _Step:
     scratch: list[int]
     table: tuple[int, int]  # colour table pointer, keep_q (0, 0 without an overlay)
     overlay: bool
+    smooth: list[SmoothState | None]
 
 
 class GpuPipeline:
@@ -92,6 +94,7 @@ class GpuPipeline:
         self._scratch: dict[int, DeviceBuffer] = {}
         self._graphs: dict[tuple, Any] = {}
         self._ran_eagerly: set[tuple] = set()
+        self._smooth: dict[int, SmoothState] = {}  # states holding device buffers of this pipeline
 
     # -- buffers
     def _slot(self, i: int, hw: tuple[int, int]) -> _Slot:
@@ -107,6 +110,30 @@ class GpuPipeline:
         if i not in self._scratch:
             self._scratch[i] = self.drv.mem_alloc(scratch_bytes(model_hw, self.backend.upsample))
         return self._scratch[i].ptr
+
+    def _smooth_buffers(self, state: SmoothState, io: DeviceIO) -> dict:
+        """The device average (float32, one frame's logits) and words of ``state``, allocated on
+        its first frame and again when the logits change shape (a restart)."""
+        shape = tuple(io.output_shape[1:])
+        dev = state.device
+        if dev.get("shape") != shape:
+            self._free_smooth(state)
+            dev.update(
+                shape=shape,
+                ema=self.drv.mem_alloc(int(np.prod(shape)) * 4),
+                words=self.drv.mem_alloc(8),
+                force=self.drv.pinned_empty((1,), np.uint32),
+            )
+            state.restart = True
+            self._smooth[id(state)] = state
+            self._drop_graphs()  # captured graphs point at the old buffers
+        return dev
+
+    def _free_smooth(self, state: SmoothState) -> None:
+        for name in ("ema", "words"):
+            if name in state.device:
+                state.device.pop(name).free()
+        state.device.clear()
 
     def _drop_graphs(self) -> None:
         for graph in self._graphs.values():
@@ -149,14 +176,31 @@ class GpuPipeline:
         table, keep_q = step.table
         for i, slot in enumerate(step.slots):
             W = slot.hw[1]
+            scores, skind = out + i * out_item, kind
+            state = step.smooth[i]
+            if state is not None:  # the stream's moving average, then its labels
+                dev = state.device
+                self.drv.memcpy_htod(dev["words"].ptr + 4, dev["force"], s)
+                self.kernels.smooth(
+                    scores,
+                    kind,
+                    classes,
+                    model_hw,
+                    dev["ema"].ptr,
+                    dev["words"].ptr,
+                    state.keep,
+                    state.cut,
+                    s,
+                )
+                scores, skind = dev["ema"].ptr, "f32"
             blend = (
                 (slot.d_frame, W * 3, slot.d_vis, table, keep_q)
                 if step.overlay
                 else (0, 0, 0, 0, 0)
             )
             self.kernels.postprocess(
-                out + i * out_item,
-                kind,
+                scores,
+                skind,
                 classes,
                 model_hw,
                 slot.d_labels,
@@ -183,14 +227,26 @@ class GpuPipeline:
             self.drv.graph_launch(graph, self.stream)
 
     def run(
-        self, frames: list[np.ndarray], overlay_alpha: float | None = None
+        self,
+        frames: list[np.ndarray],
+        overlay_alpha: float | None = None,
+        smooth: list[SmoothState | None] | None = None,
     ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], dict[str, float]]:
         """Segment a batch of BGR uint8 frames (any sizes); ``[(labels, overlay or None)]`` and
         the step's timings in ms (``pre``/``infer``/``post`` from CUDA events; a graph replay
-        is one launch, reported whole as ``infer``)."""
+        is one launch, reported whole as ``infer``). ``smooth``: a stream's moving average per
+        frame, or None (see :mod:`edgeseg.runtime.smoothing`)."""
         t0 = time.perf_counter()
         self.drv.make_current()
         io = self.backend.device_io(len(frames))
+        smooth = list(smooth) if smooth is not None else [None] * len(frames)
+        if any(s is not None for s in smooth) and io.output_dtype not in (np.float32, np.float16):
+            raise ValueError("smoothing needs a model that outputs float logits")
+        for state in smooth:
+            if state is not None:
+                # read by the step's upload (also on a graph replay): restart, or blend in
+                self._smooth_buffers(state, io)["force"][0] = int(state.restart)
+                state.restart = False
         slots = [self._slot(i, f.shape[:2]) for i, f in enumerate(frames)]
         overlay = overlay_alpha is not None
         table = (
@@ -202,10 +258,14 @@ class GpuPipeline:
             [self._scratch_ptr(i, io.output_shape[-2:]) for i in range(len(frames))],
             table,
             overlay,
+            smooth,
         )
         for slot, frame in zip(slots, frames):
             slot.h_frame[...] = frame
-        key = (len(frames), tuple(s.hw for s in slots), overlay_alpha)
+        averages = tuple(
+            None if st is None else (st.device["ema"].ptr, st.keep, st.cut) for st in smooth
+        )
+        key = (len(frames), tuple(s.hw for s in slots), overlay_alpha, averages)
         timings = self._launch(step, key)
         results = [(s.h_labels.copy(), s.h_vis.copy() if overlay else None) for s in slots]
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -275,6 +335,9 @@ class GpuPipeline:
         for buf in self._scratch.values():
             buf.free()
         self._scratch.clear()
+        for state in self._smooth.values():
+            self._free_smooth(state)
+        self._smooth.clear()
         self.tables.free()
         for ev in self.events:
             self.drv.event_destroy(ev)

@@ -13,6 +13,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
 from edgeseg.runtime.result import SegResult
+from edgeseg.runtime.smoothing import SmoothState
 from edgeseg.runtime.stream import stream
 from edgeseg.spec import ModelSpec
 
@@ -104,14 +105,21 @@ class Segmenter:
         return self.segment([frame_bgr], overlay_alpha)[0]
 
     def segment(
-        self, frames: Sequence[np.ndarray], overlay_alpha: float | None = None
+        self,
+        frames: Sequence[np.ndarray],
+        overlay_alpha: float | None = None,
+        smooth: Sequence[SmoothState | None] | None = None,
     ) -> list[SegResult]:
-        """Segment several frames (of any sizes) in one batched inference; a result each."""
+        """Segment several frames (of any sizes) in one batched inference; a result each.
+
+        ``smooth``: per frame, the :class:`~edgeseg.runtime.smoothing.SmoothState` of its stream
+        (or None): its labels come from the stream's moving average of class scores."""
         if not frames:
             return []
         frames = [kernels._check_frame(f) for f in frames]
+        smooth = self._check_smooth(smooth, len(frames))
         if self._gpu is not None:
-            outs, timings = self._gpu.run(frames, overlay_alpha)
+            outs, timings = self._gpu.run(frames, overlay_alpha, smooth)
             return [
                 SegResult(lab, self.spec, f, dict(timings), vis, overlay_alpha)
                 for f, (lab, vis) in zip(frames, outs)
@@ -122,7 +130,8 @@ class Segmenter:
         scores = self.backend.infer(x)
         t2 = time.perf_counter()
         results = [
-            self.postprocess(scores[i : i + 1], f, overlay_alpha) for i, f in enumerate(frames)
+            self.postprocess(scores[i : i + 1], f, overlay_alpha, smooth[i])
+            for i, f in enumerate(frames)
         ]
         t3 = time.perf_counter()
         timings = {"pre": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3}
@@ -141,10 +150,28 @@ class Segmenter:
             kernels.preprocess(f, s.input_hw, s.input.mean, s.input.std, out=x[i : i + 1])
         return x
 
+    def _check_smooth(self, smooth, n: int) -> list[SmoothState | None]:
+        smooth = list(smooth) if smooth is not None else [None] * n
+        if len(smooth) != n:
+            raise ValueError(f"smooth needs one state per frame: {n} frames, {len(smooth)} states")
+        if any(s is not None for s in smooth) and self.spec.output.kind != "logits":
+            raise EdgesegError(
+                f"smoothing needs a model that outputs class scores; {self.model_path} outputs "
+                "labels (an argmax model): use the model.onnx exported beside it"
+            )
+        return smooth
+
     def postprocess(
-        self, scores: np.ndarray, frame: np.ndarray, overlay_alpha: float | None = None
+        self,
+        scores: np.ndarray,
+        frame: np.ndarray,
+        overlay_alpha: float | None = None,
+        smooth: SmoothState | None = None,
     ) -> SegResult:
-        """One frame's model output (batch of 1) -> its SegResult (host kernels)."""
+        """One frame's model output (batch of 1) -> its SegResult (host kernels); with
+        ``smooth``, the labels of the stream's moving average after taking ``scores`` in."""
+        if smooth is not None:
+            scores = smooth.update(scores)
         hw, kw = frame.shape[:2], {"mode": self.mode, "upsample": self.upsample}
         if overlay_alpha is None:
             labels, vis = kernels.postprocess(scores, hw, **kw), None

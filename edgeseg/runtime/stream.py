@@ -39,6 +39,7 @@ from edgeseg.runtime.capture import SourceRunner, is_live, open_within
 from edgeseg.runtime.queues import POLL, BlockingQueue, LatestSlot, ResultQueue
 from edgeseg.runtime.result import SegResult
 from edgeseg.runtime.sinks import Sink, SinkFailed
+from edgeseg.runtime.smoothing import DEFAULT_CUT, SmoothState, check_smoothing
 from edgeseg.runtime.sources import Frame, Source
 from edgeseg.runtime.stats import StreamStats
 
@@ -113,6 +114,10 @@ class StreamPipeline:
         stop_timeout: seconds ``join`` waits for the threads after a stop before giving up on
             them (a read that never returns) and reporting.
         open_timeout: seconds a source's first open may take before it counts as failed.
+        smooth: temporal smoothing, the weight of the past in each source's moving average of
+            class scores (0: off, labels exactly those of each frame; see
+            :mod:`edgeseg.runtime.smoothing`); ``smooth_cut``: the fraction of pixels changing
+            class at once that counts as a scene cut and restarts the average.
     """
 
     def __init__(
@@ -137,8 +142,11 @@ class StreamPipeline:
         max_sink_errors: int = 25,
         stop_timeout: float = 5.0,
         open_timeout: float = 15.0,
+        smooth: float = 0.0,
+        smooth_cut: float = DEFAULT_CUT,
     ) -> None:
         _check_settings(mode, max_frames, duration, alpha)
+        check_smoothing(smooth, smooth_cut)
         self.seg = segmenter
         self.sinks = list(sinks or [])
         self.max_frames, self.duration, self.reconnect = max_frames, duration, reconnect
@@ -167,6 +175,7 @@ class StreamPipeline:
             self.batch, self.batch_wait = self._batch_size(batch, len(opened)), batch_wait
             self.out_queue = ResultQueue(self.modes, queue_size * self.batch)
             self._make_runners(opened, queue_size, backoff, stall_timeout)
+            self.smoothing = self._smoothing(smooth, smooth_cut)
         except BaseException:
             self._close_opened(sources)
             raise
@@ -223,6 +232,24 @@ class StreamPipeline:
                     on_frame=self._notify,
                 )
             )
+
+    def _smoothing(self, keep: float, cut: float) -> list[SmoothState | None]:
+        """A moving average per source (``smooth`` > 0), else none."""
+        if keep == 0:
+            return [None] * len(self.runners)
+        if self.seg.spec.output.kind != "logits":
+            raise EdgesegError(
+                f"--smooth needs a model that outputs class scores; {self.seg.model_path} "
+                "outputs labels (an argmax model): use the model.onnx exported beside it"
+            )
+        return [SmoothState(keep, cut) for _ in self.runners]
+
+    def _smooth_for(self, sid: int, frame: Frame) -> SmoothState | None:
+        """The source's average, restarted for a new frame size or a reconnected feed."""
+        state = self.smoothing[sid]
+        if state is not None:
+            state.follow((frame.image.shape, frame.epoch))
+        return state
 
     def _worker_backends(self, workers: int | str) -> list:
         """The backend each inference thread uses: the Segmenter's own, or (for several
@@ -382,13 +409,15 @@ class StreamPipeline:
                 (sid, seq, (sid, f, scores[k : k + 1])) for k, (sid, seq, f) in enumerate(items)
             ]
         alpha = self.alpha if self.overlay else None
-        results = self.seg.segment([f.image for f in frames], overlay_alpha=alpha)
+        smooth = [self._smooth_for(sid, f) for sid, _, f in items]
+        results = self.seg.segment([f.image for f in frames], overlay_alpha=alpha, smooth=smooth)
         return [(sid, seq, StreamResult.of(r, sid, f)) for r, (sid, seq, f) in zip(results, items)]
 
     def _postprocess(self, item) -> StreamResult:
         sid, frame, scores = item
         t0 = time.perf_counter()
-        r = self.seg.postprocess(scores, frame.image, self.alpha if self.overlay else None)
+        alpha = self.alpha if self.overlay else None
+        r = self.seg.postprocess(scores, frame.image, alpha, smooth=self._smooth_for(sid, frame))
         post = (time.perf_counter() - t0) * 1e3
         r.timings_ms = {"pre": frame.pre_ms, "infer": frame.infer_ms, "post": post}
         return StreamResult.of(r, sid, frame)

@@ -315,7 +315,13 @@ class FakeGpu:
 
 # ---------------------------------------------------------------------------- kernels
 
-_CTYPES = {"P": ctypes.c_uint64, "i": ctypes.c_int32, "q": ctypes.c_int64, "H": ctypes.c_uint16}
+_CTYPES = {
+    "P": ctypes.c_uint64,
+    "i": ctypes.c_int32,
+    "q": ctypes.c_int64,
+    "H": ctypes.c_uint16,
+    "f": ctypes.c_float,
+}
 
 
 def _unpack(name: str, params: int) -> list:
@@ -400,7 +406,41 @@ def _upsample_blend(gpu, small, h, w, labels, H, W, frame, pitch, overlay, colou
         )
 
 
+def _ema_reset_count(gpu, words):
+    gpu.device_array(words, (2,), np.uint32)[0] = 0
+
+
+def _ema_votes(half: bool):
+    def run(gpu, x, ema, C, n, words):
+        xs = gpu.device_array(x, (C, n), np.float16 if half else np.float32).astype(np.float32)
+        avg = gpu.device_array(ema, (C, n), np.float32)
+        gpu.device_array(words, (2,), np.uint32)[0] += np.count_nonzero(
+            xs.argmax(0) != avg.argmax(0)
+        )
+
+    return run
+
+
+def _ema_apply(half: bool):
+    def run(gpu, x, ema, C, n, keep, fresh, words, limit):
+        xs = gpu.device_array(x, (C, n), np.float16 if half else np.float32).astype(np.float32)
+        avg = gpu.device_array(ema, (C, n), np.float32)
+        count, force = gpu.device_array(words, (2,), np.uint32)
+        if force or int(count) > limit:
+            avg[...] = xs
+        else:
+            avg *= np.float32(keep)
+            avg += xs * np.float32(fresh)
+
+    return run
+
+
 _KERNELS = {
+    "ema_reset_count": _ema_reset_count,
+    "ema_votes_f32": _ema_votes(False),
+    "ema_votes_f16": _ema_votes(True),
+    "ema_apply_f32": _ema_apply(False),
+    "ema_apply_f16": _ema_apply(True),
     "preprocess_f32": _preprocess(False),
     "preprocess_f16": _preprocess(True),
     "argmax_f32": _argmax(False),

@@ -304,3 +304,49 @@ def test_threads_setting_round_trips():
     frame = _frame(np.random.default_rng(5), 300, 400)
     check_preprocess(frame, (256, 320))
     kernels._cpu.set_num_threads(n)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    C=st.integers(1, 20),
+    h=st.integers(1, 30),
+    w=st.integers(1, 45),
+    half=st.booleans(),
+    keep=st.floats(0, 0.99),
+    cut=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_smoothing_equals_the_reference_bit_for_bit(C, h, w, half, keep, cut, seed):
+    """A sequence of correlated frames (flicker around a scene, a cut halfway): the same
+    averages, bit for bit, and the same restarts."""
+    rng = np.random.default_rng(seed)
+    dtype = np.float16 if half else np.float32
+    scene = rng.standard_normal((1, C, h, w))
+    got = want = None
+    for t in range(6):
+        if t == 3:
+            scene = rng.standard_normal((1, C, h, w))
+        x = (scene + 0.4 * rng.standard_normal(scene.shape)).astype(dtype)
+        want, want_restart = ref.smooth(x, want, keep, cut)
+        got, got_restart = kernels.smooth(x, got, keep, cut)
+        assert got_restart == want_restart
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: kernels.smooth(np.zeros((1, 5, 5), np.uint8), None, 0.5), "logits, not labels"),
+        (lambda: kernels.smooth(np.zeros((1, 2, 5, 5), np.float32), None, 1.0), r"\[0, 1\)"),
+        (lambda: kernels.smooth(np.zeros((1, 2, 5, 5), np.float32), None, 0.5, 2), "cut"),
+        (
+            lambda: kernels.smooth(
+                np.zeros((1, 2, 5, 5), np.float32), np.zeros((1, 2, 5, 5), np.float64), 0.5
+            ),
+            "state must be a float32",
+        ),
+    ],
+)
+def test_smoothing_rejects_what_it_cannot_average(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

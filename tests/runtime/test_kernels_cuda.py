@@ -214,3 +214,24 @@ def test_cuda_fused_upsample_equals_cpu(k, half):
     )
     np.testing.assert_array_equal(got_l.cpu().numpy(), want_l)
     np.testing.assert_array_equal(got_v.cpu().numpy(), want_v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("C,hw", [(1, (1, 1)), (11, (88, 120)), (19, (37, 53))])
+def test_cuda_smoothing_equals_cpu_bit_for_bit(C, hw, half):
+    """Flicker around a scene, a cut, a restart the host asks for: the same averages."""
+    torch = _cuda_or_skip()
+    rng = np.random.default_rng(C)
+    dtype = np.float16 if half else np.float32
+    scene = rng.standard_normal((1, C, *hw))
+    want = None
+    state = torch.zeros((1, C, *hw), dtype=torch.float32, device="cuda")
+    for t in range(8):
+        if t == 4:
+            scene = rng.standard_normal(scene.shape)
+        x = (scene + 0.4 * rng.standard_normal(scene.shape)).astype(dtype)
+        restart = t in (0, 6)
+        want, _ = kernels.smooth(x, None if restart else want, 0.6, 0.3)
+        kcuda.smooth(torch.from_numpy(x).cuda(), state, 0.6, 0.3, restart=restart)
+        np.testing.assert_array_equal(state.cpu().numpy(), want)

@@ -103,3 +103,38 @@ def test_overlay_rounds_and_uses_bgr_palette():
         178,
     ]  # 100*0.5 + 255*0.5 = 177.5 -> 178 in the R (last) channel
     assert vis[0, 0].tolist() == [50, 50, 50]
+
+
+def _logits(rng, C=4, h=6, w=7, scale=1.0):
+    return (rng.standard_normal((1, C, h, w)) * scale).astype(np.float32)
+
+
+def test_smoothing_starts_from_the_first_frame_then_blends_in_float32():
+    rng = np.random.default_rng(0)
+    a, b = _logits(rng), _logits(rng)
+    state, restarted = ref.smooth(a, None, 0.75, cut=1.0)
+    assert restarted and np.array_equal(state, a) and state is not a
+    state, restarted = ref.smooth(b, state, 0.75, cut=1.0)
+    want = a * np.float32(0.75) + b * np.float32(0.25)
+    assert not restarted and state.dtype == np.float32 and np.array_equal(state, want)
+
+
+def test_smoothing_restarts_at_a_scene_cut_and_at_a_new_shape():
+    rng = np.random.default_rng(1)
+    a = _logits(rng)
+    state, _ = ref.smooth(a, None, 0.5, cut=0.3)
+    flipped = -a  # nearly every pixel's argmax changes
+    state, restarted = ref.smooth(flipped, state, 0.5, cut=0.3)
+    assert restarted and np.array_equal(state, flipped)
+    state, restarted = ref.smooth(_logits(rng, h=3), state, 0.5, cut=0.3)
+    assert restarted and state.shape == (1, 4, 3, 7)
+
+
+def test_the_cut_counts_changed_pixels_strictly_above_its_fraction():
+    a = np.zeros((1, 2, 1, 10), np.float32)
+    a[0, 0] = 1.0  # class 0 everywhere
+    b = a.copy()
+    b[0, 1, 0, :3] = 2.0  # 3 of 10 pixels change class
+    state, _ = ref.smooth(a, None, 0.5, cut=0.3)
+    assert not ref.smooth(b, state.copy(), 0.5, cut=0.3)[1]  # 3 > floor(0.3 * 10) is false
+    assert ref.smooth(b, state.copy(), 0.5, cut=0.2)[1]

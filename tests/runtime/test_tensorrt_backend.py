@@ -265,3 +265,37 @@ def test_an_engine_of_another_tensorrt_version_is_refused(gpu, tiny_onnx, tmp_pa
     side.write_text(json.dumps(meta))
     with pytest.raises(EdgesegError, match="built with TensorRT 10.7.0, this machine has 11.1.0"):
         Segmenter(engine)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_smoothing_on_the_gpu_pipeline_equals_the_cpu_path(
+    gpu, tiny_onnx, tmp_path, frame, cuda_graph
+):
+    """The device average (three kernels, the host's restart word read at replay time) gives
+    the CPU path's labels frame after frame: through graph replays, a reconnect (a new feed
+    epoch) during replays, a frame-size change, and every buffer is freed at close."""
+    from edgeseg.runtime.smoothing import SmoothState
+
+    seg = Segmenter(_engine(tiny_onnx, tmp_path), cuda_graph=cuda_graph)
+    ref = Segmenter(tiny_onnx, fuse_resize=False)
+    on_gpu, on_cpu = SmoothState(0.6), SmoothState(0.6)
+    rng = np.random.default_rng(3)
+    noisy = [
+        np.clip(frame + rng.normal(0, 25, frame.shape), 0, 255).astype(np.uint8) for _ in range(10)
+    ]
+    noisy[6:8] = [np.ascontiguousarray(f[:64, :120]) for f in noisy[6:8]]  # a new frame size
+    epochs = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]  # a reconnect at frame 3
+    smoothed_differs, graphs = 0, 0
+    for f, epoch in zip(noisy, epochs):
+        for state in (on_gpu, on_cpu):
+            state.follow((f.shape, epoch))
+        got = seg.segment([f], smooth=[on_gpu])[0]
+        want = ref.segment([f], smooth=[on_cpu])[0]
+        np.testing.assert_array_equal(got.labels, want.labels)
+        smoothed_differs += not np.array_equal(want.labels, ref(f).labels)
+        graphs += got.timings_ms.get("graph", 0) == 1.0
+    assert on_cpu.restarts >= 4  # the first frame, the reconnect, two size changes
+    assert smoothed_differs > 0  # the average is not just the frame
+    assert graphs >= (3 if cuda_graph else 0)  # frame 3's restart ran as a replay
+    seg.close()
+    assert not gpu.memory and not any(gpu.live.values())

@@ -57,6 +57,7 @@ __all__ = [
     "preprocess",
     "reference",
     "set_backend",
+    "smooth",
 ]
 
 _SCORE_CODES = {
@@ -239,6 +240,34 @@ def postprocess(
         upsample,
     )
     return labels if frame is None else (labels, vis)
+
+
+def smooth(
+    scores: np.ndarray, state: np.ndarray | None, keep: float, cut: float = 0.3
+) -> tuple[np.ndarray, bool]:
+    """Temporal smoothing: the moving average of (1, C, h, w) float logits, kept in ``state``.
+
+    ``state`` (float32, the shape of ``scores``) is updated in place to ``state * keep + scores
+    * (1 - keep)`` and returned; when it is None or of another shape, or when more than ``cut``
+    of the pixels' argmax differs between ``scores`` and the old average (a scene cut), the
+    average restarts from ``scores``. Returns ``(state, restarted)``; post-process ``state`` for
+    the smoothed labels. See the reference for the exact arithmetic.
+    """
+    scores = _check_scores(scores)
+    if scores.ndim != 4:
+        raise ValueError("smoothing needs (1, C, h, w) float logits, not labels")
+    if not 0.0 <= float(keep) < 1.0:
+        raise ValueError(f"keep (the weight of the past) must be in [0, 1), got {keep}")
+    if not 0.0 <= float(cut) <= 1.0:
+        raise ValueError(f"cut must be a fraction in [0, 1], got {cut}")
+    fresh_state = state is None or state.shape != scores.shape
+    if not fresh_state:
+        _check_out(state, scores.shape, np.float32, "state")
+    if backend == "reference" or fresh_state:
+        return reference.smooth(scores, None if fresh_state else state, keep, cut)
+    limit = reference.cut_limit(cut, scores.shape[2] * scores.shape[3])
+    code = _cpu.F32 if scores.dtype == np.float32 else _cpu.F16
+    return state, _cpu.smooth(scores, code, state, float(keep), limit)
 
 
 def overlay(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.runtime.cuda import Driver, get_driver
-from edgeseg.runtime.kernels.reference import palette_lut_bgr
+from edgeseg.runtime.kernels.reference import cut_limit, palette_lut_bgr
 
 _BLOCK = (32, 8, 1)
 LOGITS = ("f32", "f16")
@@ -144,6 +144,34 @@ class CudaKernels:
             return
         args = (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q)
         self.driver.launch("upsample_blend", _grid(W, H), _BLOCK, args, stream)
+
+    def smooth(
+        self,
+        scores: int,
+        kind: str,
+        classes: int,
+        model_hw: tuple[int, int],
+        ema: int,
+        words: int,
+        keep: float,
+        cut: float,
+        stream: Any = 0,
+    ) -> None:
+        """Temporal smoothing on the device (reference: ``kernels.reference.smooth``): the
+        float32 (C, h, w) average at ``ema`` takes in the logits at ``scores``, or restarts from
+        them when the u32 at ``words + 4`` is non-zero (the host's say) or more than ``cut`` of
+        the pixels changed class. ``words``: 8 bytes of device scratch. Three launches, no sync.
+        """
+        if kind not in LOGITS:
+            raise ValueError("smoothing needs float logits")
+        n = model_hw[0] * model_hw[1]
+        grid, block = ((n + 255) // 256, 1, 1), (256, 1, 1)
+        drv = self.driver
+        drv.launch("ema_reset_count", (1, 1, 1), (1, 1, 1), (words,), stream)
+        drv.launch(f"ema_votes_{kind}", grid, block, (scores, ema, classes, n, words), stream)
+        fresh = np.float32(1.0 - keep)
+        args = (scores, ema, classes, n, np.float32(keep), fresh, words, cut_limit(cut, n))
+        drv.launch(f"ema_apply_{kind}", grid, block, args, stream)
 
 
 class ColourTables:
@@ -320,3 +348,32 @@ def postprocess(
         upsample=upsample,
     )
     return labels if vis is None else (labels, vis)
+
+
+def smooth(scores, state, keep: float, cut: float = 0.3, restart: bool = False, words=None):
+    """CUDA twin of :func:`edgeseg.runtime.kernels.smooth` on PyTorch tensors: ``state`` (a
+    float32 CUDA tensor shaped like ``scores``) takes in ``scores``, or restarts from them when
+    ``restart`` or a scene cut says so. ``words``: optional int32 (2,) CUDA scratch."""
+    import torch
+
+    kind, classes = _score_kind(scores, "nearest")
+    if kind not in LOGITS or state.dtype != torch.float32 or state.shape != scores.shape:
+        raise ValueError("smoothing needs float logits and a float32 state of their shape")
+    scores = scores.contiguous()
+    if words is None:
+        words = torch.zeros(2, dtype=torch.int32, device=scores.device)
+    words[1] = int(restart)
+    kern, _ = _for(scores)
+    h, w = scores.shape[-2:]
+    kern.smooth(
+        scores.data_ptr(),
+        kind,
+        classes,
+        (h, w),
+        state.data_ptr(),
+        words.data_ptr(),
+        keep,
+        cut,
+        _stream(scores),
+    )
+    return state

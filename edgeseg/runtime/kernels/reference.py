@@ -9,6 +9,9 @@ Conventions (shared by every implementation):
   pixel after the edge, OpenCV's fixed-point maths the one before.
 - Argmax over classes: the first maximum wins.
 - Overlay: ``round(frame * (1 - alpha) + colour * alpha)`` per channel, in BGR order.
+- Temporal smoothing: ``ema = ema * keep + x * (1 - keep)`` per class in float32, unless more
+  than ``cut`` of the pixels' argmax differs between ``x`` and the old average (a scene cut):
+  then ``ema = x``.
 """
 
 from __future__ import annotations
@@ -155,3 +158,27 @@ def postprocess(
     if palette is None:
         raise ValueError("an overlay needs a palette")
     return labels, overlay(frame, labels, palette, alpha)
+
+
+def cut_limit(cut: float, pixels: int) -> int:
+    """Changed pixels above which a frame is a scene cut: ``floor(cut * pixels)``."""
+    return int(cut * pixels)
+
+
+def smooth(
+    scores: np.ndarray, state: np.ndarray | None, keep: float, cut: float
+) -> tuple[np.ndarray, bool]:
+    """The moving average of (1, C, h, w) logits, updated in place in ``state`` (float32, same
+    shape); a new one when ``state`` is None or of another shape. Returns ``(state, reset)``:
+    ``reset`` when the average restarted from ``scores`` (no state yet, or a scene cut)."""
+    x = np.asarray(scores)[0].astype(np.float32)
+    if state is None or state.shape != (1, *x.shape):
+        return x[None].copy(), True
+    ema = state[0]
+    changed = int(np.count_nonzero(x.argmax(0) != ema.argmax(0)))
+    if changed > cut_limit(cut, x.shape[1] * x.shape[2]):
+        ema[...] = x
+        return state, True
+    ema *= np.float32(keep)
+    ema += x * np.float32(1.0 - keep)
+    return state, False
