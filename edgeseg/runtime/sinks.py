@@ -7,6 +7,7 @@ pipeline; capture goes on.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -263,35 +264,101 @@ def display_available() -> str | None:
     return None
 
 
+class Mosaic:
+    """Several sources in one picture: a grid of tiles, each source's newest overlay letterboxed
+    into its tile with its own HUD (name, FPS, state); a source with no frame yet says so."""
+
+    def __init__(self, names: list[str], tile_hw: tuple[int, int] = (360, 640)) -> None:
+        self.names, self.tile_hw = names, tile_hw
+        self.cols = math.ceil(math.sqrt(len(names)))
+        self.rows = math.ceil(len(names) / self.cols)
+        th, tw = tile_hw
+        self.canvas = np.zeros((self.rows * th, self.cols * tw, 3), np.uint8)
+        for sid, name in enumerate(names):
+            self._text(self._tile(sid), [name, "waiting for frames"])
+
+    def _tile(self, sid: int) -> np.ndarray:
+        th, tw = self.tile_hw
+        r, c = divmod(sid, self.cols)
+        return self.canvas[r * th : (r + 1) * th, c * tw : (c + 1) * tw]
+
+    @staticmethod
+    def _text(tile: np.ndarray, lines: list[str]) -> None:
+        import cv2
+
+        for k, line in enumerate(lines):
+            org = (8, 22 + 20 * k)
+            cv2.putText(tile, line, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(
+                tile, line, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+            )
+
+    def update(self, sid: int, image: np.ndarray, lines: list[str]) -> None:
+        """Draw ``image`` (BGR, any size) into source ``sid``'s tile, keeping its aspect."""
+        import cv2
+
+        tile = self._tile(sid)
+        th, tw = self.tile_hw
+        scale = min(th / image.shape[0], tw / image.shape[1])
+        h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+        y, x = (th - h) // 2, (tw - w) // 2
+        tile[...] = 0
+        tile[y : y + h, x : x + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        self._text(tile, lines)
+
+
 class DisplaySink(Sink):
-    """A window with the overlay, an FPS/latency HUD and a class legend; q or Esc stops it."""
+    """A window with the overlay, an FPS/latency HUD and a class legend; q or Esc stops it.
+    Several sources share one window: a :class:`Mosaic`, redrawn at most ``max_fps`` times a
+    second."""
 
     needs_overlay = True
     name = "display"
 
     def __init__(
-        self, classes: list[str], palette: list[list[int]], stats=None, title: str = "edgeseg"
+        self,
+        classes: list[str],
+        palette: list[list[int]],
+        stats=None,
+        title: str = "edgeseg",
+        max_fps: float = 30.0,
     ) -> None:
         why = display_available()
         if why:
             raise EdgesegError(f"--display refused: {why}")
-        self.title, self.stats = title, stats
+        self.title, self.stats, self.max_fps = title, stats, max_fps
         self.legend = _legend(classes, palette)
+        self.mosaic: Mosaic | None = None
         self._stop = False
-        self._last = time.perf_counter()
+        self._shown = 0.0
+
+    def start(self, sources: list[str]) -> None:
+        self.mosaic = Mosaic(sources) if len(sources) > 1 else None
+
+    def _hud(self, result) -> str:
+        return self.stats.status_line() if self.stats is not None else f"frame {result.index}"
+
+    def _with_legend(self, vis: np.ndarray) -> np.ndarray:
+        lh, lw = self.legend.shape[:2]
+        if vis.shape[0] >= lh and vis.shape[1] >= lw:
+            vis[:lh, -lw:] = self.legend
+        return vis
 
     def write(self, result) -> None:
         import cv2
 
-        vis = result.vis.copy()
-        lh, lw = self.legend.shape[:2]
-        if vis.shape[0] >= lh and vis.shape[1] >= lw:
-            vis[:lh, -lw:] = self.legend
-        hud = self.stats.status_line() if self.stats is not None else f"frame {result.index}"
-        cv2.putText(vis, hud, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(
-            vis, hud, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA
-        )
+        if self.mosaic is None:
+            vis = self._with_legend(result.vis.copy())
+            Mosaic._text(vis, [self._hud(result)])
+        else:
+            sid = result.source_id
+            line = self.stats.source_line(sid) if self.stats is not None else f"{result.index}"
+            self.mosaic.update(sid, result.vis, [result.source, line])
+            now = time.perf_counter()
+            if now - self._shown < 1.0 / self.max_fps:
+                return
+            self._shown = now
+            vis = self._with_legend(self.mosaic.canvas.copy())
         cv2.imshow(self.title, vis)
         if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27):
             self._stop = True

@@ -279,6 +279,14 @@ class StreamStats:
             stages = {k: (h.cumulative(), h.sum) for k, h in self.stage_hist.items()}
             return {"sources": sources, "stages": stages, "sink_errors": dict(self.sink_errors)}
 
+    def source_line(self, sid: int) -> str:
+        """One source's HUD line: its FPS, and its state when not running."""
+        with self.lock:
+            s = self.sources[sid]
+            fps = self.recent_fps(sid)
+            state = "" if s.state == "running" else f"  {s.state}"
+            return f"{fps:5.1f} FPS  dropped {s.frames_dropped}{state}"
+
     def status_line(self) -> str:
         """One line for a terminal: what the stream does now (the last 300 frames)."""
         with self.lock:

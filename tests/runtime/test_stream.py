@@ -394,3 +394,38 @@ def test_realtime_batches_keep_the_newest_frame_of_each_source(seg):
         idx = [r.index for r in rs]
         assert idx == sorted(idx) and len(set(idx)) == len(idx)  # never older after newer
     assert rep["frames_out"] + rep["frames_dropped"] == rep["frames_in"] == 120
+
+
+# ---------------------------------------------------------------------------- several cameras
+
+
+def test_several_sources_record_and_save_masks_one_file_and_folder_each(seg, tmp_path):
+    sources = ["synthetic:160x96@0", "synthetic:128x64@0"]
+    sinks = [VideoSink(tmp_path / "cam{source}.mp4"), MaskSink(tmp_path / "masks{source}")]
+    StreamPipeline(seg, sources, sinks=sinks, max_frames=6, mode="every-frame").run()
+    for sid, (w, h) in enumerate([(160, 96), (128, 64)]):
+        cap = cv2.VideoCapture(str(tmp_path / f"cam{sid}.mp4"))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+        assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (w, h)
+        masks = sorted((tmp_path / f"masks{sid}").glob("run-*/*.png"))
+        assert len(masks) == 6
+        assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (h, w)
+
+
+def test_the_mosaic_tiles_each_source_with_its_own_hud():
+    from edgeseg.runtime.sinks import Mosaic
+
+    mosaic = Mosaic(["cam a", "cam b", "cam c"], tile_hw=(90, 160))
+    assert mosaic.canvas.shape == (180, 320, 3)  # 2 x 2 tiles for three sources
+    waiting = mosaic.canvas[:90, :160].copy()
+    red = np.zeros((270, 480, 3), np.uint8)
+    red[..., 2] = 255
+    mosaic.update(1, red, ["cam b", "25.0 FPS"])
+    tile = mosaic.canvas[:90, 160:]
+    assert (tile[60:, :, 2] == 255).mean() > 0.95  # the frame, scaled into its tile
+    assert tile[:40].max() == 255 and (tile[:40, :, 0] > 200).any()  # white HUD text
+    assert np.array_equal(mosaic.canvas[:90, :160], waiting)  # others untouched
+    tall = np.full((300, 100, 3), 200, np.uint8)
+    mosaic.update(2, tall, [])
+    third = mosaic.canvas[90:, :160]
+    assert third[:, :40].max() == 0 and third[:, 70:90].min() == 200  # letterboxed, aspect kept
