@@ -1,4 +1,5 @@
-// edgeseg._cpu: the CPU twin of the CUDA kernels — loops over pixel_ops.h.
+// edgeseg._cpu: the CPU twin of the CUDA kernels — Python bindings of the loops in
+// kernels_impl.h (over pixel_ops.h).
 //
 // Every entry point works in caller-provided buffers (nothing is allocated per frame except
 // thread-local scratch that grows once), releases the GIL, and spreads rows over OpenMP threads.
@@ -15,11 +16,7 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "pixel_ops.h"
+#include "kernels_impl.h"
 
 namespace py = pybind11;
 using namespace edgeseg;
@@ -28,16 +25,6 @@ namespace {
 
 // dtype codes shared with the Python front
 enum DType { F32 = 0, F16 = 1, U8 = 2, I32 = 3, I64 = 4 };
-
-int num_threads_for(i64 work) {
-#ifdef _OPENMP
-    // Below ~64k elements thread start-up costs more than it saves.
-    return work < (1 << 16) ? 1 : omp_get_max_threads();
-#else
-    (void)work;
-    return 1;
-#endif
-}
 
 void require(bool ok, const std::string& msg) {
     if (!ok) throw py::value_error(msg);
@@ -48,63 +35,6 @@ void* mptr(py::array& a) { return a.mutable_data(); }
 
 void require_c_contiguous(const py::array& a, const char* name) {
     require((a.flags() & py::array::c_style) != 0, std::string(name) + " must be C-contiguous");
-}
-
-// Taps of every output sample along one axis, computed once a call.
-std::vector<LinearTap>& linear_taps(std::vector<LinearTap>& v, int n_in, int n_out) {
-    v.resize(n_out);
-    for (int i = 0; i < n_out; ++i) v[i] = linear_tap(i, n_in, n_out);
-    return v;
-}
-
-std::vector<int>& nearest_taps(std::vector<int>& v, int n_in, int n_out) {
-    v.resize(n_out);
-    for (int i = 0; i < n_out; ++i) v[i] = nearest_tap(i, n_in, n_out);
-    return v;
-}
-
-// ----------------------------------------------------------------------------------- preprocess
-
-// Rows first over the whole source row (contiguous: vectorises), then columns at the taps —
-// the reference's order of operations, so results are bit-identical to bilinear sampling.
-template <typename T>
-void preprocess_impl(const u8* img, int H, int W, i64 pitch, T* out, int h, int w, const float mean[3],
-                     const float inv_std[3]) {
-    thread_local std::vector<LinearTap> ty, tx;
-    linear_taps(ty, H, h);
-    linear_taps(tx, W, w);
-    thread_local std::vector<int> ia, ib;
-    thread_local std::vector<float> wa, wb;
-    ia.resize(w), ib.resize(w), wa.resize(w), wb.resize(w);
-    for (int x = 0; x < w; ++x) {
-        ia[x] = 3 * tx[x].i0, ib[x] = 3 * tx[x].i1, wb[x] = tx[x].w, wa[x] = 1.0f - tx[x].w;
-    }
-    const i64 plane = (i64)h * w;
-    const LinearTap* typ = ty.data();
-    const int *iap = ia.data(), *ibp = ib.data();
-    const float *wap = wa.data(), *wbp = wb.data();
-#pragma omp parallel num_threads(num_threads_for(plane))
-    {
-        thread_local std::vector<float> vrow;
-        vrow.resize((size_t)W * 3);
-        float* v = vrow.data();
-#pragma omp for schedule(static)
-        for (int y = 0; y < h; ++y) {
-            const u8* r0 = img + (i64)typ[y].i0 * pitch;
-            const u8* r1 = img + (i64)typ[y].i1 * pitch;
-            const float w1 = typ[y].w, w0 = 1.0f - typ[y].w;
-            for (int j = 0; j < W * 3; ++j) v[j] = (float)r0[j] * w0 + (float)r1[j] * w1;
-            T* o = out + (i64)y * w;
-            for (int x = 0; x < w; ++x) {  // RGB plane c reads BGR byte 2 - c
-                const float* a = v + iap[x];
-                const float* b = v + ibp[x];
-                const float w0 = wap[x], w1 = wbp[x];
-                store_float(o, x, normalize(a[2] * w0 + b[2] * w1, mean[0], inv_std[0]));
-                store_float(o + plane, x, normalize(a[1] * w0 + b[1] * w1, mean[1], inv_std[1]));
-                store_float(o + 2 * plane, x, normalize(a[0] * w0 + b[0] * w1, mean[2], inv_std[2]));
-            }
-        }
-    }
 }
 
 void preprocess(const py::array& frame, py::array& out, int out_dtype, std::vector<float> mean,
@@ -126,239 +56,6 @@ void preprocess(const py::array& frame, py::array& out, int out_dtype, std::vect
         preprocess_impl(img, H, W, pitch, static_cast<float*>(dst), h, w, mean.data(), inv_std.data());
     else
         preprocess_impl(img, H, W, pitch, static_cast<u16*>(dst), h, w, mean.data(), inv_std.data());
-}
-
-// ---------------------------------------------------------------------------------- postprocess
-
-// Argmax over classes with the running maximum in registers, a block of pixels at a time.
-// Class-outer loops over a whole row kept it in memory, and GCC wrote it back with masked
-// stores: those are microcoded on AMD Zen and the next class's load of the same line waited on
-// them (the argmax ran 3x slower). Left to the auto-vectoriser, a pixel-outer loop was unrolled
-// into scalar code, so a block is two vectors of the widest native size (GCC/Clang vector
-// extensions: 8 floats with AVX, 4 with SSE or NEON). Same comparisons in the same order as
-// argmax_classes: a class replaces the best only when strictly greater, so the first maximum wins.
-#ifdef __AVX__
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
-typedef float fvec __attribute__((vector_size(4 * kLanes)));
-typedef int ivec __attribute__((vector_size(4 * kLanes)));
-constexpr int kBlock = 2 * kLanes;
-
-inline fvec loadv(const float* p) {
-    fvec v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-// ``value(c, half)``: class c of lanes [kLanes * half, kLanes * (half + 1)). Lane l's label goes
-// to ``out[l * stride]``.
-template <typename F>
-inline void argmax_block(int C, F value, u8* out, i64 stride) {
-    fvec b0 = value(0, 0), b1 = value(0, 1);
-    ivec a0 = {}, a1 = {};
-    for (int c = 1; c < C; ++c) {
-        const fvec v0 = value(c, 0), v1 = value(c, 1);
-        const ivec g0 = v0 > b0, g1 = v1 > b1;
-        const ivec cv = ivec{} + c;
-        b0 = g0 ? v0 : b0;
-        a0 = g0 ? cv : a0;
-        b1 = g1 ? v1 : b1;
-        a1 = g1 ? cv : a1;
-    }
-    for (int l = 0; l < kLanes; ++l) {
-        out[l * stride] = (u8)a0[l];
-        out[(l + kLanes) * stride] = (u8)a1[l];
-    }
-}
-
-// Argmax of (C, h, w) scores into (h, w) labels, a block of pixels of a row at a time (float logits;
-// float16 ones go pixel by pixel).
-template <typename T>
-void argmax_rows(const T* s, int C, int h, int w, u8* labels) {
-    const i64 plane = (i64)h * w;
-#pragma omp parallel for schedule(static) num_threads(num_threads_for(plane * C))
-    for (int y = 0; y < h; ++y) {
-        const T* row = s + (i64)y * w;
-        u8* l = labels + (i64)y * w;
-        int x = 0;
-        if constexpr (sizeof(T) == sizeof(float)) {
-            for (; x + kBlock <= w; x += kBlock)
-                argmax_block(C, [&](int c, int half) { return loadv(row + (i64)c * plane + x + kLanes * half); }, l + x, 1);
-        }
-        for (; x < w; ++x) l[x] = (u8)argmax_classes(row + x, C, plane);
-    }
-}
-
-template <typename T>
-void cast_labels(const T* s, i64 n, u8* labels) {
-    for (i64 i = 0; i < n; ++i) labels[i] = (u8)s[i];  // wraps like NumPy's astype(uint8)
-}
-
-// The colour term of every byte of a row: one 8-byte store a pixel (3 colour lanes + one that
-// the next pixel overwrites; ``krow`` has one spare lane at the end).
-inline void colour_row(const u8* labels, int W, const u16* colour_q, u16* krow) {
-    const uint64_t* cq = reinterpret_cast<const uint64_t*>(colour_q);
-    for (int x = 0; x < W; ++x) std::memcpy(krow + 3 * x, cq + labels[x], 8);
-}
-
-// A straight 16-bit loop over the row's bytes (vectorises).
-inline void blend_row(const u8* frame, const u16* krow, int W, u16 keep_q, u8* out) {
-    for (int j = 0; j < W * 3; ++j) out[j] = blend_q(frame[j], keep_q, krow[j]);
-}
-
-// Labels at model size -> labels at frame size (nearest), and the overlay in the same pass.
-// Output rows that sample the same model row share its upsampled labels and colour terms, so
-// those are built once; the blend itself is a straight 16-bit loop over the row's bytes.
-void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
-                        i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q) {
-    thread_local std::vector<int> ty, tx;
-    nearest_taps(ty, h, H);
-    nearest_taps(tx, w, W);
-    const int* typ = ty.data();
-    const int* txp = tx.data();
-#pragma omp parallel num_threads(num_threads_for((i64)H * W))
-    {
-        thread_local std::vector<u8> lrow;
-        thread_local std::vector<u16> krow;
-        lrow.resize(W);
-        krow.resize((size_t)W * 3 + 1);  // +1: the 8-byte stores below overrun by one lane
-        int last = -1;
-#pragma omp for schedule(static)
-        for (int y = 0; y < H; ++y) {
-            u8* l = labels + (i64)y * W;
-            if (typ[y] != last) {
-                last = typ[y];
-                const u8* src = small + (i64)last * w;
-                u8* lr = lrow.data();
-                for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
-                if (overlay != nullptr) colour_row(lr, W, colour_q, krow.data());
-            }
-            std::memcpy(l, lrow.data(), W);
-            if (overlay != nullptr)
-                blend_row(frame + (i64)y * frame_pitch, krow.data(), W, keep_q, overlay + (i64)y * W * 3);
-        }
-    }
-}
-
-// Logits upsampled bilinearly to (H, W), then the argmax: the accuracy path, and the model's own
-// trailing resize when the runtime lifted it out of the graph (postprocess ``upsample``).
-// Separable, a row at a time: each output row first blends its two source rows for every class
-// (bilerp's column terms), then every output pixel blends two of those and updates the argmax.
-// The operations and their order are bilerp's, so labels equal bilinear_argmax bit for bit.
-//
-// Output columns are visited by phase: for W = k * w, the columns x = k * i + j of one phase j
-// read source columns i + off_j and i + off_j + 1 for every interior i: contiguous loads, 16
-// pixels of a phase in two vectors through every class (argmax_block), labels stored k apart.
-// The few edge pixels, and ratios that are not integers (one phase), use gathered taps.
-struct PhaseTaps {
-    int off = 0, lo = 0, hi = 0;     // interior i in [lo, hi): taps i + off, i + off + 1
-    std::vector<int> i0, i1;          // every i's taps (used outside the interior)
-    std::vector<float> w, keep;       // weight of i1, and 1 - weight
-};
-
-static void phase_taps(std::vector<PhaseTaps>& phases, int& k, int& n, int w_in, int W) {
-    thread_local std::vector<LinearTap> tx;
-    linear_taps(tx, w_in, W);
-    k = (W % w_in == 0) ? W / w_in : 1;
-    n = W / k;
-    phases.resize(k);
-    for (int j = 0; j < k; ++j) {
-        PhaseTaps& p = phases[j];
-        p.i0.resize(n);
-        p.i1.resize(n);
-        p.w.resize(n);
-        p.keep.resize(n);
-        for (int i = 0; i < n; ++i) {
-            const LinearTap t = tx[(i64)k * i + j];
-            p.i0[i] = t.i0;
-            p.i1[i] = t.i1;
-            p.w[i] = t.w;
-            p.keep[i] = 1.0f - t.w;
-        }
-        // the longest run where the taps are (i + off, i + off + 1) for one off
-        const int mid = n / 2;
-        p.off = p.i0[mid] - mid;
-        p.lo = p.hi = mid;
-        auto regular = [&](int i) { return p.i0[i] == i + p.off && p.i1[i] == i + p.off + 1; };
-        if (k == 1 || !regular(mid)) continue;
-        while (p.lo > 0 && regular(p.lo - 1)) --p.lo;
-        while (p.hi < n && regular(p.hi)) ++p.hi;
-    }
-}
-
-template <typename T>
-void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) {
-    thread_local std::vector<LinearTap> ty;
-    linear_taps(ty, h, H);
-    const LinearTap* typ = ty.data();
-    thread_local std::vector<PhaseTaps> phases;
-    int k = 1, n = W;
-    phase_taps(phases, k, n, w, W);
-    const PhaseTaps* ph = phases.data();
-    const i64 plane = (i64)h * w;
-#pragma omp parallel num_threads(num_threads_for((i64)H * W * C))
-    {
-        thread_local std::vector<float> rows;
-        rows.resize((size_t)C * w);
-        const float* r = rows.data();
-#pragma omp for schedule(static)
-        for (int y = 0; y < H; ++y) {
-            const LinearTap t = typ[y];
-            const float wy = t.w;
-            for (int c = 0; c < C; ++c) {
-                const T* top = s + (i64)c * plane + (i64)t.i0 * w;
-                const T* bot = s + (i64)c * plane + (i64)t.i1 * w;
-                float* rc = rows.data() + (i64)c * w;
-                for (int x = 0; x < w; ++x) rc[x] = load_float(top, x) * (1.0f - wy) + load_float(bot, x) * wy;
-            }
-            u8* l = labels + (i64)y * W;
-            for (int j = 0; j < k; ++j) {
-                const PhaseTaps& p = ph[j];
-                const int* i0 = p.i0.data();
-                const int* i1 = p.i1.data();
-                const float* wx = p.w.data();
-                const float* kx = p.keep.data();
-                auto gathered = [&](int i) {  // one pixel, taps looked up
-                    float best = r[i0[i]] * kx[i] + r[i1[i]] * wx[i];
-                    int arg = 0;
-                    for (int c = 1; c < C; ++c) {
-                        const float* rc = r + (i64)c * w;
-                        argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, best, arg);
-                    }
-                    l[(i64)k * i + j] = (u8)arg;
-                };
-                int i = 0;
-                for (; i < p.lo; ++i) gathered(i);
-                // the interior: taps i + off and i + off + 1, contiguous, kBlock pixels at a time
-                for (; i + kBlock <= p.hi; i += kBlock) {
-                    const float* r0 = r + i + p.off;
-                    const fvec k0 = loadv(kx + i), k1 = loadv(kx + i + kLanes);
-                    const fvec w0 = loadv(wx + i), w1 = loadv(wx + i + kLanes);
-                    argmax_block(C, [&](int c, int half) {
-                        const float* rc = r0 + (i64)c * w + kLanes * half;
-                        return half ? loadv(rc) * k1 + loadv(rc + 1) * w1 : loadv(rc) * k0 + loadv(rc + 1) * w0;
-                    }, l + (i64)k * i + j, k);
-                }
-                for (; i < n; ++i) gathered(i);
-            }
-        }
-    }
-}
-
-void blend_only(const u8* labels, int H, int W, const u8* frame, i64 frame_pitch, u8* overlay,
-                const u16* colour_q, u16 keep_q) {
-#pragma omp parallel num_threads(num_threads_for((i64)H * W))
-    {
-        thread_local std::vector<u16> krow;
-        krow.resize((size_t)W * 3 + 1);
-#pragma omp for schedule(static)
-        for (int y = 0; y < H; ++y) {
-            colour_row(labels + (i64)y * W, W, colour_q, krow.data());
-            blend_row(frame + (i64)y * frame_pitch, krow.data(), W, keep_q, overlay + (i64)y * W * 3);
-        }
-    }
 }
 
 struct Overlay {
@@ -444,49 +141,6 @@ void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool
         default: cast_labels(static_cast<const int64_t*>(s), (i64)h * w, small.data()); break;
     }
     upsample_and_blend(small.data(), h, w, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
-}
-
-// ---------------------------------------------------------------------------- temporal smoothing
-
-inline void storev(float* p, fvec v) { std::memcpy(p, &v, sizeof v); }
-
-// The moving average of (C, h, w) scores updated in place (pixel_ops.h ema_update, a vector of
-// pixels at a time for float32); returns how many pixels' argmax differed from the old average's.
-template <typename T>
-i64 ema_rows(const T* x, float* ema, int C, int h, int w, float keep, float fresh) {
-    const i64 plane = (i64)h * w;
-    i64 changed = 0;
-#pragma omp parallel for schedule(static) reduction(+ : changed) num_threads(num_threads_for(plane * C))
-    for (int y = 0; y < h; ++y) {
-        const T* xr = x + (i64)y * w;
-        float* er = ema + (i64)y * w;
-        int px = 0;
-        if constexpr (sizeof(T) == sizeof(float)) {
-            for (; px + kLanes <= w; px += kLanes) {
-                fvec bx = loadv(xr + px), be = loadv(er + px);
-                ivec ax = {}, ae = {};
-                storev(er + px, be * keep + bx * fresh);
-                for (int c = 1; c < C; ++c) {
-                    const fvec v = loadv(xr + (i64)c * plane + px), e = loadv(er + (i64)c * plane + px);
-                    const ivec gx = v > bx, ge = e > be, cv = ivec{} + c;
-                    bx = gx ? v : bx;
-                    ax = gx ? cv : ax;
-                    be = ge ? e : be;
-                    ae = ge ? cv : ae;
-                    storev(er + (i64)c * plane + px, e * keep + v * fresh);
-                }
-                const ivec differ = ax != ae;
-                for (int l = 0; l < kLanes; ++l) changed += differ[l] != 0;
-            }
-        }
-        for (; px < w; ++px) changed += ema_update(xr + px, er + px, C, plane, keep, fresh);
-    }
-    return changed;
-}
-
-template <typename T>
-void copy_scores(const T* x, float* ema, i64 n) {
-    for (i64 i = 0; i < n; ++i) ema[i] = load_float(x, i);
 }
 
 // state <- state * keep + scores * (1 - keep), or state <- scores when more than ``limit`` pixels
