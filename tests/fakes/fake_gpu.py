@@ -365,8 +365,17 @@ def _argmax(half: bool):
     def run(gpu, scores, C, h, w, labels):
         s = gpu.device_array(scores, (1, C, h, w), np.float16 if half else np.float32)
         cpu = _cpu()
-        cpu.postprocess(s, cpu.F16 if half else cpu.F32, gpu.device_array(labels, (h, w), np.uint8),
-                        False, None, None, None, 0.5, 1)  # fmt: skip
+        cpu.postprocess(
+            s,
+            cpu.F16 if half else cpu.F32,
+            gpu.device_array(labels, (h, w), np.uint8),
+            False,
+            None,
+            None,
+            None,
+            0.5,
+            1,
+        )
 
     return run
 
@@ -375,8 +384,17 @@ def _bilinear(half: bool):
     def run(gpu, scores, C, h, w, labels, H, W):
         s = gpu.device_array(scores, (1, C, h, w), np.float16 if half else np.float32)
         cpu = _cpu()
-        cpu.postprocess(s, cpu.F16 if half else cpu.F32, gpu.device_array(labels, (H, W), np.uint8),
-                        True, None, None, None, 0.5, 1)  # fmt: skip
+        cpu.postprocess(
+            s,
+            cpu.F16 if half else cpu.F32,
+            gpu.device_array(labels, (H, W), np.uint8),
+            True,
+            None,
+            None,
+            None,
+            0.5,
+            1,
+        )
 
     return run
 
