@@ -75,6 +75,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             a.limit,
             progress=lambda i, n: bar.update(task, completed=i, total=n),
             exact_qdq=a.exact_qdq,
+            tta=a.tta,
         )
     rows = [
         [c, iou, res["per_class_dice"][c]] + ([res["per_class_hd95"][c]] if a.hd95 else [])
@@ -464,6 +465,12 @@ def _add_eval(sub) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--hd95", action="store_true", help="also per-class 95%% Hausdorff distance")
     e.add_argument("--limit", type=int, help="evaluate only the first N images")
+    e.add_argument(
+        "--tta",
+        metavar="flip[,SCALE...]",
+        help="test-time augmentation: average over mirrored and rescaled inputs, e.g. flip or "
+        "flip,0.75,1.0,1.25 (scales need a .pt)",
+    )
     e.add_argument(
         "--exact-qdq",
         action="store_true",

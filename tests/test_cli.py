@@ -133,7 +133,9 @@ def test_info_lists_params_and_gflops(tmp_path):
     proc = run("info", "all", "--input-size", "256x512", "--json", tmp_path / "i.json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "i.json").read_text())
-    assert set(info) == {"bisenetv2", "mbv3_unet_large", "mbv3_unet_small"}
+    from edgeseg.models import list_models
+
+    assert set(info) == set(list_models())
     assert all(v["params_m"] > 0 and v["gflops"] > 0 for v in info.values())
 
 
@@ -256,6 +258,24 @@ def test_every_train_setting_is_a_flag():
         "2",
         "--model-kwargs",
         '{"width_mult": 0.75}',
+        "--boundary-weight",
+        "3",
+        "--mix",
+        "cutmix",
+        "--mix-prob",
+        "0.3",
+        "--unlabeled",
+        "u.mp4",
+        "--consistency-weight",
+        "2",
+        "--confidence",
+        "0.8",
+        "--encoder",
+        "timm:resnet18",
+        "--pretrained",
+        "w.pth",
+        "--freeze-encoder",
+        "2",
         "--quiet",
     ]
     cfg = from_args(TrainConfig, build_parser().parse_args(argv))

@@ -135,6 +135,18 @@ class TrainTransform:
 
     def __call__(self, img: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self._generator()
+        out_img, out_mask = self.crop(img, mask, rng)
+        if self.jitter > 0:
+            image = self._jitter(out_img, rng)
+        else:
+            image = _planes_to_normalized(cv2.split(out_img), self.mean, self.std)
+        return torch.from_numpy(image), _mask_tensor(out_mask)
+
+    def crop(
+        self, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The geometric part alone: random scale, crop and flip of image and mask (uint8)."""
+        rng = rng or self._generator()
         h0, w0 = img.shape[:2]
         if mask.shape[:2] != (h0, w0):
             raise ValueError(f"image is {w0}x{h0} but mask is {mask.shape[1]}x{mask.shape[0]}")
@@ -174,12 +186,7 @@ class TrainTransform:
                 arr[y1:] = fill
                 arr[:, :x0] = fill
                 arr[:, x1:] = fill
-
-        if self.jitter > 0:
-            image = self._jitter(out_img, rng)
-        else:
-            image = _planes_to_normalized(cv2.split(out_img), self.mean, self.std)
-        return torch.from_numpy(image), _mask_tensor(out_mask)
+        return out_img, out_mask
 
     def _jitter(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Brightness, contrast and saturation jitter fused with normalization.

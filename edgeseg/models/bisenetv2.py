@@ -174,6 +174,7 @@ class BiSeNetV2(nn.Module):
     """
 
     output_stride = 1
+    logits_stride = 8  # of the logits before the trailing resize
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ class ConvBNAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         act: type[nn.Module] | None = nn.ReLU,
+        dilation: int = 1,
     ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(
@@ -47,7 +48,8 @@ class ConvBNAct(nn.Sequential):
                 out_channels,
                 kernel_size,
                 stride=stride,
-                padding=(kernel_size - 1) // 2,
+                padding=dilation * (kernel_size - 1) // 2,
+                dilation=dilation,
                 groups=groups,
                 bias=False,
             ),
@@ -69,9 +71,13 @@ class DepthwiseSeparableConv(nn.Sequential):
         kernel_size: int = 3,
         stride: int = 1,
         act: type[nn.Module] | None = nn.ReLU,
+        dilation: int = 1,
     ) -> None:
+        dw = ConvBNAct(
+            in_channels, in_channels, kernel_size, stride, in_channels, act, dilation=dilation
+        )
         super().__init__(
-            ConvBNAct(in_channels, in_channels, kernel_size, stride, groups=in_channels, act=act),
+            dw,
             ConvBNAct(in_channels, out_channels, 1, act=act),
         )
         self.out_channels = out_channels

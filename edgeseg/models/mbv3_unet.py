@@ -7,10 +7,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.models._registry import register_model
+from edgeseg.models.encoders import build_encoder
 from edgeseg.models.layers import ConvBNAct, DepthwiseSeparableConv, check_input_size, init_weights
-from edgeseg.models.mobilenetv3 import MobileNetV3Encoder
 
-__all__ = ["MobileNetV3UNet", "mbv3_unet_large", "mbv3_unet_small"]
+__all__ = [
+    "MobileNetV3UNet",
+    "mbv3_unet_large",
+    "mbv3_unet_large_minimal",
+    "mbv3_unet_small",
+    "mbv3_unet_small_minimal",
+]
 
 _DEFAULT_DECODER = {"small": (96, 64, 32, 24), "large": (128, 80, 40, 24)}
 
@@ -64,9 +70,12 @@ class MobileNetV3UNet(nn.Module):
         fuse: ``"cat"`` or ``"add"`` per decoder block (strides 16, 8, 4, 2). The default
             adds at stride 2 only, the block that dominated a CPU training step (see
             docs/training.md), while the coarse strides keep the more expressive concatenation.
+        minimal: the "minimalistic" MobileNetV3 encoder (ReLU, no SE, 3x3 only): INT8-friendly.
+        encoder: ``mbv3`` or ``timm:NAME`` (see :mod:`edgeseg.models.encoders`).
     """
 
     output_stride = 1
+    logits_stride = 2  # of the logits before the trailing resize
 
     def __init__(
         self,
@@ -76,6 +85,8 @@ class MobileNetV3UNet(nn.Module):
         decoder_channels: tuple[int, ...] | None = None,
         dropout: float = 0.1,
         fuse: tuple[str, ...] = ("cat", "cat", "cat", "add"),
+        minimal: bool = False,
+        encoder: str = "mbv3",
     ) -> None:
         super().__init__()
         if decoder_channels is None:
@@ -85,7 +96,9 @@ class MobileNetV3UNet(nn.Module):
         if len(fuse) != 4:
             raise ValueError(f"fuse needs 4 modes, got {tuple(fuse)}")
         self.num_classes = num_classes
-        self.encoder = MobileNetV3Encoder(variant, width_mult)
+        self.encoder = build_encoder(
+            encoder, variant=variant, width_mult=width_mult, minimal=minimal
+        )
         enc = self.encoder.out_channels  # strides 2, 4, 8, 16, 32
 
         blocks = []
@@ -128,3 +141,15 @@ def mbv3_unet_large(num_classes: int, **kwargs) -> nn.Module:
     ``dropout``, ``fuse``).
     """
     return MobileNetV3UNet(num_classes, variant="large", **kwargs)
+
+
+@register_model
+def mbv3_unet_small_minimal(num_classes: int, **kwargs) -> nn.Module:
+    """:func:`mbv3_unet_small` on the minimalistic encoder (ReLU, no SE, 3x3): INT8-friendly."""
+    return MobileNetV3UNet(num_classes, variant="small", minimal=True, **kwargs)
+
+
+@register_model
+def mbv3_unet_large_minimal(num_classes: int, **kwargs) -> nn.Module:
+    """:func:`mbv3_unet_large` on the minimalistic encoder (ReLU, no SE, 3x3): INT8-friendly."""
+    return MobileNetV3UNet(num_classes, variant="large", minimal=True, **kwargs)

@@ -1,7 +1,13 @@
 """MobileNetV3 encoder (Howard et al., "Searching for MobileNetV3", ICCV 2019).
 
 Built from scratch after Tables 1 (large) and 2 (small) of the paper, without the
-classifier. ``forward`` returns the feature maps at strides 2, 4, 8, 16 and 32.
+classifier. ``forward`` returns the feature maps at strides 2, 4, 8, 16 and 32 (16 for the last
+with ``output_stride=16``: its stage dilated, as the paper's segmentation heads use it).
+
+``minimal=True`` is TensorFlow's "minimalistic" MobileNetV3 (timm's ``mobilenetv3_*_minimal``):
+ReLU instead of hard-swish, no squeeze-excite, 3x3 depthwise kernels only. It gives up some
+accuracy for operators every INT8 runtime fuses (quantized conv + ReLU), which hard-swish and
+the SE's global pooling and multiply break on ONNX Runtime's CPU kernels, DLA and NPUs.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class InvertedResidual(nn.Module):
         stride: int,
         use_se: bool,
         act: type[nn.Module],
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.use_residual = stride == 1 and in_channels == out_channels
@@ -84,7 +91,15 @@ class InvertedResidual(nn.Module):
         if exp_channels != in_channels:
             layers.append(ConvBNAct(in_channels, exp_channels, 1, act=act))
         layers.append(
-            ConvBNAct(exp_channels, exp_channels, kernel_size, stride, groups=exp_channels, act=act)
+            ConvBNAct(
+                exp_channels,
+                exp_channels,
+                kernel_size,
+                stride,
+                groups=exp_channels,
+                act=act,
+                dilation=dilation,
+            )
         )
         if use_se:
             layers.append(SqueezeExcite(exp_channels))
@@ -104,23 +119,35 @@ class MobileNetV3Encoder(nn.Module):
         out_channels: channels of the maps returned by :meth:`forward`, stride 2 first.
     """
 
-    def __init__(self, variant: str = "small", width_mult: float = 1.0) -> None:
+    def __init__(
+        self,
+        variant: str = "small",
+        width_mult: float = 1.0,
+        minimal: bool = False,
+        output_stride: int = 32,
+    ) -> None:
         super().__init__()
         if variant not in _CONFIGS:
             raise ValueError(f"variant must be 'small' or 'large', got {variant!r}")
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
         specs, last_channels = _CONFIGS[variant]
-        self.variant = variant
-        self.width_mult = width_mult
+        if minimal:
+            specs = tuple(s._replace(kernel=3, se=False, hard_swish=False) for s in specs)
+        self.variant, self.width_mult, self.minimal = variant, width_mult, minimal
+        hswish = nn.ReLU if minimal else nn.Hardswish
 
         stem_channels = make_divisible(16 * width_mult)
-        stem = ConvBNAct(3, stem_channels, 3, stride=2, act=nn.Hardswish)
+        stem = ConvBNAct(3, stem_channels, 3, stride=2, act=hswish)
 
-        # One stage per output stride; a stride-2 block opens the next stage.
+        # One stage per output stride; a stride-2 block opens the next stage. At output stride
+        # 16 the last stage keeps stride 16 and dilates its depthwise convolutions instead.
         stages: list[list[nn.Module]] = [[stem]]
         in_channels = stem_channels
         for spec in specs:
             if spec.stride == 2:
                 stages.append([])
+            dilated = output_stride == 16 and len(stages) == 5
             out_channels = make_divisible(spec.out * width_mult)
             stages[-1].append(
                 InvertedResidual(
@@ -128,9 +155,10 @@ class MobileNetV3Encoder(nn.Module):
                     make_divisible(spec.expansion * width_mult),
                     out_channels,
                     spec.kernel,
-                    spec.stride,
+                    1 if dilated else spec.stride,
                     spec.se,
                     nn.Hardswish if spec.hard_swish else nn.ReLU,
+                    dilation=2 if dilated else 1,
                 )
             )
             in_channels = out_channels
@@ -138,7 +166,7 @@ class MobileNetV3Encoder(nn.Module):
         # FLOPs and gives the decoder a wide, hard-swish bottleneck as in the paper. Like the
         # official TF code (and unlike the small table's SE tick), it has no SE.
         last = make_divisible(last_channels * width_mult)
-        stages[-1].append(ConvBNAct(in_channels, last, 1, act=nn.Hardswish))
+        stages[-1].append(ConvBNAct(in_channels, last, 1, act=hswish))
         assert len(stages) == 5, "MobileNetV3 configs must reach stride 32 in 4 downsamplings"
 
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in stages)
@@ -146,7 +174,7 @@ class MobileNetV3Encoder(nn.Module):
             [m for m in stage if hasattr(m, "out_channels")][-1].out_channels
             for stage in self.stages
         ]
-        self.strides: list[int] = [2, 4, 8, 16, 32]
+        self.strides: list[int] = [2, 4, 8, 16, output_stride]
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,4 +1,5 @@
 """Training: losses, metrics and the trainer."""
 
 # The loss names alone, free of PyTorch, so the CLI can offer them without importing it.
-LOSSES = ("ce", "ohem", "ce+dice")
+LOSSES = ("ce", "ohem", "ce+dice", "ce+boundary", "ce+dice+boundary")
+MIXES = ("none", "cutmix", "classmix", "mixup")

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeseg._config import setting
 from edgeseg.errors import EdgesegError
-from edgeseg.train import LOSSES
+from edgeseg.train import LOSSES, MIXES
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -50,6 +50,13 @@ class TrainConfig:
         "dataset class weights: auto = their square root, full = as given, none",
         choices=("auto", "full", "none"),
     )
+    boundary_weight: float = setting(
+        2.0, "extra weight of pixels within 2 px of a label boundary (the +boundary losses)"
+    )
+    mix: str = setting(
+        "none", "mix each batch with itself: cutmix, classmix or mixup", choices=MIXES
+    )
+    mix_prob: float = setting(0.5, "probability a batch is mixed")
     aux_weight: float = setting(0.4, "weight of auxiliary heads' losses (bisenetv2)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     workers: int = setting(
@@ -72,6 +79,25 @@ class TrainConfig:
     teacher: str | None = setting(
         None, "also distil from this trained model's predictions", metavar="CKPT"
     )
+    unlabeled: str | None = setting(
+        None,
+        "Mean Teacher: also learn from these unlabeled frames (video file or image folder), "
+        "consistent with the weight average's predictions",
+        metavar="PATH",
+    )
+    consistency_weight: float = setting(1.0, "weight of Mean Teacher's consistency loss")
+    confidence: float = setting(
+        0.9, "Mean Teacher learns only pixels the teacher is at least this sure of"
+    )
+    encoder: str = setting(
+        "mbv3", "the encoder of mbv3_* heads: mbv3, or timm:NAME (needs timm)", metavar="NAME"
+    )
+    pretrained: str | None = setting(
+        None,
+        "ImageNet weights for a timm encoder: a file of the timm model's state_dict, or hub",
+        metavar="PATH|hub",
+    )
+    freeze_encoder: int = setting(0, "keep the encoder fixed for the first N epochs", metavar="N")
     distill_weight: float = setting(1.0, "weight of the distillation loss")
     model_kwargs: dict[str, Any] = setting(
         help="keyword arguments for the architecture", factory=dict, metavar="JSON"
@@ -88,3 +114,13 @@ class TrainConfig:
             raise EdgesegError("epochs must be at least 1 and minutes more than 0")
         if self.batch_size < 1 or self.lr <= 0:
             raise EdgesegError("batch_size must be at least 1 and lr more than 0")
+        if not 0 <= self.mix_prob <= 1 or not 0 <= self.confidence < 1:
+            raise EdgesegError("mix_prob must be in [0, 1] and confidence in [0, 1)")
+        if self.unlabeled and self.ema <= 0:
+            raise EdgesegError(
+                "Mean Teacher's teacher is the weight average: keep ema above 0 with unlabeled"
+            )
+        if self.pretrained and not self.encoder.startswith("timm:"):
+            raise EdgesegError("pretrained weights are for a timm encoder: add --encoder timm:NAME")
+        if self.freeze_encoder < 0 or self.boundary_weight < 0:
+            raise EdgesegError("freeze_encoder and boundary_weight must not be negative")

@@ -19,7 +19,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,13 @@ from edgeseg.errors import EdgesegError
 from edgeseg.models import create_model
 from edgeseg.models.checkpoint import build_model as model_from_checkpoint
 from edgeseg.models.checkpoint import read_checkpoint, save_checkpoint
+from edgeseg.models.encoders import load_pretrained
 from edgeseg.spec import InputSpec, ModelSpec, OutputSpec
+from edgeseg.train import semi
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.losses import build_loss, distillation_loss, segmentation_loss
 from edgeseg.train.metrics import ConfusionMatrix, SegMetrics
+from edgeseg.train.mixing import Targets, mix_batch
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Data:
     sampler: DistributedSampler | None
     input_hw: tuple[int, int]
     crop_hw: tuple[int, int]
+    unlabeled: DataLoader | None = None  # Mean Teacher's frames: (weak, strong) views
 
     @property
     def info(self) -> DatasetInfo:
@@ -136,8 +140,10 @@ def build_data(
     seed: int = 0,
     dist_info: DistInfo | None = None,
     pin_memory: bool = False,
+    unlabeled: str | None = None,
 ) -> Data:
-    """Train and val sets of ``data`` with their transforms, preloaded when small, and loaders.
+    """Train and val sets of ``data`` with their transforms, preloaded when small, and loaders;
+    with ``unlabeled`` (a video or image folder) also the loader of Mean Teacher's frames.
 
     Val masks stay at native resolution (batch 1 allows images of different sizes); under
     torchrun each process scores a disjoint shard, and the confusion matrices are summed.
@@ -175,7 +181,22 @@ def build_data(
     )
     shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
     val_loader = DataLoader(shard, 1, shuffle=False, num_workers=0)
-    return Data(train_set, val_set, loader, val_loader, sampler, input_hw, crop_hw)  # type: ignore[arg-type]
+    frames = None
+    if unlabeled:
+        views = TrainTransform(crop_hw, scale=scale, ignore_index=ignore, mean=mean, std=std)
+        unlabeled_set = semi.UnlabeledFrames(unlabeled, views, input_hw[0])
+        if len(unlabeled_set) < per_proc:
+            raise EdgesegError(
+                f"{unlabeled} has {len(unlabeled_set)} frames, fewer than a batch ({per_proc})"
+            )
+        frames = DataLoader(
+            unlabeled_set,
+            per_proc,
+            shuffle=True,
+            drop_last=True,
+            num_workers=0,
+        )
+    return Data(train_set, val_set, loader, val_loader, sampler, input_hw, crop_hw, frames)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- model and loop
@@ -198,11 +219,9 @@ def _start_checkpoints(cfg: TrainConfig, num_classes: int) -> tuple[dict | None,
         return resume, resume
     init = read_checkpoint(cfg.init_from) if cfg.init_from else None
     if init is not None and init["arch"] != cfg.model:
-        raise EdgesegError(f"{cfg.init_from} holds a '{init['arch']}' model, not '{cfg.model}'")
-    if init is not None and init["spec"]["num_classes"] != num_classes:
         raise EdgesegError(
-            f"{cfg.init_from} predicts {init['spec']['num_classes']} classes, "
-            f"{cfg.data} has {num_classes}"
+            f"{cfg.init_from} holds a '{init['arch']}' model, not '{cfg.model}'; pass --model "
+            f"{init['arch']} to start from it"
         )
     return None, init
 
@@ -213,17 +232,53 @@ def build_model(
     device: torch.device,
     init: dict | None = None,
     model_kwargs: dict[str, Any] | None = None,
-) -> nn.Module:
-    """The network (from ``init``'s raw training weights when given), channels-last on ``device``.
+) -> tuple[nn.Module, str | None]:
+    """The network, channels-last on ``device``, and a note on how it was initialised.
 
-    NHWC: oneDNN's depthwise and 1x1 convolutions (and cuDNN's under AMP) run faster in it
-    (measured in docs/training.md).
+    With ``init``, its raw training weights: all of them for the same classes; for another class
+    set (transfer learning) every tensor whose shape still fits — encoder and decoder — and the
+    classifier layers re-initialised. NHWC: oneDNN's depthwise and 1x1 convolutions (and
+    cuDNN's under AMP) run faster in it (measured in docs/training.md).
     """
-    if init is not None:
+    note = None
+    if init is not None and init["spec"]["num_classes"] == num_classes:
         model = model_from_checkpoint(init, num_classes, raw=True)
+    elif init is not None:
+        model = create_model(arch, num_classes, **init.get("model_kwargs", {}))
+        note = transfer_weights(model, init, num_classes)
     else:
         model = create_model(arch, num_classes, **(model_kwargs or {}))
-    return model.to(device).to(memory_format=torch.channels_last)
+    return model.to(device).to(memory_format=torch.channels_last), note
+
+
+def _model_kwargs(cfg: TrainConfig, start: dict | None) -> dict[str, Any]:
+    """The architecture's keyword arguments: a starting checkpoint's own, else the config's with
+    the encoder when it is not the default (checkpoints record them to rebuild the model)."""
+    if start is not None:
+        return dict(start.get("model_kwargs", {}))
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.encoder != "mbv3":
+        kwargs["encoder"] = cfg.encoder
+    return kwargs
+
+
+def transfer_weights(model: nn.Module, init: dict, num_classes: int) -> str:
+    """Copy ``init``'s weights into ``model`` wherever name and shape agree; the rest (the
+    classifiers, whose class count changed) keep their fresh initialisation. Returns what was
+    kept and what was not."""
+    weights = init.get("raw_state_dict", init["state_dict"])
+    own = model.state_dict()
+    kept = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in kept)
+    if not kept:
+        raise EdgesegError("the --init-from checkpoint shares no weights with this model")
+    model.load_state_dict(kept, strict=False)
+    before = init["spec"]["num_classes"]
+    listed = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
+    return (
+        f"{len(kept)} of {len(own)} tensors from the checkpoint ({before} -> {num_classes} "
+        f"classes); re-initialised: {listed or 'none'}"
+    )
 
 
 def class_weights(mode: str, info: DatasetInfo, num_classes: int) -> torch.Tensor | None:
@@ -326,6 +381,13 @@ class Loop:
     distill_weight: float = 1.0
     aux_weight: float = 0.4
     freeze_bn_at: float | None = None  # progress from which BatchNorm statistics stay frozen
+    mix: str = "none"
+    mix_prob: float = 0.0
+    ignore_index: int = 255
+    unlabeled: Iterator | None = None  # Mean Teacher: endless (weak, strong) batches
+    consistency_weight: float = 1.0
+    confidence: float = 0.9
+    freeze_encoder_epochs: int = 0
     amp: bool = False
     on_step: Callable[[int], None] | None = None  # called before step ``it`` (QAT observers)
     it: int = 0
@@ -362,7 +424,10 @@ def build_loop(
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     weight = class_weights(cfg.class_weights, data.info, data.num_classes)
     criterion = build_loss(
-        cfg.loss, data.info.ignore_index, weight.to(device) if weight is not None else None
+        cfg.loss,
+        data.info.ignore_index,
+        weight.to(device) if weight is not None else None,
+        cfg.boundary_weight,
     ).to(device)
     # The exponential moving average of the weights (BN statistics included) is what gets
     # validated and saved: on a short, noisy CPU schedule it is steadier than the last step.
@@ -384,6 +449,13 @@ def build_loop(
         distill_weight=cfg.distill_weight,
         aux_weight=cfg.aux_weight,
         freeze_bn_at=1 - cfg.freeze_bn if cfg.freeze_bn > 0 else None,
+        mix=cfg.mix,
+        mix_prob=cfg.mix_prob,
+        ignore_index=data.info.ignore_index,
+        unlabeled=semi.endless(data.unlabeled) if data.unlabeled is not None else None,
+        consistency_weight=cfg.consistency_weight,
+        confidence=cfg.confidence,
+        freeze_encoder_epochs=cfg.freeze_encoder,
         amp=device.type == "cuda",
     )
 
@@ -391,14 +463,64 @@ def build_loop(
 # ---------------------------------------------------------------------------- one epoch
 
 
-def _step_loss(loop: Loop, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _labeled(outputs, n: int):
+    """The outputs of the first ``n`` images (the labeled ones) of a joint batch."""
+    if isinstance(outputs, tuple):
+        return outputs[0][:n], [a[:n] for a in outputs[1]]
+    return outputs[:n]
+
+
+def _step_loss(
+    loop: Loop, img: torch.Tensor, targets: Targets, views: tuple | None = None
+) -> torch.Tensor:
+    """The step's loss: supervised on each mixed target (weighted), distillation from a fixed
+    teacher, and Mean Teacher's consistency on unlabeled ``views`` (weak, strong) — the strong
+    views run in the same forward pass as the labeled images."""
+    n = img.shape[0]
+    x = img if views is None else torch.cat([img, views[1]])
     with torch.autocast(loop.device.type, dtype=torch.float16, enabled=loop.amp):
-        loss, main = segmentation_loss(loop.forward(img), mask, loop.criterion, loop.aux_weight)
+        outputs = loop.forward(x)
+        labeled = _labeled(outputs, n) if views is not None else outputs
+        loss = img.new_zeros(())
+        for mask, weight in targets:
+            part, main = segmentation_loss(labeled, mask, loop.criterion, loop.aux_weight)
+            loss = loss + weight * part
         if loop.teacher is not None:
             with torch.no_grad():
                 target = loop.teacher(img)
             loss = loss + loop.distill_weight * distillation_loss(main.float(), target.float())
+        if views is not None:
+            student = semi.unlabeled_part(outputs, n)
+            teacher = semi.resize_like(semi.teacher_logits(loop.eval_model, views[0]), student)
+            w = semi.ramp_weight(loop.progress(loop.it), loop.consistency_weight)
+            loss = loss + w * semi.consistency_loss(student, teacher, loop.confidence)
     return loss
+
+
+def _batch(loop: Loop, img: torch.Tensor, mask: torch.Tensor):
+    """The step's inputs on the device: images (mixed), targets, unlabeled views."""
+    img = img.to(loop.device, non_blocking=True)
+    mask = mask.to(loop.device, non_blocking=True)
+    img, targets = mix_batch(img, mask, loop.mix, loop.mix_prob, loop.ignore_index)
+    views = None
+    if loop.unlabeled is not None:
+        weak, strong = next(loop.unlabeled)
+        views = tuple(
+            v.to(loop.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            for v in (weak, strong)
+        )
+    return img.contiguous(memory_format=torch.channels_last), targets, views
+
+
+def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (no gradients, BatchNorm statistics fixed) or release the model's encoder."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise EdgesegError(f"{getattr(model, 'arch', 'this model')} has no separate encoder")
+    for p in encoder.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        freeze_batchnorm(encoder)
 
 
 def train_one_epoch(
@@ -411,6 +533,8 @@ def train_one_epoch(
     loop.model.train()
     if loop.bn_frozen:
         freeze_batchnorm(loop.model)
+    if loop.freeze_encoder_epochs:
+        set_encoder_frozen(loop.model, epoch < loop.freeze_encoder_epochs)
     loss_sum, n = 0.0, 0
     for img, mask in loader:
         if loop.on_step is not None:
@@ -421,8 +545,7 @@ def train_one_epoch(
         if not loop.bn_frozen and loop.freeze_bn_at is not None and progress >= loop.freeze_bn_at:
             freeze_batchnorm(loop.model)
             loop.bn_frozen = True
-        img = img.to(loop.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        loss = _step_loss(loop, img, mask.to(loop.device, non_blocking=True))
+        loss = _step_loss(loop, *_batch(loop, img, mask))
         if not torch.isfinite(loss):
             raise EdgesegError(
                 f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower lr (now "
@@ -687,9 +810,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seed=cfg.seed,
         dist_info=dist_info,
         pin_memory=device.type == "cuda",
+        unlabeled=cfg.unlabeled,
     )
     resume, init = _start_checkpoints(cfg, data.num_classes)
-    model = build_model(cfg.model, data.num_classes, device, init, cfg.model_kwargs)
+    cfg.model_kwargs = _model_kwargs(cfg, init or resume)
+    model, init_note = build_model(cfg.model, data.num_classes, device, init, cfg.model_kwargs)
+    if cfg.pretrained and init is None:
+        init_note = load_pretrained(model, cfg.pretrained)
     ckpt_elapsed = resume.get("elapsed_s", 0.0) if resume else 0.0
     t0 = time.perf_counter() - ckpt_elapsed
     loop = build_loop(cfg, model, data, device, dist_info, _budget(cfg, len(data.loader), t0))
@@ -699,8 +826,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
     console.print(_banner(cfg, data, device, dist_info))
+    if init_note:
+        console.print(f"weights: {init_note}")
     _epochs(cfg, loop, data, spec, state, out, dist_info, console, t0)
     result = _finish(cfg, data, loop, state, out, t0) if dist_info.main else {}
+    if result and init_note:
+        result["init"] = init_note
+        write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
     if dist_info.world > 1:
         dist.barrier()
         dist.destroy_process_group()

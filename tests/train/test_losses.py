@@ -44,3 +44,37 @@ def test_distillation_is_zero_on_agreement_and_pulls_the_student_towards_the_tea
     assert after < before
     # A teacher at another output stride is resized to the student's logits.
     assert distillation_loss(student, teacher[..., ::2, ::2]).shape == ()
+
+
+def test_boundary_pixels_are_those_within_the_radius_of_a_label_change():
+    from edgeseg.train.losses import boundary_mask
+
+    target = torch.zeros(1, 6, 10, dtype=torch.long)
+    target[:, :, 5:] = 1  # a vertical edge between columns 4 and 5
+    target[:, 0, 0] = 255  # void is never a boundary pixel itself
+    edge = boundary_mask(target, 255, radius=2)[0]
+    want = torch.zeros(6, 10, dtype=torch.bool)
+    want[:, 3:7] = True  # columns within 2 px of the change
+    want[:3, :3] |= True  # and the neighbours of the void pixel, whose window sees 255
+    want[0, 0] = False
+    assert torch.equal(edge, want)
+
+
+def test_boundary_weighting_matches_a_hand_computed_mean_and_reduces_to_ce():
+    from edgeseg.train.losses import BoundaryWeightedCE, boundary_mask
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, :2] = 255
+    cw = torch.tensor([1.0, 2.0, 0.5])
+    plain = torch.nn.CrossEntropyLoss(weight=cw, ignore_index=255)(logits, target)
+    assert BoundaryWeightedCE(255, cw, boundary_weight=0.0)(logits, target) == pytest.approx(
+        plain.item(), rel=1e-6
+    )
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    valid = target != 255
+    w = cw[target.clamp(0, 2)] * valid * (1 + 3.0 * boundary_mask(target, 255, 2))
+    want = (ce * w).sum() / w.sum()
+    got = BoundaryWeightedCE(255, cw, boundary_weight=3.0)(logits, target)
+    assert got == pytest.approx(want.item(), rel=1e-6)
