@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeseg.compress.quantize import quantize_int8
+from edgeseg.compress.quantize import calibration_inputs, quantize_int8
 from edgeseg.export.config import ExportConfig
 from edgeseg.export.onnx import export_onnx
 from edgeseg.export.tensorrt import EngineOptions, build_engine
@@ -49,15 +49,55 @@ def _onnx_steps(cfg: ExportConfig, stage: Path) -> tuple[list[dict[str, Any]], s
     return reports, reports[0]["path"] if cfg.int8 or plain else None
 
 
+AGREEMENT_FRAMES = 8
+AGREEMENT_WARN = 0.95
+
+
+def int8_agreement(int8_path: Path, reference: str, calib: str) -> dict[str, Any]:
+    """The INT8 file against the FP32 model it was made from, on real frames (the first of the
+    calibration source): how many pixels' labels agree, and the largest logit difference. The
+    reference runs in PyTorch (a ``.pt``) or ONNX Runtime (an FP32 ``.onnx``)."""
+    from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    int8 = OnnxRuntimeBackend(int8_path, "cpu")
+    if reference.endswith(".pt"):
+        from edgeseg.runtime.backends.torch import TorchBackend
+
+        ref, against = TorchBackend(reference, "cpu"), "PyTorch"
+    else:
+        ref, against = OnnxRuntimeBackend(reference, "cpu"), "the FP32 ONNX"
+    agree, diff = [], 0.0
+    for x in calibration_inputs(calib, int8.spec, AGREEMENT_FRAMES):
+        a, b = int8.infer(x), ref.infer(x)
+        agree.append(float((a.argmax(1) == b.argmax(1)).mean()))
+        diff = max(diff, float(abs(a - b).max()))
+    report = {
+        "output": int8.spec.output.kind,
+        "max_abs_diff": diff,
+        "label_agreement": min(agree),
+        "agreement": f"{against}, {len(agree)} frames of {calib} (the lowest frame)",
+    }
+    if report["label_agreement"] < AGREEMENT_WARN:
+        report["agreement_note"] = (
+            f"labels agree with {against} on only {report['label_agreement']:.1%} of pixels: "
+            "calibrate on frames like the deployment's (--calib), or keep the most sensitive "
+            "layers in FP32 (--keep-fp32 N)"
+        )
+    return report
+
+
 def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[dict[str, Any]]:
-    """QAT (when asked) and the INT8 Q/DQ export."""
+    """QAT (when asked) and the INT8 Q/DQ export, each INT8 file checked against the FP32 model
+    it came from."""
     from edgeseg.compress.qat import qat_finetune
 
     calib = cfg.calib or cfg.data
     args = (calib, cfg.calib_count, cfg.calib_method, cfg.target, cfg.keep_fp32)
+    reference = cfg.checkpoint
     if not cfg.qat:
         q = quantize_int8(base, stage / f"model.int8-{cfg.target}.onnx", *args)
-        return [{**q, "precision": "int8"}]
+        check = int8_agreement(Path(q["path"]), reference, calib)
+        return [{**q, "precision": "int8", **check}]
     qat = qat_finetune(
         cfg.checkpoint, cfg.data, stage / "qat.pt", cfg.epochs, cfg.target, device=cfg.device
     )
@@ -65,7 +105,11 @@ def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[di
         qat["checkpoint"], work, input_size=cfg.input_size, simplify=cfg.simplify
     )
     q = quantize_int8(qat_onnx["path"], stage / f"model.int8-qat-{cfg.target}.onnx", *args)
-    return [{"path": qat["checkpoint"], "kind": "checkpoint", **qat}, {**q, "precision": "int8"}]
+    check = int8_agreement(Path(q["path"]), qat["checkpoint"], calib)
+    return [
+        {"path": qat["checkpoint"], "kind": "checkpoint", **qat},
+        {**q, "precision": "int8", **check},
+    ]
 
 
 def export_model(cfg: ExportConfig) -> dict[str, Any]:

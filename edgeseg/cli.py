@@ -22,16 +22,12 @@ from edgeseg.runtime.config import StreamConfig
 from edgeseg.train.config import TrainConfig
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _table(
+    title: str, columns: list[str], rows: list[list[Any]], formats: dict[str, str] | None = None
+) -> None:
+    from edgeseg._table import print_table
 
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="left" if c == columns[0] else "right")
-    for r in rows:
-        t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
-    Console().print(t)
+    print_table(title, columns, rows, formats)
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -49,11 +45,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = from_args(TrainConfig, a)
     res = train(cfg)
-    if res:
+    if res and not cfg.quiet:
         rows = [[name, iou] for name, iou in res["per_class_iou"].items()]
         rows.append(["mIoU (best)", res["val_miou"]])
         title = f"{cfg.model} on {cfg.data}: {res['epochs']} epochs, {res['train_time_s']:.0f} s"
-        _table(title, ["class", "val IoU"], rows)
+        _table(title, ["class", "val IoU"], rows, {"val IoU": ".4f"})
         print(f"wrote {cfg.out}/best.pt, last.pt, metrics.json, curves.png")
     return 0
 
@@ -85,7 +81,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     title = (
         f"{Path(a.model).name} on {a.data} [{a.split}, {res['images']} images, {res['backend']}]"
     )
-    _table(title, ["class", "IoU", "Dice"] + (["HD95 px"] if a.hd95 else []), rows)
+    columns = ["class", "IoU", "Dice"] + (["HD95 px"] if a.hd95 else [])
+    _table(title, columns, rows, {"IoU": ".4f", "Dice": ".4f", "HD95 px": ".1f"})
     print(
         f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice "
         f"{res['mean_dice']:.4f}"
@@ -110,7 +107,13 @@ def cmd_export(a: argparse.Namespace) -> int:
         ]
         for f in res["files"]
     ]
-    _table(f"export {a.checkpoint} -> {res['out']}", columns, rows)
+    formats = {"size MB": ".3f", "max |diff|": ".2e", "label agreement": ".4f"}
+    _table(f"export {a.checkpoint} -> {res['out']}", columns, rows, formats)
+    for f in res["files"]:
+        if f.get("kept_fp32"):
+            print(f"{Path(f['path']).name}: kept in FP32: {', '.join(f['kept_fp32'])}")
+        if f.get("agreement_note"):
+            print(f"{Path(f['path']).name}: {f['agreement_note']}")
     _write_json(a.json, res)
     return 0
 
@@ -396,6 +399,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.plot:
         write_plot(res, a.plot)
     _write_json(a.json, res)
+    if all("skipped" in r for r in res["results"]):
+        print("edgeseg bench: no configuration could run (reasons above)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -420,17 +426,22 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
 def cmd_info(a: argparse.Namespace) -> int:
     from edgeseg.models import create_model, list_models
-    from edgeseg.models.complexity import count_gflops, count_params
+    from edgeseg.models.complexity import count_gflops, count_params, deployed_params
 
     names = list_models() if a.name == "all" else [a.name]
-    rows = []
+    rows, out = [], {}
     for name in names:
         model = create_model(name, a.num_classes)
+        deployed = deployed_params(model, a.input_size) / 1e6
+        training = count_params(model) / 1e6
         gflops = count_gflops(model, a.input_size)
-        rows.append([name, f"{count_params(model) / 1e6:.3f}", f"{gflops:.3f}"])
+        rows.append([name, deployed, training if training != deployed else "", gflops])
+        out[name] = {"params_m": deployed, "params_in_training_m": training, "gflops": gflops}
     h, w = a.input_size
-    _table(f"{a.num_classes} classes at {h}x{w}", ["model", "params (M)", "GFLOPs"], rows)
-    _write_json(a.json, {r[0]: {"params_m": float(r[1]), "gflops": float(r[2])} for r in rows})
+    columns = ["model", "params (M)", "+ training-only heads", "GFLOPs"]
+    formats = {"params (M)": ".3f", "+ training-only heads": ".3f", "GFLOPs": ".3f"}
+    _table(f"{a.num_classes} classes at {h}x{w}", columns, rows, formats)
+    _write_json(a.json, out)
     return 0
 
 

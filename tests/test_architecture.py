@@ -19,7 +19,10 @@ PACKAGE = REPO / "edgeseg"
 
 # Lowest first: a module may import its own layer and the layers before it, never a later one.
 LAYERS = [
-    ("core", {"errors", "_io", "_lazy", "_config", "_redact", "spec", "device", "timing"}),
+    (
+        "core",
+        {"errors", "_io", "_lazy", "_config", "_redact", "_table", "spec", "device", "timing"},
+    ),
     ("models", {"models"}),
     ("data", {"data"}),
     ("runtime", {"runtime"}),

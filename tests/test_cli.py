@@ -300,3 +300,50 @@ def test_the_cli_reference_is_generated_from_the_parser():
     assert doc == reference_markdown(), (
         "docs/cli.md is out of date: regenerate it with the command at its top"
     )
+
+
+def test_two_sources_record_one_video_each_with_their_own_frame_count(tiny_onnx, tmp_path):
+    import cv2
+
+    proc = run(
+        "stream",
+        "--model",
+        tiny_onnx,
+        "--source",
+        "synthetic:160x96@0",
+        "--source",
+        "synthetic:128x64@0",
+        "--max-frames",
+        "7",
+        "--record",
+        tmp_path / "out_{source}.mp4",
+        "--report",
+        tmp_path / "r.json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    for sid, (w, h) in enumerate([(160, 96), (128, 64)]):
+        cap = cv2.VideoCapture(str(tmp_path / f"out_{sid}.mp4"))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == report["sources"][sid]["frames_out"]
+        assert (
+            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        ) == (w, h)
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["out_0.mp4", "out_1.mp4"]
+
+
+def test_a_frame_that_could_not_be_read_is_named_as_such(tiny_onnx):
+    from edgeseg.errors import EdgesegError
+    from edgeseg.runtime import Segmenter
+
+    with pytest.raises(EdgesegError, match="could not be read"):
+        Segmenter(tiny_onnx)(None)
+
+
+def test_piped_tables_keep_their_titles_and_file_names_whole(tiny_run, tmp_path):
+    proc = run("eval", tiny_run / "best.pt", "--data", "synthetic:4", "--limit", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("best.pt on synthetic:4 [val, ")  # one line, not wrapped
+    ious = [line.split("│")[2].strip() for line in lines if line.startswith("│")]
+    assert ious and all(len(v.split(".")[-1]) == 4 for v in ious)  # one format: 4 decimals

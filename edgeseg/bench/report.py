@@ -42,9 +42,9 @@ COLUMNS = (
 
 
 def _result_row(r: dict[str, Any]) -> list[str]:
-    if "skipped" in r:
+    if "skipped" in r:  # the reason is printed in full below the table
         what = [r["name"], r["backend_requested"] + _variant(r), r["precision_requested"]]
-        return [*what, f"[yellow]skipped: {r['skipped']}[/]", *[""] * (len(COLUMNS) - 4)]
+        return [*what, "[yellow]skipped[/]", *[""] * (len(COLUMNS) - 4)]
     mo, pl, ra = r["model_only_ms"], r["pipeline"], r["ratios"]
     stages = "/".join(_fmt(pl["stages_ms"][s]["p50"]) for s in STAGES)
     return [
@@ -94,30 +94,52 @@ def _baseline_rows(model: str, base: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def describe_source(source: str) -> str:
+    """``synthetic:960x540@0`` -> ``the synthetic scene at 960x540, unpaced``; files as given."""
+    if source.startswith("synthetic:"):
+        size, _, fps = source[len("synthetic:") :].partition("@")
+        pace = "unpaced" if fps in ("", "0") else f"{fps} FPS"
+        return f"the synthetic road scene at {size}, {pace}"
+    return source
+
+
+def skipped_lines(report: dict[str, Any]) -> list[str]:
+    """One line per configuration that did not run, with its whole reason."""
+    return [
+        f"skipped {r['name']} [{r['backend_requested']}{_variant(r)}, "
+        f"{r['precision_requested']}]: {r['skipped']}"
+        for r in report["results"]
+        if "skipped" in r
+    ]
+
+
 def print_table(report: dict[str, Any], console=None) -> None:
-    """One row per configuration, one row per baseline; every figure with its ratio."""
-    from rich.console import Console
+    """One row per configuration, one row per baseline; every figure with its ratio; then why
+    any configuration was skipped."""
     from rich.table import Table
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a file or pipe: do not squeeze 13 columns into 80 characters
-            console = Console(width=220)
+    from edgeseg._table import console as make_console
+
+    console = console or make_console()
     m, settings = report["machine"], report["settings"]
     gpu = f", {m['gpu']}" if m["gpu"] else ""
     title = (
         f"edgeseg bench — {m['cpu']} ({m['cores']} cores){gpu}, {settings['frames']} frames "
-        f"of {settings['source']}"
+        f"of {describe_source(settings['source'])}"
     )
-    t = Table(title=title, title_justify="left")
+    t = Table()
     for col in COLUMNS:
-        t.add_column(col, justify="left" if col in ("model", "backend", "prec") else "right")
+        left = col in ("model", "backend", "prec")
+        t.add_column(col, justify="left" if left else "right", no_wrap=True)
     for r in report["results"]:
         t.add_row(*_result_row(r))
     for model, base in report["baselines"].items():
         for row in _baseline_rows(model, base):
             t.add_row(*row)
+    console.print(title, soft_wrap=True, markup=False, highlight=False)
     console.print(t)
+    for line in skipped_lines(report):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def _histograms(ax, samples: dict[str, list[float]]) -> None:

@@ -100,12 +100,13 @@ def _file_precision(path: Path) -> str:
 
 
 class Artifacts:
-    """Derives the file each configuration runs through the export chain
-    (:func:`edgeseg.artifacts.export_model`), once, in a work folder that lives as long as the
-    bench run."""
+    """The file each configuration runs: the user's own (the model given, or one exported beside
+    it for that precision: ``model.int8-cpu.onnx`` next to ``model.onnx``), else one derived
+    through the export chain (:func:`edgeseg.artifacts.export_model`), once, in a work folder
+    that lives as long as the bench run. ``say`` tells the user which, as it happens."""
 
-    def __init__(self, work: Path, calib: str | None) -> None:
-        self.work, self.calib = work, calib
+    def __init__(self, work: Path, calib: str | None, say=lambda msg: None) -> None:
+        self.work, self.calib, self.say = work, calib, say
         self._cache: dict[tuple, Path] = {}
 
     def _export(self, model: Path, key: tuple, source: Path, **settings) -> Path:
@@ -115,9 +116,28 @@ class Artifacts:
 
         if key not in self._cache:
             out = self.work / f"{len(self._cache)}_{model.stem}"
+            what = ", ".join(k if v is True else f"{k} {v}" for k, v in settings.items() if v)
+            self.say(f"deriving a model from {source.name} for this run ({what or 'fp32'})")
             res = export_model(ExportConfig(checkpoint=str(source), out=str(out), **settings))
             self._cache[key] = Path(res["files"][-1]["path"])
         return self._cache[key]
+
+    def beside(self, model: Path, precision: str, backend: str) -> Path | None:
+        """An exported file of ``precision`` next to ``model`` that ``backend`` runs, if any."""
+        if precision == "int8":
+            names = [f"model.int8-{'trt' if backend == 'trt' else 'cpu'}.onnx"]
+            names.append(names[0].replace("int8-", "int8-qat-"))
+        elif precision == "fp16":
+            names = ["model.fp16.engine" if backend == "trt" else "model.fp16.onnx"]
+        else:
+            return None
+        if backend == "trt" and precision == "int8":
+            names = [n.replace(".onnx", ".engine") for n in names]
+        for name in names:
+            if (model.parent / name).is_file():
+                self.say(f"measuring {model.parent / name} (exported beside {model.name})")
+                return model.parent / name
+        return None
 
     def _checkpoint(self, model: Path, why: str) -> Path:
         from edgeseg.bench.baselines import checkpoint_for
@@ -147,6 +167,9 @@ class Artifacts:
             return model
         trt = backend == "trt"
         key = (precision, backend, model)
+        mine = self.beside(model, precision, backend)
+        if mine is not None:
+            return mine
         if precision == "fp32":
             if not trt:
                 return self.fp32_onnx(model)
@@ -159,6 +182,10 @@ class Artifacts:
         if not calib:
             raise Skip("INT8 needs calibration frames: pass --calib SPEC|DIR|VIDEO")
         target = "trt" if trt else "cpu"
+        self.say(
+            f"no INT8 file beside {model.name}: quantizing one on 64 frames of {calib} (export "
+            f"your own with 'edgeseg export --int8' to measure it instead)"
+        )
         return self._export(
             model, key, fp32, int8=True, calib=calib, calib_count=64, target=target, trt=trt
         )
@@ -410,9 +437,17 @@ def _row(
     try:
         path = arts.file_for(m, backend, precision)
         extra = "".join(f", {k.replace('_', ' ')}" for k in options)
-        progress(f"{m.name} [{backend}, {precision}{extra}]: {cfg.frames} frames")
+        progress(
+            f"{path.name} [{backend}, {precision}{extra}]: model-only latency, then "
+            f"{cfg.frames} frames through the pipeline"
+        )
+        t0 = time.perf_counter()
         args = (str(path), backend, cfg.device, source, cfg.frames, cfg.warmup)
         row.update(_call(cfg.isolate, measure_config, *args, precision, options))
+        progress(
+            f"  {row['model_only_ms']['p50']:.1f} ms model p50, {row['pipeline']['fps']:.1f} "
+            f"FPS end to end ({time.perf_counter() - t0:.0f} s)"
+        )
         derived = path.is_relative_to(arts.work)  # exported/quantized/built for this run
         row["file"] = f"{path.name} (derived from {m.name})" if derived else str(path)
         row["ratios"] = _ratios(row, base)
@@ -427,7 +462,7 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
     source = normalise_source(cfg.source)
     results, baselines = [], {}
     with tempfile.TemporaryDirectory(prefix="edgeseg-bench-") as work:
-        arts = Artifacts(Path(work), cfg.calib)
+        arts = Artifacts(Path(work), cfg.calib, progress)
         for m in models:
             if cfg.baselines:
                 baselines[str(m)] = _baselines(cfg, arts, m, source, progress)

@@ -6,12 +6,32 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_gflops", "count_params"]
+__all__ = ["count_gflops", "count_params", "deployed_params"]
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (trainable or not; buffers excluded)."""
+    """Number of parameters (trainable or not; buffers excluded), training-only heads included."""
     return sum(p.numel() for p in model.parameters())
+
+
+def deployed_params(model: nn.Module, input_hw: tuple[int, int]) -> int:
+    """Parameters of the network as deployed: those of the modules an eval-mode forward runs
+    (training-only heads, such as BiSeNetV2's boosters, are not exported)."""
+    used: set[int] = set()
+    hooks = [m.register_forward_hook(lambda mod, i, o: used.add(id(mod))) for m in model.modules()]
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_hw, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return sum(
+        p.numel() for m in model.modules() if id(m) in used for p in m.parameters(recurse=False)
+    )
 
 
 def count_gflops(model: nn.Module, input_hw: tuple[int, int]) -> float:

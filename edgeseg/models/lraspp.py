@@ -23,6 +23,8 @@ class LRASPP(nn.Module):
         num_classes: output channels.
         variant, width_mult, minimal: the MobileNetV3 encoder's.
         inter_channels: width of the head's 1x1 branch (128 in the paper).
+        low_stride: stride of the low-level features classified beside the head: 8 (the paper)
+            or 4 (finer logits for thin structures, for a 1x1 convolution more).
         encoder: ``mbv3`` or ``timm:NAME``.
     """
 
@@ -36,14 +38,18 @@ class LRASPP(nn.Module):
         width_mult: float = 1.0,
         minimal: bool = False,
         inter_channels: int = 128,
+        low_stride: int = 8,
         encoder: str = "mbv3",
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        if low_stride not in (4, 8):
+            raise ValueError(f"low_stride must be 4 or 8, got {low_stride}")
+        self.num_classes, self.logits_stride = num_classes, low_stride
         self.encoder = build_encoder(
             encoder, variant=variant, width_mult=width_mult, minimal=minimal, output_stride=16
         )
-        low, high = self.encoder.out_channels[2], self.encoder.out_channels[4]
+        self.low_level = {4: 1, 8: 2}[low_stride]  # index of the low-level feature map
+        low, high = self.encoder.out_channels[self.low_level], self.encoder.out_channels[4]
         self.cbr = ConvBNAct(high, inter_channels, 1)
         self.scale = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(high, inter_channels, 1, bias=False), nn.Sigmoid()
@@ -57,11 +63,14 @@ class LRASPP(nn.Module):
         """Map normalized ``N x 3 x H x W`` images to ``N x num_classes x H x W`` logits."""
         check_input_size(x)
         features = self.encoder(x)
-        low, high = features[2], features[4]  # strides 8 and 16
+        low, high = features[self.low_level], features[4]  # strides 8 (or 4) and 16
+        up = 16.0 / self.logits_stride
         y = self.cbr(high) * self.scale(high)
-        y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        y = F.interpolate(y, scale_factor=up, mode="bilinear", align_corners=False)
         logits = self.low_classifier(low) + self.high_classifier(y)
-        return F.interpolate(logits, scale_factor=8.0, mode="bilinear", align_corners=False)
+        return F.interpolate(
+            logits, scale_factor=float(self.logits_stride), mode="bilinear", align_corners=False
+        )
 
 
 @register_model

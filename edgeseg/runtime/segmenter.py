@@ -116,6 +116,11 @@ class Segmenter:
         (or None): its labels come from the stream's moving average of class scores."""
         if not frames:
             return []
+        if any(f is None for f in frames):
+            raise EdgesegError(
+                "a frame is None: the image could not be read (cv2.imread returns None for a "
+                "missing or unreadable file); check its path"
+            )
         frames = [kernels._check_frame(f) for f in frames]
         smooth = self._check_smooth(smooth, len(frames))
         if self._gpu is not None:

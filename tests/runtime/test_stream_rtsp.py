@@ -156,3 +156,37 @@ def test_realtime_over_rtsp_shows_the_newest_frame_not_a_queue(rtsp_server, tiny
     assert len(late) >= 15 and report["frames_dropped"] > len(ages)
     assert max(late) < 600, late
     assert sum(late[-10:]) / 10 < 2 * sum(late[:10]) / 10 + 100
+
+
+def test_reconnect_waits_for_a_camera_that_is_not_up_yet(rtsp_ready, dashcam, tiny_onnx):
+    """A robot boots before its camera: with reconnect the first open is retried until the
+    server answers, and frames then flow."""
+    from edgeseg.testing import RtspServer
+
+    server = RtspServer(dashcam, size=(320, 180))
+    got: list[int] = []
+    pipe = StreamPipeline(
+        Segmenter(tiny_onnx),
+        [server.url],
+        sinks=[CallbackSink(lambda r: got.append(r.index))],
+        reconnect=True,
+        open_timeout=3,
+    )
+    pipe.start()
+    try:
+        time.sleep(3)
+        assert not got
+        back = time.monotonic()
+        server.start()
+        while not got and time.monotonic() - back < 10:
+            time.sleep(0.05)
+        assert got, "no frame within 10 s of the camera coming up"
+        assert time.monotonic() - back < 2.5
+        time.sleep(1)
+    finally:
+        pipe.stop()
+        report = pipe.join()
+        server.close()
+    assert report["frames_out"] >= 10 and report["exit_code"] == 0
+    src = report["sources"][0]
+    assert src["outages"] and "cannot open stream" in src["outages"][0]["reason"]
