@@ -61,7 +61,7 @@ def summary(out: Path) -> str:
         if c == "default"
     }
     lines = [
-        "| configuration | budget | seeds | val mIoU (mean ± half range) | vs default | "
+        "| configuration | budget | seeds | val mIoU (mean ± half range) | vs default (points) | "
         + " | ".join(THIN)
         + " | iterations |",
         "|---|---|---|---|---|" + "---|" * len(THIN) + "---|",
@@ -70,11 +70,12 @@ def summary(out: Path) -> str:
         mious = [r["val_miou"] for r in runs]
         mean = statistics.mean(mious)
         spread = (max(mious) - min(mious)) / 2
+        spread_text = f" ± {spread:.4f}" if len(runs) > 1 else ""
         delta = f"{100 * (mean - base[minutes]):+.1f}" if minutes in base else ""
         thin = [statistics.mean(r["per_class_iou"].get(c, 0.0) for r in runs) for c in THIN]
         its = statistics.mean(r["iterations"] for r in runs)
         lines.append(
-            f"| {config} | {minutes[1:]} min | {len(runs)} | {mean:.4f} ± {spread:.4f} | {delta} | "
+            f"| {config} | {minutes[1:]} min | {len(runs)} | {mean:.4f}{spread_text} | {delta} | "
             + " | ".join(f"{t:.3f}" for t in thin)
             + f" | {its:.0f} |"
         )

@@ -14,12 +14,12 @@ from typing import Any
 PIPED_WIDTH = 1000
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False, quiet: bool = False):
     """A rich Console: the terminal's width, or wide enough never to wrap when piped."""
     from rich.console import Console
 
-    c = Console(stderr=stderr)
-    return c if c.is_terminal else Console(stderr=stderr, width=PIPED_WIDTH)
+    c = Console(stderr=stderr, quiet=quiet)
+    return c if c.is_terminal else Console(stderr=stderr, quiet=quiet, width=PIPED_WIDTH)
 
 
 def column_format(values: Sequence[Any]) -> str:

@@ -197,7 +197,7 @@ def _print_stream_report(report: dict[str, Any]) -> None:
     latency = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f}"
     rows = [
         ["frames in / out / dropped / failed", counts],
-        ["FPS", report["fps"]],
+        ["FPS", f"{report['fps']:.1f}"],
         ["latency p50 / p95 / p99 / max (ms)", latency],
     ]
     rows += [[f"{k} p50 / p99 (ms)", f"{v['p50']:.2f} / {v['p99']:.2f}"] for k, v in st.items()]
@@ -438,8 +438,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         rows.append([name, deployed, training if training != deployed else "", gflops])
         out[name] = {"params_m": deployed, "params_in_training_m": training, "gflops": gflops}
     h, w = a.input_size
-    columns = ["model", "params (M)", "+ training-only heads", "GFLOPs"]
-    formats = {"params (M)": ".3f", "+ training-only heads": ".3f", "GFLOPs": ".3f"}
+    columns = ["model", "params (M)", "with training-only heads", "GFLOPs"]
+    formats = {"params (M)": ".3f", "with training-only heads": ".3f", "GFLOPs": ".3f"}
     _table(f"{a.num_classes} classes at {h}x{w}", columns, rows, formats)
     _write_json(a.json, out)
     return 0
@@ -453,9 +453,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _stderr():
-    from rich.console import Console
+    from edgeseg._table import console
 
-    return Console(stderr=True)
+    return console(stderr=True)
 
 
 # ---------------------------------------------------------------------------- parser

@@ -54,15 +54,14 @@ def _write_overlay_video(
 
 def run_demo(out: str | Path = "edgeseg_demo", seconds: float = 60.0) -> dict[str, Any]:
     """Train -> export -> segment a clip; returns (and prints) the summary."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from edgeseg._table import console as make_console
+    from edgeseg._table import print_table
     from edgeseg.data.synthetic import render_clip
     from edgeseg.export.onnx import export_onnx
     from edgeseg.runtime import Segmenter
     from edgeseg.train.trainer import TrainConfig, train
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     out = Path(out)
     t_start = time.perf_counter()
     console.rule(f"1/3 train {DEMO_MODEL} on procedural road scenes for {seconds:.0f} s")
@@ -104,13 +103,14 @@ def run_demo(out: str | Path = "edgeseg_demo", seconds: float = 60.0) -> dict[st
         },
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    table = Table(title="edgeseg demo", title_justify="left")
-    table.add_column("")
-    table.add_column("")
-    for k, v in summary.items():
-        if k != "files":
-            table.add_row(k, str(v))
-    for k, v in summary["files"].items():
-        table.add_row(k, v)
-    Console().print(table)
+    rows = [(k, v) for k, v in summary.items() if k != "files"]
+    rows += [(k, v) for k, v in summary["files"].items()]
+    print_table("edgeseg demo", ["result", "value"], [(k, _shown(v)) for k, v in rows])
     return summary
+
+
+def _shown(value: Any) -> str:
+    """One row's value as text: differences in scientific notation, other floats as given."""
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return str(value)

@@ -163,6 +163,15 @@ def test_functions_are_short():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
 
 
+def test_test_modules_have_unique_names():
+    # tests/ folders are not packages: pytest imports each test file under its bare name, so two
+    # files of one name break collection on a clean clone.
+    seen: dict[str, list[str]] = {}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert not {k: v for k, v in seen.items() if len(v) > 1}
+
+
 @pytest.mark.skipif(
     shutil.which("ruff") is None, reason="ruff is not installed (pip install -e '.[dev]')"
 )

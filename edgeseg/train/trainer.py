@@ -34,6 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from edgeseg._io import atomic_path, write_text_atomic
+from edgeseg._table import console as make_console
 from edgeseg.data import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, build_dataset
 from edgeseg.data.datasets import DatasetInfo, SegDataset
 from edgeseg.device import check_gpu_per_process, resolve_device
@@ -798,7 +799,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device, dist_info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    console = Console(stderr=True, quiet=cfg.quiet or not dist_info.main)
+    console = make_console(stderr=True, quiet=cfg.quiet or not dist_info.main)
     seed_everything(cfg.seed + dist_info.rank)
     data = build_data(
         cfg.data,
