@@ -124,15 +124,16 @@ class Artifacts:
 
     def beside(self, model: Path, precision: str, backend: str) -> Path | None:
         """An exported file of ``precision`` next to ``model`` that ``backend`` runs, if any."""
+        # The export chain's names (edgeseg/artifacts.py); an engine is its ONNX's name + .engine.
+        trt = backend == "trt"
+        ext = ".engine" if trt else ".onnx"
         if precision == "int8":
-            names = [f"model.int8-{'trt' if backend == 'trt' else 'cpu'}.onnx"]
-            names.append(names[0].replace("int8-", "int8-qat-"))
+            target = "trt" if trt else "cpu"
+            names = [f"model.int8-{target}{ext}", f"model.int8-qat-{target}{ext}"]
         elif precision == "fp16":
-            names = ["model.fp16.engine" if backend == "trt" else "model.fp16.onnx"]
+            names = [f"model.fp16{ext}"]
         else:
             return None
-        if backend == "trt" and precision == "int8":
-            names = [n.replace(".onnx", ".engine") for n in names]
         for name in names:
             if (model.parent / name).is_file():
                 self.say(f"measuring {model.parent / name} (exported beside {model.name})")
