@@ -83,6 +83,7 @@ class SourceRunner:
         open_options: dict | None = None,
         prepare: Callable[[Frame], None] | None = None,
         on_frame: Callable[[], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.sid, self.spec, self.source = sid, str(spec), source
         self.live = source.live if source is not None else is_live(self.spec)
@@ -91,7 +92,7 @@ class SourceRunner:
         self.max_frames, self.reconnect = max_frames, reconnect
         self.stall_timeout, self.backoff = stall_timeout, backoff
         self.open_options = open_options or {}
-        self.prepare, self.on_frame = prepare, on_frame
+        self.prepare, self.on_frame, self.on_start = prepare, on_frame, on_start
         self.ordered = not hasattr(queue, "has")  # every-frame: results wait for predecessors
         self.count = 0  # frames read so far: the next frame's number
         self.epoch = 0  # openings of the source so far (a reconnect is a new feed)
@@ -122,6 +123,8 @@ class SourceRunner:
             self.busy_since = None
 
     def _run(self, gen: int) -> None:
+        if self.on_start is not None:
+            self.on_start()
         try:
             while not self.stop.is_set() and gen == self.gen:
                 if self.max_frames is not None and self.count >= self.max_frames:

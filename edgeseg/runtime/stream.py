@@ -230,6 +230,7 @@ class StreamPipeline:
                     open_options=self.open_options,
                     prepare=prepare,
                     on_frame=self._notify,
+                    on_start=self._single_threaded_kernels,
                 )
             )
 

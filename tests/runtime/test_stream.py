@@ -16,7 +16,7 @@ import pytest
 
 from edgeseg.data.synthetic import write_clip
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import Segmenter
+from edgeseg.runtime import Segmenter, kernels
 from edgeseg.runtime.sinks import CallbackSink, MaskSink, Sink, VideoSink
 from edgeseg.runtime.sources import CaptureSource, SyntheticSource, open_source
 from edgeseg.runtime.stats import STAGES
@@ -194,6 +194,31 @@ def test_ffmpeg_sources_decode_on_one_thread_where_the_pipeline_fills_the_cores(
         SimpleNamespace(cap=cv2.VideoCapture(str(clip)))
     )  # FFmpeg's choice
     assert threads(CaptureSource(str(clip), "url", "live")) == 1
+
+
+@pytest.mark.skipif(
+    kernels._cpu is None or kernels._cpu.get_num_threads() < 2, reason="needs OpenMP on 2+ cores"
+)
+def test_every_stage_runs_the_kernels_on_one_thread(seg, clip):
+    # The stages run side by side on the cores: an OpenMP team inside one of them spins on cores
+    # busy with the others (the capture thread once did this: preprocessing x8, inference x1.3
+    # slower in the stream, benchmarks/RESULTS.md). Capture, inference and output each count.
+    seen: dict[str, set[int]] = {}
+
+    class Recording(SyntheticSource):
+        def read(self):
+            seen.setdefault("capture", set()).add(kernels._cpu.get_num_threads())
+            return super().read()
+
+    def write(res):
+        seen.setdefault("output", set()).add(kernels._cpu.get_num_threads())
+
+    pipe = StreamPipeline(
+        seg, [Recording((96, 160), fps=0, max_frames=6)], sinks=[CallbackSink(write)]
+    )
+    pipe.run()
+    assert seen == {"capture": {1}, "output": {1}}
+    assert kernels._cpu.get_num_threads() > 1  # the caller's own setting is left alone
 
 
 def test_reconnects_a_live_source_that_dies(seg, clip):
