@@ -10,7 +10,10 @@ Import policy (``tests/test_architecture.py`` enforces the parts that can be che
   objects to walk (start-up figures in benchmarks/RESULTS.md). The modules on that path —
   ``edgeseg.spec``, ``edgeseg.runtime`` except ``backends.torch``, ``edgeseg.data.synthetic``,
   the CLI's parser — import ``torch`` only inside the functions that need it; a test runs such
-  a stream in a subprocess and checks ``torch`` never loaded.
+  a stream in a subprocess and checks ``torch`` never loaded. Nor does the ``onnx`` package
+  (its import, ml_dtypes included, can take a second): the runtime reads and edits ONNX graphs
+  through onnx's generated protobuf classes alone
+  (:func:`edgeseg.runtime.backends.onnxruntime.onnx_proto`).
 - **Spawned measuring processes** (``edgeseg bench``) import what a configuration needs inside
   the functions that measure it, so each configuration's peak memory is its own.
 - Everything else imports at module level.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -30,20 +33,54 @@ ONNX_DTYPES = {
 }
 
 
-def read_onnx_spec(path: str | os.PathLike) -> ModelSpec:
-    """Read the ModelSpec stored in an ONNX file's metadata without building a session."""
-    import onnx
+def onnx_proto() -> ModuleType:
+    """ONNX's generated protobuf module (``ModelProto``, ``TensorProto``, ...), without running
+    ``import onnx`` when nothing has yet.
 
+    ``import onnx`` loads the whole package (helper, checker, shape inference and ml_dtypes, which
+    alone can take a second to import): most of a stream's start-up, for a graph edit that needs
+    only the message classes. The generated module is loaded from onnx's own file under a
+    private name; protobuf hands out one class per message type, so what it parses is an
+    ``onnx.ModelProto`` for every other user in the process.
+    """
+    global _ONNX_PB
+    if "onnx" in sys.modules:
+        return importlib.import_module("onnx.onnx_ml_pb2")
+    if _ONNX_PB is None:
+        found = importlib.util.find_spec("onnx")
+        if found is None or not found.submodule_search_locations:
+            raise EdgesegError("the onnx package is missing: pip install onnx")
+        path = Path(next(iter(found.submodule_search_locations)), "onnx_ml_pb2.py")
+        spec = importlib.util.spec_from_file_location("edgeseg._onnx_ml_pb2", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _ONNX_PB = module
+    return _ONNX_PB
+
+
+_ONNX_PB: ModuleType | None = None
+
+
+def load_onnx_proto(path: str | os.PathLike):
+    """An ONNX file's ``ModelProto`` (external weights not loaded); a clear error when the file
+    is missing or not ONNX."""
     path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx_proto().ModelProto.FromString(path.read_bytes())
+    except OSError as e:
+        raise EdgesegError(f"{path} cannot be read ({e.strerror}); check the path") from None
     except Exception as e:
         raise EdgesegError(
             f"{path} is not a valid ONNX model ({type(e).__name__}); re-export it with 'edgeseg "
             "export'"
         ) from None
+
+
+def read_onnx_spec(path: str | os.PathLike) -> ModelSpec:
+    """Read the ModelSpec stored in an ONNX file's metadata without building a session."""
+    model = load_onnx_proto(path)
     meta = {p.key: p.value for p in model.metadata_props}
-    return _spec_from_meta(meta, path)
+    return _spec_from_meta(meta, Path(path))
 
 
 def _spec_from_meta(meta: dict[str, str], path: Path) -> ModelSpec:
@@ -68,8 +105,6 @@ def lift_trailing_resize(model) -> int:
     output, ``mode=linear``, ``coordinate_transformation_mode=half_pixel``, constant scales
     ``(1, 1, k, k)`` with integer ``k >= 2``.
     """
-    from onnx import helper
-
     graph = model.graph
     if len(graph.output) != 1:
         return 1
@@ -77,13 +112,14 @@ def lift_trailing_resize(model) -> int:
     if len(producers) != 1 or producers[0].op_type != "Resize" or len(producers[0].input) < 3:
         return 1
     node = producers[0]
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {a.name: a for a in node.attribute}
+    text = {k: attrs[k].s for k in ("mode", "coordinate_transformation_mode") if k in attrs}
     if (
-        attrs.get("mode", b"nearest") != b"linear"
-        or attrs.get("coordinate_transformation_mode") != b"half_pixel"
+        text.get("mode", b"nearest") != b"linear"
+        or text.get("coordinate_transformation_mode") != b"half_pixel"
     ):
         return 1
-    if any(attrs.get(k) for k in ("antialias", "exclude_outside")) or "axes" in attrs:
+    if any(attrs[k].i for k in ("antialias", "exclude_outside") if k in attrs) or "axes" in attrs:
         return 1
     scales = _constant(graph, node.input[2])
     if (
@@ -101,26 +137,46 @@ def lift_trailing_resize(model) -> int:
         if name and not any(name in n.input for n in graph.node):
             _drop_constant(graph, name)
     out = graph.output[0]
+    new = type(out)()  # the pre-resize logits, with the spatial sides divided by k
+    new.CopyFrom(out)
+    new.name = node.input[0]
+    dims = new.type.tensor_type.shape.dim
+    if len(dims) == 4:
+        for d in dims[2:]:
+            if d.HasField("dim_value") and d.dim_value:
+                d.dim_value //= k
+            else:
+                d.dim_param = f"{d.dim_param or 'dim'}_before_resize"
+    else:
+        new.type.tensor_type.ClearField("shape")
     graph.output.remove(out)
-    dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
-    if len(dims) == 4:  # (N, C, H, W): the spatial sides before the resize
-        dims[2:] = [
-            d // k if isinstance(d, int) and d else f"{d or 'dim'}_before_resize" for d in dims[2:]
-        ]
-    graph.output.append(
-        helper.make_tensor_value_info(
-            node.input[0], out.type.tensor_type.elem_type, dims if len(dims) == 4 else None
-        )
-    )
+    graph.output.append(new)
     return k
 
 
-def _constant(graph, name: str) -> np.ndarray | None:
-    from onnx import numpy_helper
+# ONNX TensorProto.DataType codes of the constants a Resize's scales may come as.
+_TENSOR_DTYPES = {1: np.float32, 7: np.int64, 10: np.float16, 11: np.float64}
+_TENSOR_FIELDS = {1: "float_data", 7: "int64_data", 11: "double_data"}
 
+
+def _tensor_array(t) -> np.ndarray | None:
+    """A small constant tensor as NumPy (None for a type the lift never needs)."""
+    dtype = _TENSOR_DTYPES.get(t.data_type)
+    if dtype is None:
+        return None
+    if t.raw_data:
+        values = np.frombuffer(t.raw_data, dtype)
+    elif t.data_type in _TENSOR_FIELDS:
+        values = np.asarray(getattr(t, _TENSOR_FIELDS[t.data_type]), dtype)
+    else:
+        return None
+    return values.reshape(tuple(t.dims))
+
+
+def _constant(graph, name: str) -> np.ndarray | None:
     for init in graph.initializer:
         if init.name == name:
-            return numpy_helper.to_array(init)
+            return _tensor_array(init)
     for n in graph.node:
         if (
             n.op_type == "Constant"
@@ -128,7 +184,7 @@ def _constant(graph, name: str) -> np.ndarray | None:
             and n.attribute
             and n.attribute[0].name == "value"
         ):
-            return numpy_helper.to_array(n.attribute[0].t)
+            return _tensor_array(n.attribute[0].t)
     return None
 
 
@@ -203,13 +259,12 @@ def _load_model(path: Path, fuse_resize: bool) -> tuple[str | bytes, int]:
     the lifted upsample factor."""
     if not fuse_resize or not path.is_file():
         return str(path), 1
-    import onnx
-
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable here: ONNX Runtime reports it
+        proto = load_onnx_proto(path)
+    except EdgesegError:  # unreadable here: ONNX Runtime reports it
         return str(path), 1
-    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+    external = onnx_proto().TensorProto.EXTERNAL
+    if any(init.data_location == external for init in proto.graph.initializer):
         return str(path), 1  # weights in other files: leave the graph as written
     k = lift_trailing_resize(proto)
     return (proto.SerializeToString(), k) if k > 1 else (str(path), 1)
