@@ -205,6 +205,7 @@ class MaskSink(Sink):
         if max_files is not None and max_files < 1:
             raise EdgesegError(f"save_masks_max must be at least 1, got {max_files}")
         self._kept: deque[Path] = deque()
+        self._made: set[Path] = set()  # folders created: one mkdir a folder, not one a frame
         self.name = f"save-masks {self.template}"
 
     def start(self, sources: list[str]) -> None:
@@ -218,12 +219,18 @@ class MaskSink(Sink):
         import cv2
 
         folder = self.folder(result.source_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
         shared = self.several and "{source}" not in self.template
         stem = f"{result.source_id}_{result.index:06d}" if shared else f"{result.index:06d}"
         final = folder / f"{stem}.png"
         tmp = folder / f".{stem}.tmp.png"
-        if not cv2.imwrite(str(tmp), result.labels):
+        ok = cv2.imwrite(str(tmp), result.labels)
+        if not ok and not folder.is_dir():  # removed while streaming: made again
+            folder.mkdir(parents=True, exist_ok=True)
+            ok = cv2.imwrite(str(tmp), result.labels)
+        if not ok:
             raise SinkFailed(f"could not write {final}; check the folder is writable and not full")
         os.replace(tmp, final)
         self._kept.append(final)

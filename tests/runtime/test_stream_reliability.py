@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -428,6 +429,19 @@ def test_masks_go_to_a_folder_per_run_and_respect_their_cap(tmp_path):
         "000004.png",
     ]
     assert len(list(b.folder(0).glob("*.png"))) == 5
+
+
+def test_masks_make_their_folder_once_and_again_if_it_is_removed(tmp_path, monkeypatch):
+    made = []
+    mkdir = Path.mkdir
+    monkeypatch.setattr(Path, "mkdir", lambda p, *a, **k: made.append(p) or mkdir(p, *a, **k))
+    sink = MaskSink(tmp_path)
+    for i in range(4):  # no syscall a frame that can be avoided
+        sink.write(_fake_result(index=i))
+    assert made == [sink.folder(0)]
+    shutil.rmtree(sink.folder(0))  # a clean-up job took it while streaming
+    sink.write(_fake_result(index=4))
+    assert [p.name for p in sink.folder(0).iterdir()] == ["000004.png"]
 
 
 # ---------------------------------------------------------------------------- 8. atomic writes
