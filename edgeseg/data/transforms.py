@@ -71,6 +71,10 @@ def _check_hw(name: str, hw) -> tuple[int, int]:
 class TrainTransform:
     """Random scale, pad, crop and flip (image bilinear, mask nearest), colour jitter, normalize.
 
+    ``photometric=True`` adds what differs between cameras and days, for models meant for streets
+    they never saw: gamma, a colour cast (per-channel gain), Gaussian blur and sensor noise
+    (each with its own probability, see :data:`PHOTOMETRIC`).
+
     The scale and crop are one ``cv2.warpAffine`` that renders only the crop, so cost does not
     grow with the scale factor. Padding is 0 for the image and ``ignore_index`` for the mask.
 
@@ -91,6 +95,7 @@ class TrainTransform:
         std: Sequence[float] = IMAGENET_STD,
         base_hw: tuple[int, int] | None = None,
         rng: np.random.Generator | None = None,
+        photometric: bool = False,
     ) -> None:
         self.crop_hw = _check_hw("crop_hw", crop_hw)
         self.base_hw = _check_hw("base_hw", base_hw) if base_hw is not None else None
@@ -111,6 +116,7 @@ class TrainTransform:
         self.ignore_index = int(ignore_index)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.photometric = bool(photometric)
         self._rng = rng
         self._rng_pid = os.getpid() if rng is not None else None
 
@@ -130,14 +136,22 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(crop_hw={self.crop_hw}, scale={self.scale}, hflip={self.hflip}, "
-            f"jitter={self.jitter}, ignore_index={self.ignore_index}, base_hw={self.base_hw})"
+            f"jitter={self.jitter}, ignore_index={self.ignore_index}, base_hw={self.base_hw}, "
+            f"photometric={self.photometric})"
         )
 
     def __call__(self, img: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self._generator()
         out_img, out_mask = self.crop(img, mask, rng)
-        if self.jitter > 0:
-            image = self._jitter(out_img, rng)
+        gains, noise = (1.0, 1.0, 1.0), 0.0
+        if self.photometric:
+            out_img, gains, noise = camera_changes(out_img, rng)
+        if self.jitter > 0 or self.photometric:
+            image = self._jitter(out_img, rng, gains)
+            if noise:
+                image += rng.standard_normal(image.shape, np.float32) * (
+                    np.float32(noise) / np.asarray(self.std, np.float32)[:, None, None]
+                )
         else:
             image = _planes_to_normalized(cv2.split(out_img), self.mean, self.std)
         return torch.from_numpy(image), _mask_tensor(out_mask)
@@ -188,14 +202,17 @@ class TrainTransform:
                 arr[:, x1:] = fill
         return out_img, out_mask
 
-    def _jitter(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Brightness, contrast and saturation jitter fused with normalization.
+    def _jitter(
+        self, img: np.ndarray, rng: np.random.Generator, gains=(1.0, 1.0, 1.0)
+    ) -> np.ndarray:
+        """Brightness, contrast and saturation jitter (and per-channel ``gains``: a colour cast)
+        fused with normalization.
 
         Brightness b, contrast c, saturation s compose to ``A*x + B*gray + C`` per channel, so the
         whole thing is a few whole-plane operations.
         """
         j = self.jitter
-        b, c, s = rng.uniform(1 - j, 1 + j, 3)
+        b, c, s = rng.uniform(1 - j, 1 + j, 3) if j > 0 else (1.0, 1.0, 1.0)
         gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
         m = b * float(gray.mean())
         a_coef = np.float32(s * c * b)
@@ -206,12 +223,42 @@ class TrainTransform:
         # Work in the output planes: fewer temporaries means fewer fresh pages to fault in.
         for ch, x in enumerate(cv2.split(img)):
             p = out[ch]
-            np.multiply(x, a_coef, out=p, casting="unsafe")
+            np.multiply(x, np.float32(a_coef * gains[ch]), out=p, casting="unsafe")
             p += base
             np.clip(p, 0, 255, out=p)
             p *= np.float32(1.0 / self.std[ch])
             p -= np.float32(self.mean[ch] / self.std[ch])
         return out
+
+
+# Camera-to-camera changes of photometric=True: (probability, range) each.
+PHOTOMETRIC = {
+    "gamma": (0.5, (0.7, 1.4)),  # exposure curve
+    "cast": (0.5, (0.9, 1.1)),  # per-channel gain: white balance
+    "blur": (0.25, (0.3, 1.5)),  # Gaussian sigma, pixels: focus, motion, compression
+    "noise": (0.25, (2.0, 8.0)),  # Gaussian sigma on the 0-255 scale: sensor noise
+}
+
+
+def camera_changes(
+    img: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[float, float, float], float]:
+    """Gamma and blur applied to an RGB uint8 crop; the colour cast (per-channel gains) and noise
+    sigma drawn for the caller to fuse with normalization. Each change happens with its
+    probability in :data:`PHOTOMETRIC`; every draw is made either way (a fixed number per
+    sample keeps runs reproducible)."""
+    draws = {k: (rng.random() < p, lo_hi) for k, (p, lo_hi) in PHOTOMETRIC.items()}
+    gamma = rng.uniform(*draws["gamma"][1])
+    gains = rng.uniform(*draws["cast"][1], 3)
+    sigma = rng.uniform(*draws["blur"][1])
+    noise = rng.uniform(*draws["noise"][1])
+    if draws["gamma"][0]:
+        lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma + 0.5, 0, 255).astype(np.uint8)
+        img = cv2.LUT(img, lut)
+    if draws["blur"][0]:
+        img = cv2.GaussianBlur(img, (0, 0), float(sigma))
+    cast = tuple(float(g) for g in gains) if draws["cast"][0] else (1.0, 1.0, 1.0)
+    return img, cast, float(noise) if draws["noise"][0] else 0.0
 
 
 class EvalTransform:

@@ -44,6 +44,11 @@ class TrainConfig:
     weight_decay: float = setting(1e-4, "AdamW weight decay (not on norms and biases)")
     warmup: float = setting(0.03, "fraction of the run spent warming the learning rate up")
     scale: tuple[float, float] = setting((0.5, 1.75), "random scale range", metavar=("MIN", "MAX"))
+    photometric: bool = setting(
+        False,
+        "also vary gamma, colour cast, blur and sensor noise: for cameras and streets the "
+        "data never saw",
+    )
     loss: str = setting("ce+dice", "loss function", choices=LOSSES)
     class_weights: str = setting(
         "auto",

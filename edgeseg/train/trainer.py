@@ -142,6 +142,7 @@ def build_data(
     dist_info: DistInfo | None = None,
     pin_memory: bool = False,
     unlabeled: str | None = None,
+    photometric: bool = False,
 ) -> Data:
     """Train and val sets of ``data`` with their transforms, preloaded when small, and loaders;
     with ``unlabeled`` (a video or image folder) also the loader of Mean Teacher's frames.
@@ -157,7 +158,13 @@ def build_data(
     crop_hw = tuple(crop) if crop else default_crop(input_hw)
     ignore = train_set.info.ignore_index
     train_set.transform = TrainTransform(
-        crop_hw, scale=scale, ignore_index=ignore, mean=mean, std=std, base_hw=input_hw
+        crop_hw,
+        scale=scale,
+        ignore_index=ignore,
+        mean=mean,
+        std=std,
+        base_hw=input_hw,
+        photometric=photometric,
     )
     val_set.transform = EvalTransform(input_hw, mean=mean, std=std)
     if len(train_set) <= 2000:  # decoding PNGs every epoch would dominate a CPU run
@@ -812,6 +819,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dist_info=dist_info,
         pin_memory=device.type == "cuda",
         unlabeled=cfg.unlabeled,
+        photometric=cfg.photometric,
     )
     resume, init = _start_checkpoints(cfg, data.num_classes)
     cfg.model_kwargs = _model_kwargs(cfg, init or resume)

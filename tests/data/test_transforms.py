@@ -217,3 +217,37 @@ def test_normalize() -> None:
 def test_bad_parameters(kwargs, text) -> None:
     with pytest.raises(EdgesegError, match=text):
         TrainTransform(**kwargs)
+
+
+def test_photometric_changes_vary_the_image_only_and_each_one_happens(monkeypatch) -> None:
+    from edgeseg.data import transforms
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(40, 216, (64, 96, 3), dtype=np.uint8)
+    mask = rng.integers(0, 11, (64, 96), dtype=np.uint8)
+
+    def run(photometric: bool, seed: int = 1):
+        t = TrainTransform((64, 96), scale=(1, 1), hflip=False, jitter=0.0, photometric=photometric)
+        t._rng, t._rng_pid = np.random.default_rng(seed), None
+        return t(img, mask)
+
+    plain, plain_mask = run(False)
+    # every change forced on: gamma, cast, blur and noise each leave their trace
+    monkeypatch.setattr(
+        transforms, "PHOTOMETRIC", {k: (1.0, r) for k, (_, r) in transforms.PHOTOMETRIC.items()}
+    )
+    varied, varied_mask = run(True)
+    assert torch.equal(plain_mask, varied_mask)  # geometry and labels untouched
+    rgb = denormalize(varied).astype(np.float32)
+    base = denormalize(plain).astype(np.float32)
+    assert abs(float(rgb.mean() - base.mean())) > 1  # gamma / cast moved the levels
+    means = [float(rgb[..., c].mean() / base[..., c].mean()) for c in range(3)]
+    assert max(means) - min(means) > 0.01  # the channels moved differently: a colour cast
+    residual = rgb - cv2.GaussianBlur(rgb, (0, 0), 2.0)
+    assert residual.std() > 1  # sensor noise on top of the blur
+    assert not torch.equal(varied, run(True, seed=2)[0])  # drawn per sample
+    # and with every probability at zero nothing changes
+    monkeypatch.setattr(
+        transforms, "PHOTOMETRIC", {k: (0.0, r) for k, (_, r) in transforms.PHOTOMETRIC.items()}
+    )
+    assert torch.allclose(run(True)[0], plain, atol=1e-5)
