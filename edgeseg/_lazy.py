@@ -34,6 +34,8 @@ OPTIONAL: dict[str, str] = {
     "pip install 'cuda-python>=12.6.1'",
     "pycuda": "pycuda is not installed: pip install pycuda (needs the CUDA toolkit)",
     "timm": "timm encoders need timm: pip install timm (or pip install 'edgeseg[timm]')",
+    # A dependency of edgeseg, but images made for inference (a GPU machine's) may lack it.
+    "torch_pruning": "edgeseg prune needs torch-pruning: pip install 'torch-pruning>=1.4'",
 }
 
 

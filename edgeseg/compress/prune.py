@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
+from edgeseg._lazy import require
 from edgeseg.compress.config import PruneConfig
 from edgeseg.errors import EdgesegError
 from edgeseg.export.onnx import export_onnx
@@ -76,6 +76,9 @@ def prune_model(
         raise EdgesegError(
             f"ratio must be between 0 and 1 (the fraction of channels to remove), got {ratio}"
         )
+    # Imported here: the rest of edgeseg (and its test collection) works where torch-pruning is
+    # not installed, e.g. a GPU machine's image.
+    tp = require("torch_pruning")
     model.eval()
     example = torch.randn(1, 3, *input_hw)
     pruner = tp.pruner.MetaPruner(
