@@ -4,10 +4,13 @@
 // functions, and edgeseg/runtime/kernels/reference.py is their NumPy statement. Every formula
 // here reproduces that reference operation for operation, in the same precision and order, so
 // labels agree bit for bit and floats to rounding:
-//   - bilinear taps: src = (dst + 0.5) * in / out - 0.5 in double, clamped to [0, in - 1];
-//     the weight is rounded to float once; rows are blended first, then columns (INTER_LINEAR
-//     geometry, without OpenCV's fixed-point rounding);
-//   - nearest taps: floor((2 * dst + 1) * in / (2 * out)) in integers (exact);
+//   - bilinear taps: src = (dst + 0.5) * in / out - 0.5 = ((2 dst + 1) in - out) / (2 out),
+//     clamped to [0, in - 1], in 32-bit integers: the index is the exact quotient and the weight
+//     the remainder over 2 out, one correctly rounded float division; rows are blended first,
+//     then columns (INTER_LINEAR geometry, without OpenCV's fixed-point rounding);
+//   - nearest taps: floor((2 * dst + 1) * in / (2 * out)) in 32-bit integers (exact);
+//   - no double and no 64-bit division per pixel: both are slow on a Jetson's GPU (FP64 runs at
+//     a small fraction of FP32 there). Sides are at most MAX_SIDE, so (2 dst + 1) in fits int32;
 //   - argmax over classes: the first maximum wins;
 //   - overlay: floor(frame * (1 - alpha) + colour * alpha + 0.5) in float.
 // Build the translation units that include this with floating-point contraction off
@@ -101,23 +104,33 @@ struct LinearTap {
     float w;     // weight of i1; i0 gets (1 - w)
 };
 
-// Half-pixel-centre bilinear tap of output sample ``dst`` when ``n_in`` samples become ``n_out``.
+// The longest side any kernel takes: (2 * dst + 1) * in stays below 2^31.
+#define ES_MAX_SIDE 32767
+
+// Half-pixel-centre bilinear tap of output sample ``dst`` when ``n_in`` samples become ``n_out``:
+// src = num / den with num = (2 dst + 1) n_in - n_out and den = 2 n_out, clamped to [0, n_in - 1].
 ES_HD LinearTap linear_tap(int dst, int n_in, int n_out) {
-    double src = ((double)dst + 0.5) * ((double)n_in / (double)n_out) - 0.5;
-    if (src < 0.0) src = 0.0;
-    if (src > (double)(n_in - 1)) src = (double)(n_in - 1);
-    int i0 = (int)src;  // src >= 0: truncation is floor
+    const int num = (2 * dst + 1) * n_in - n_out, den = 2 * n_out;
     LinearTap t;
-    t.i0 = i0;
-    t.i1 = i0 + 1 < n_in ? i0 + 1 : n_in - 1;
-    t.w = (float)(src - (double)i0);
+    t.i0 = 0;
+    t.w = 0.0f;
+    if (num > 0) {
+        const int q = num / den;  // num > 0: truncation is floor
+        if (q >= n_in - 1) {
+            t.i0 = n_in - 1;
+        } else {
+            t.i0 = q;
+            t.w = (float)(num - q * den) / (float)den;  // exact integers below 2^24: one rounding
+        }
+    }
+    t.i1 = t.i0 + 1 < n_in ? t.i0 + 1 : n_in - 1;
     return t;
 }
 
 // Centre-sampling nearest tap, in exact integer arithmetic.
 ES_HD int nearest_tap(int dst, int n_in, int n_out) {
-    i64 i = ((2 * (i64)dst + 1) * (i64)n_in) / (2 * (i64)n_out);
-    return i < n_in ? (int)i : n_in - 1;
+    const int i = ((2 * dst + 1) * n_in) / (2 * n_out);
+    return i < n_in ? i : n_in - 1;
 }
 
 // Blend of four samples: rows (y) first, then columns (x), as the reference does.

@@ -138,3 +138,33 @@ def test_the_cut_counts_changed_pixels_strictly_above_its_fraction():
     state, _ = ref.smooth(a, None, 0.5, cut=0.3)
     assert not ref.smooth(b, state.copy(), 0.5, cut=0.3)[1]  # 3 > floor(0.3 * 10) is false
     assert ref.smooth(b, state.copy(), 0.5, cut=0.2)[1]
+
+
+@pytest.mark.parametrize(
+    "n_in,n_out", [(360, 352), (176, 540), (1, 7), (7, 1), (3840, 480), (240, 32767), (32767, 3)]
+)
+def test_bilinear_taps_are_exact_rationals_rounded_once(n_in, n_out):
+    from fractions import Fraction
+
+    i0, i1, w = ref._linear_taps(n_in, n_out)
+    for dst in {d for d in (0, 1, n_out // 3, n_out // 2, n_out - 2, n_out - 1) if 0 <= d < n_out}:
+        src = min(max(Fraction(2 * dst + 1, 2) * n_in / n_out - Fraction(1, 2), 0), n_in - 1)
+        lo = int(src)  # floor: src >= 0
+        assert i0[dst] == lo and i1[dst] == min(lo + 1, n_in - 1)
+        assert w[dst] == np.float32(float(src - lo))  # one rounding of the exact weight
+
+
+def test_the_shared_pixel_maths_has_no_double_and_no_64_bit_division():
+    # FP64 and 64-bit division run at a fraction of FP32 speed on a Jetson's GPU: the per-pixel
+    # maths that CPU and CUDA share keeps to 32-bit (fault 11 of issue 23).
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[2] / "cpp_ext" / "include" / "pixel_ops.h").read_text()
+    code = "\n".join(line.split("//")[0] for line in src.splitlines())
+    assert "double" not in code
+    assert "(i64)n_in" not in code and "(i64)n_out" not in code
+
+
+def test_sides_above_the_kernels_limit_are_refused():
+    with pytest.raises(ValueError, match="at most 32767"):
+        ref.preprocess(np.zeros((1, ref.MAX_SIDE + 1, 3), np.uint8), (32, 32), [0] * 3, [1] * 3)

@@ -96,6 +96,8 @@ def _check_hw(size_hw, name: str) -> tuple[int, int]:
         raise ValueError(f"{name} must be (height, width), got {size_hw!r}") from None
     if h < 1 or w < 1:
         raise ValueError(f"{name} must be positive, got {h}x{w}")
+    if max(h, w) > reference.MAX_SIDE:
+        raise ValueError(f"{name} sides must be at most {reference.MAX_SIDE}, got {h}x{w}")
     return h, w
 
 
@@ -122,6 +124,8 @@ def _check_scores(scores) -> np.ndarray:
         raise ValueError(f"logits need 1 to 256 classes for uint8 labels, got {scores.shape[1]}")
     if min(scores.shape[-2:]) < 1:
         raise ValueError(f"scores are empty: {scores.shape}")
+    if max(scores.shape[-2:]) > reference.MAX_SIDE:
+        raise ValueError(f"scores sides must be at most {reference.MAX_SIDE}: {scores.shape}")
     return np.ascontiguousarray(scores)
 
 

@@ -2,7 +2,9 @@
 
 Conventions (shared by every implementation):
 - Bilinear resampling uses half-pixel centres, ``src = (dst + 0.5) * in / out - 0.5`` clamped at
-  the borders (OpenCV's INTER_LINEAR, without its fixed-point rounding).
+  the borders (OpenCV's INTER_LINEAR, without its fixed-point rounding), the index and weight
+  from exact integers (one float32 division for the weight).
+- Sides are at most :data:`MAX_SIDE` (the kernels' 32-bit tap arithmetic).
 - Nearest resampling of labels also uses centres: ``src = floor((dst + 0.5) * in / out)``, in
   exact integer arithmetic so every implementation agrees bit for bit. This is OpenCV's
   INTER_NEAREST_EXACT except where a sample falls exactly on a pixel edge: there we take the
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_SIDE = 32767  # pixel_ops.h ES_MAX_SIDE
+
 
 def _check_frame(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray):
@@ -26,15 +30,24 @@ def _check_frame(frame: np.ndarray) -> None:
         raise TypeError(f"frame must be uint8 BGR (H, W, 3), got dtype {frame.dtype}")
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
         raise ValueError(f"frame must be uint8 BGR with shape (H, W, 3), got shape {frame.shape}")
+    if max(frame.shape[:2]) > MAX_SIDE:
+        raise ValueError(f"frame sides must be at most {MAX_SIDE} pixels, got {frame.shape[:2]}")
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and upper weight of each output sample along one axis."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, n_in - 1)
-    i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+    """Lower index, upper index and upper weight of each output sample along one axis.
+
+    ``src = ((2 dst + 1) in - out) / (2 out)`` clamped to ``[0, in - 1]``, exactly: the index is
+    the integer quotient, the weight the remainder over ``2 out`` in one float32 division (what
+    the kernels compute in 32-bit integers, pixel_ops.h)."""
+    num = (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in - n_out
+    den = 2 * n_out
+    q = np.maximum(num, 0) // den
+    top = q >= n_in - 1
+    i0 = np.where(top, n_in - 1, q)
+    rem = np.where((num > 0) & ~top, num - q * den, 0)
+    w = rem.astype(np.float32) / np.float32(den)
+    return i0, np.minimum(i0 + 1, n_in - 1), w
 
 
 def _nearest_taps(n_in: int, n_out: int) -> np.ndarray:
