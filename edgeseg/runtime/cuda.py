@@ -149,7 +149,12 @@ class Driver:
         self.nvrtc = nvrtc or require("cuda.bindings.nvrtc")
         self.index = device
         try:
-            check(self.cu.cuInit(0), "cuInit")
+            try:
+                check(self.cu.cuInit(0), "cuInit")
+            except CudaError:
+                raise
+            except (RuntimeError, OSError) as e:  # cuda-bindings 13: no libcuda.so to load
+                raise CudaError(f"the CUDA driver could not be loaded ({e})") from None
             count = check(self.cu.cuDeviceGetCount(), "cuDeviceGetCount")
             if not 0 <= device < count:
                 raise CudaError(f"this machine has {count} CUDA GPU(s), numbered from 0")
@@ -162,7 +167,6 @@ class Driver:
             raise EdgesegError(
                 f"no usable CUDA device {device} ({e}); check nvidia-smi and the driver"
             ) from None
-        self._local = threading.local()
         self.make_current()
         attr = self.cu.CUdevice_attribute
         major = check(
@@ -181,10 +185,19 @@ class Driver:
         self._lock = threading.Lock()
 
     def make_current(self) -> None:
-        """Bind this GPU's context to the calling thread (once per thread)."""
-        if not getattr(self._local, "current", False):
+        """Bind this GPU's context to the calling thread, unless it is the one this thread last
+        bound (one record per thread for every driver: a thread that used GPU 1 and comes back
+        to GPU 0 binds GPU 0's context again)."""
+        if getattr(_CURRENT, "context", None) is not self.context:
             check(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
-            self._local.current = True
+            _CURRENT.context = self.context
+
+    def ensure_current(self) -> None:
+        """:meth:`make_current` after asking the driver which context is current: other code on
+        this thread (PyTorch on another GPU, the CUDA runtime) may have changed it since."""
+        current = check(self.cu.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        _CURRENT.context = self.context if _same(current, self.context) else None
+        self.make_current()
 
     def gpu_name(self) -> str:
         raw = check(self.cu.cuDeviceGetName(256, self.device), "cuDeviceGetName")
@@ -292,19 +305,22 @@ class Driver:
 
     # -- kernels
     def compile(self, sources: dict[str, str]) -> bytes:
-        """NVRTC: kernels.cu (+ pixel_ops.h in memory) -> CUBIN for this GPU, cached on disk."""
+        """NVRTC: kernels.cu (+ pixel_ops.h in memory) -> CUBIN for this GPU (or PTX for the
+        driver to finish, see :func:`nvrtc_target`), cached on disk."""
         nv = self.nvrtc
         version = check(nv.nvrtcVersion(), "nvrtcVersion")
-        options = (*NVRTC_OPTIONS, f"--gpu-architecture={self.arch}")
+        supported = list(check(nv.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs"))
+        target, cubin = nvrtc_target(self.arch, supported, version)
+        options = (*NVRTC_OPTIONS, f"--gpu-architecture={target}")
         key = hashlib.sha256(repr((sources, options, version)).encode()).hexdigest()[:24]
-        path = cache_dir() / f"kernels-{self.arch}-{key}.cubin"
+        path = cache_dir() / f"kernels-{target}-{key}.{'cubin' if cubin else 'ptx'}"
         if path.is_file():
             return path.read_bytes()
-        cubin = nvrtc_compile(nv, sources, options, want_cubin=True)
+        image = nvrtc_compile(nv, sources, options, want_cubin=cubin)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(cubin)
-        return cubin
+            Path(tmp).write_bytes(image)
+        return image
 
     def function(self, name: str) -> Any:
         self.make_current()
@@ -339,6 +355,31 @@ class Driver:
         del holders  # the driver has copied the values by the time cuLaunchKernel returns
 
 
+def nvrtc_target(arch: str, supported: list[int], version: Any = None) -> tuple[str, bool]:
+    """(``--gpu-architecture`` value, whether it is a CUBIN) for a device ``arch`` (``sm_87``).
+
+    NVRTC builds machine code only for the architectures it lists (NVRTC 13: sm_75 and newer,
+    without sm_101), and a CUBIN runs on its own major version at the same or a higher minor.
+    So: the highest listed architecture not above the device's; a CUBIN when it shares the
+    device's major version, else PTX of it, which the driver compiles for the device (a GPU
+    newer than this NVRTC). A device older than everything listed (sm_72, Jetson Xavier, under
+    NVRTC 13) gets no CUDA kernels: an :class:`EdgesegError` the caller falls back on.
+    """
+    dev = int(arch.removeprefix("sm_"))
+    below = [a for a in supported if a <= dev]
+    if not below:
+        lowest = f"sm_{min(supported)}" if supported else "no architecture"
+        raise EdgesegError(
+            f"this GPU is {arch}, and NVRTC {'.'.join(map(str, version or ()))} builds for "
+            f"{lowest} and newer: the CUDA kernels cannot be built for it (the NVRTC of "
+            "CUDA 12, cuda-python<13, still builds for sm_72)"
+        )
+    best = max(below)
+    if best // 10 == dev // 10:
+        return f"sm_{best}", True
+    return f"compute_{best}", False
+
+
 def nvrtc_compile(
     nv: Any, sources: dict[str, str], options: tuple[str, ...], want_cubin: bool
 ) -> bytes:
@@ -359,7 +400,7 @@ def nvrtc_compile(
             size = check(nv.nvrtcGetProgramLogSize(prog))
             log = b" " * size
             nv.nvrtcGetProgramLog(prog, log)
-            raise RuntimeError(
+            raise CudaError(
                 f"NVRTC failed to compile {KERNEL_FILE}:\n{log.decode(errors='replace')}"
             )
         get_size, get = (
@@ -396,7 +437,7 @@ class PyCudaDriver(Driver):
         self.index = device
         self.dev = self.drv.Device(device)
         self.ctx = self.dev.retain_primary_context()
-        self._local = threading.local()
+        self._local = threading.local()  # pycuda: a context stack per thread, pushed once
         self.make_current()
         major, minor = self.dev.compute_capability()
         self.arch = f"sm_{major}{minor}"
@@ -408,6 +449,9 @@ class PyCudaDriver(Driver):
         if not getattr(self._local, "current", False):
             self.ctx.push()
             self._local.current = True
+
+    def ensure_current(self) -> None:
+        self.make_current()
 
     def gpu_name(self) -> str:
         return str(self.dev.name())
@@ -494,6 +538,18 @@ class PyCudaDriver(Driver):
         holders, _ = pack_args(SIGNATURES[name], args)
         values = [h if h.size > 1 else h[0] for h in holders]  # numpy scalars carry their C type
         fn(*values, grid=tuple(grid), block=tuple(block), stream=stream or None)
+
+
+# The context each thread last bound through a Driver (cuCtxSetCurrent is per thread).
+_CURRENT = threading.local()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two context handles name the same context (cuda-python hands out new objects)."""
+    try:
+        return a is b or int(a) == int(b)
+    except (TypeError, ValueError):
+        return False
 
 
 _DRIVERS: dict[int, Driver] = {}

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from edgeseg.device import cuda_index
+from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, DeviceIO
-from edgeseg.runtime.cuda import DeviceBuffer, Driver, get_driver
+from edgeseg.runtime.cuda import CudaError, DeviceBuffer, Driver, get_driver
 from edgeseg.runtime.kernels.cuda import ColourTables, CudaKernels, scratch_bytes
 from edgeseg.runtime.smoothing import SmoothState
 from edgeseg.spec import ModelSpec
@@ -83,7 +84,15 @@ class GpuPipeline:
     ) -> None:
         self.backend, self.spec, self.mode = backend, backend.spec, mode
         self.drv = driver or get_driver(cuda_index(backend.device))
-        self.drv.load_kernels()  # module loading is not allowed inside a graph capture
+        try:
+            self.drv.load_kernels()  # module loading is not allowed inside a graph capture
+        except CudaError as e:  # NVRTC or the module loader refused: the caller falls back
+            first = str(e).splitlines()[0]
+            raise EdgesegError(
+                f"the CUDA kernels could not be built for {self.drv.arch}: {first}"
+            ) from None
+        except RuntimeError as e:
+            raise EdgesegError(f"the CUDA kernels could not be loaded ({e})") from None
         self.kernels, self.tables = CudaKernels(self.drv), ColourTables(self.drv)
         own = backend.device_stream()
         self.stream = own if own is not None else self.drv.stream_create()
@@ -237,7 +246,7 @@ class GpuPipeline:
         is one launch, reported whole as ``infer``). ``smooth``: a stream's moving average per
         frame, or None (see :mod:`edgeseg.runtime.smoothing`)."""
         t0 = time.perf_counter()
-        self.drv.make_current()
+        self.drv.ensure_current()  # once a step: PyTorch may have switched GPUs on this thread
         io = self.backend.device_io(len(frames))
         smooth = list(smooth) if smooth is not None else [None] * len(frames)
         if any(s is not None for s in smooth) and io.output_dtype not in (np.float32, np.float16):

@@ -70,6 +70,8 @@ class FakeGpu:
         self._next_ptr = 0x7F0000000000
         self.contexts = {d: Handle("CUcontext") for d in range(devices)}
         self.events: dict[Handle, float] = {}
+        self.cc = (8, 7)  # compute capability (Jetson Orin)
+        self.nvrtc_archs = [75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121]  # NVRTC 13.0
         self.cu = self._driver_module()
         self.nvrtc = self._nvrtc_module()
 
@@ -131,8 +133,11 @@ class FakeGpu:
             gpu._local.ctx = ctx
             return (r,)
 
+        def cuCtxGetCurrent():
+            return (gpu._call("cuCtxGetCurrent", False), getattr(gpu._local, "ctx", None))
+
         def cuDeviceGetAttribute(attrib, dev):
-            return (gpu._call("cuDeviceGetAttribute", False), 8 if "MAJOR" in attrib else 7)
+            return (gpu._call("cuDeviceGetAttribute", False), gpu.cc[0 if "MAJOR" in attrib else 1])
 
         def cuDeviceGetName(length, dev):
             return (
@@ -292,8 +297,13 @@ class FakeGpu:
         )
 
     def _nvrtc_module(self) -> SimpleNamespace:
+        gpu = self
+
+        def nvrtcGetSupportedArchs():
+            return (OK, list(gpu.nvrtc_archs))
+
         def nvrtcVersion():
-            return (OK, 12, 6)
+            return (OK, 13, 0)
 
         def nvrtcCreateProgram(src, name, n, headers, include_names):
             return (OK, Handle("nvrtcProgram"))
@@ -305,6 +315,12 @@ class FakeGpu:
             return (OK, 8)
 
         def nvrtcGetCUBIN(prog, buf):
+            return (OK,)
+
+        def nvrtcGetPTXSize(prog):
+            return (OK, 8)
+
+        def nvrtcGetPTX(prog, buf):
             return (OK,)
 
         def nvrtcDestroyProgram(prog):
