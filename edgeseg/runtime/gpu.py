@@ -17,6 +17,7 @@ single launch (recaptured when a frame size changes). Everything is released by 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ from edgeseg.runtime.cuda import CudaError, DeviceBuffer, Driver, get_driver
 from edgeseg.runtime.kernels.cuda import ColourTables, CudaKernels, scratch_bytes
 from edgeseg.runtime.smoothing import SmoothState
 from edgeseg.spec import ModelSpec
+
+MAX_GRAPHS = 8  # captured steps kept (each holds device memory); the least recently used goes
 
 KINDS = {
     np.dtype(np.float32): "f32",
@@ -101,7 +104,7 @@ class GpuPipeline:
         self.graph_kind = backend.caps.graph if cuda_graph else None
         self._slots: dict[tuple[int, tuple[int, int]], _Slot] = {}
         self._scratch: dict[int, DeviceBuffer] = {}
-        self._graphs: dict[tuple, Any] = {}
+        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
         self._ran_eagerly: set[tuple] = set()
         self._smooth: dict[int, SmoothState] = {}  # states holding device buffers of this pipeline
 
@@ -146,10 +149,14 @@ class GpuPipeline:
 
     def _drop_graphs(self) -> None:
         for graph in self._graphs.values():
-            if self.graph_kind == "driver":
-                self.drv.graph_destroy(graph)
+            self._destroy(graph)
         self._graphs.clear()
         self._ran_eagerly.clear()
+
+    def _destroy(self, graph: Any) -> None:
+        """Release a captured step (a torch graph's memory pool goes with its last reference)."""
+        if self.graph_kind == "driver":
+            self.drv.graph_destroy(graph)
 
     # -- one step
     def _enqueue(self, step: _Step, timed: bool) -> None:
@@ -274,7 +281,9 @@ class GpuPipeline:
         averages = tuple(
             None if st is None else (st.device["ema"].ptr, st.keep, st.cut) for st in smooth
         )
-        key = (len(frames), tuple(s.hw for s in slots), overlay_alpha, averages)
+        # What a captured step bakes in: buffer addresses (the colour table's among them: a
+        # table evicted and replaced lives elsewhere) and kernel scalars.
+        key = (len(frames), tuple(s.hw for s in slots), table, averages)
         timings = self._launch(step, key)
         results = [(s.h_labels.copy(), s.h_vis.copy() if overlay else None) for s in slots]
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -284,6 +293,7 @@ class GpuPipeline:
         drv, e, s = self.drv, self.events, self.stream
         drv.event_record(e[0], s)
         if key in self._graphs:
+            self._graphs.move_to_end(key)
             self._replay(self._graphs[key])
             drv.event_record(e[3], s)
             drv.stream_synchronize(s)
@@ -304,6 +314,10 @@ class GpuPipeline:
         if self.graph_kind is not None:
             if key in self._ran_eagerly:  # warmed up (lazy initialisations done): capture
                 self._graphs[key] = self._capture(step)
+                while len(self._graphs) > MAX_GRAPHS:
+                    self._destroy(self._graphs.popitem(last=False)[1])
+            if len(self._ran_eagerly) > 8 * MAX_GRAPHS:  # keys only, but never without bound
+                self._ran_eagerly.clear()
             self._ran_eagerly.add(key)
         return timings
 

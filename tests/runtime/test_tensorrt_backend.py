@@ -299,3 +299,25 @@ def test_smoothing_on_the_gpu_pipeline_equals_the_cpu_path(
     assert graphs >= (3 if cuda_graph else 0)  # frame 3's restart ran as a replay
     seg.close()
     assert not gpu.memory and not any(gpu.live.values())
+
+
+def test_graph_replays_never_read_an_evicted_colour_table_and_graphs_are_bounded(
+    gpu, tiny_onnx, tmp_path, frame, monkeypatch
+):
+    """Six overlay opacities in turn, twice over, under CUDA graphs: ColourTables keeps four, so
+    the graph of an opacity met again must not replay a freed table (the fake GPU faults on
+    freed memory), and the graphs kept stay within MAX_GRAPHS."""
+    from edgeseg.runtime import gpu as gpu_pipeline
+
+    monkeypatch.setattr(gpu_pipeline, "MAX_GRAPHS", 3)
+    seg = Segmenter(_engine(tiny_onnx, tmp_path), cuda_graph=True)
+    ref = Segmenter(tiny_onnx, fuse_resize=False)
+    alphas = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    for _ in range(2):
+        for alpha in alphas:
+            for _ in range(3):  # eager, capture, replay
+                np.testing.assert_array_equal(seg(frame, alpha).vis, ref(frame, alpha).vis)
+    assert 0 < len(seg._gpu._graphs) <= 3
+    assert len(gpu.live["exec"]) == len(seg._gpu._graphs)  # evicted graphs were destroyed
+    seg.close()
+    assert not any(gpu.live.values()) and not gpu.memory
