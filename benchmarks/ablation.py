@@ -8,7 +8,8 @@ configuration's flags, written to ``runs/ablation/<config>-m<M>-s<S>`` (a finish
 repeated). Runs go one after another: on a 2-core CPU two at once would each get half the
 machine and a time budget would mean something else. The summary gives, per configuration, the
 mean val mIoU over seeds, its spread (half the range), the difference to ``default`` and the
-thin classes' IoU (Pole, SignSymbol, Pedestrian, Bicyclist).
+thin classes' IoU (Pole, SignSymbol, Pedestrian, Bicyclist). ``--minutes`` takes fractions;
+``--data SPEC`` trains on another dataset (give it its own ``--out``).
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ CONFIGS: dict[str, list[str]] = {
 THIN = ("Pole", "SignSymbol", "Pedestrian", "Bicyclist")
 
 
-def run(out: Path, config: str, minutes: float, seed: int, extra: list[str]) -> Path:
+def run(
+    out: Path, config: str, minutes: float, seed: int, extra: list[str], data: str = DATA
+) -> Path:
     folder = out / f"{config}-m{minutes:g}-s{seed}"
     if (folder / "metrics.json").is_file():
         return folder
-    cmd = [sys.executable, "-m", "edgeseg", "train", "--data", DATA, "--minutes", str(minutes)]
+    cmd = [sys.executable, "-m", "edgeseg", "train", "--data", data, "--minutes", str(minutes)]
     cmd += ["--seed", str(seed), "--out", str(folder), "--quiet", *CONFIGS[config], *extra]
     print(" ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
@@ -88,6 +91,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--data", default=DATA, help=f"dataset spec for every run (default: {DATA})")
     ap.add_argument("--summary", action="store_true", help="print the table and stop")
     ap.add_argument("extra", nargs="*", help="more edgeseg train flags for every run (after --)")
     a = ap.parse_args()
@@ -95,7 +99,7 @@ def main() -> None:
     if not a.summary:
         for seed in a.seeds:
             for config in a.configs:
-                run(out, config, a.minutes, seed, a.extra)
+                run(out, config, a.minutes, seed, a.extra, a.data)
     print(summary(out))
 
 

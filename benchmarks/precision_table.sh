@@ -4,11 +4,14 @@
 # path, then ONNX Runtime CPU latency of all of them with `edgeseg bench` (same run).
 # Usage: benchmarks/precision_table.sh CKPT [OUT]      (~15 min on a 2-core CPU)
 #        QAT_EPOCHS=0 benchmarks/precision_table.sh ...  skips the QAT rows
+# Environment: CAMVID (dataset folder, default ../shared/data/camvid), QAT_EPOCHS (default 3),
+# BENCH_FRAMES (frames `edgeseg bench` times, default 200).
 set -euo pipefail
 CKPT=${1:?usage: benchmarks/precision_table.sh CKPT [OUT]}
 OUT=${2:-runs/precision}
 DATA=camvid:${CAMVID:-../shared/data/camvid}
 QAT_EPOCHS=${QAT_EPOCHS:-3}
+BENCH_FRAMES=${BENCH_FRAMES:-200}
 mkdir -p "$OUT"
 edgeseg export "$CKPT" --out "$OUT" --json "$OUT/export_fp32.json"                    # model.onnx
 edgeseg export "$CKPT" --out "$OUT" --fp16 --json "$OUT/export_fp16.json"             # model.fp16.onnx
@@ -31,7 +34,7 @@ if [ "$QAT_EPOCHS" -gt 0 ]; then   # last QAT run's float weights
 fi
 BENCH=("$OUT/model.onnx" "$OUT/model.int8-cpu.onnx" "$OUT/model.fp16.onnx")
 [ "$QAT_EPOCHS" -gt 0 ] && BENCH+=("$OUT/model.int8-qat-cpu.onnx")
-edgeseg bench "${BENCH[@]}" --no-baselines --frames 200 --json "$OUT/bench.json"
+edgeseg bench "${BENCH[@]}" --no-baselines --frames "$BENCH_FRAMES" --json "$OUT/bench.json"
 python - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]

@@ -1,14 +1,15 @@
 """Soak against a real RTSP server that dies and returns: memory, descriptors, threads, order.
 
     python benchmarks/rtsp_soak.py --model runs/small/model.onnx [--frames 10000] [--cycles 5]
+        [--warmup 1000] [--sample-every 500]
 
 A real gst-rtsp-server (edgeseg.testing.RtspServer, on the OS's Python) serves the dash-cam clip
 at ``--fps`` (default 50, so 10,000 frames take minutes, not hours); ``edgeseg``'s stream
 pipeline reads it in realtime mode with reconnect on, and the server is SIGKILLed and restarted
-``--cycles`` times, evenly spread. Sampled every 500 frames in this process: resident memory,
-open file descriptors, OS threads. Reported: RSS growth after warm-up, descriptors and threads at
-the end against warm-up, reconnects, frames out, and whether every frame came out in send order
-(the server's stamp in each frame).
+``--cycles`` times, evenly spread. Sampled every ``--sample-every`` frames (500) in this process:
+resident memory, open file descriptors, OS threads. Reported: RSS growth after warm-up (frame
+``--warmup``), descriptors and threads at the end against warm-up, reconnects, frames out, and
+whether every frame came out in send order (the server's stamp in each frame).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--down", type=float, default=2.0, help="seconds the server stays dead")
     ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--sample-every", type=int, default=500, help="frames between samples")
     ap.add_argument("--json")
     a = ap.parse_args()
     if why := rtsp_server_missing():
@@ -60,7 +62,7 @@ def main() -> None:
     def on_result(res) -> None:
         stamps.append(read_stamp(res.frame))
         n = len(stamps)
-        if n % 500 == 0:
+        if n % a.sample_every == 0:
             with lock:
                 samples.append({"frames": n, **process_sample()})
         if n >= a.frames:

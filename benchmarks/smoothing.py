@@ -1,18 +1,21 @@
 """Temporal smoothing on the dash-cam clip: how much steadier the labels get, and what it costs.
 
     python benchmarks/smoothing.py --model runs/small/model.onnx [--smooth 0.5] [--repeats 7]
+        [--frames N]
 
 Flicker is the fraction of pixels whose label changes between consecutive frames at 960x540,
 averaged over the clip, without smoothing and with ``--smooth A`` (the labels ``edgeseg stream``
 would produce: the same kernels, frames in order). Cost is the post-processing time per frame
 with and without the moving-average update, both the runtime's kernels on the model's own
 output (logits before the fused trailing resize), timed in alternating passes over the clip
-(``--repeats``), the median of each pass's per-frame median, and their difference.
+(``--repeats``), the median of each pass's per-frame median, and their difference. ``--frames``
+uses only the clip's first N frames (default: all of it).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -24,15 +27,15 @@ import numpy as np
 CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "dashcam_960x540.mp4"
 
 
-def model_outputs(model: str, clip: Path):
-    """The Segmenter, the clip's frames and the model's output for each (as post-processing
-    gets it)."""
+def model_outputs(model: str, clip: Path, max_frames: int | None = None):
+    """The Segmenter, the clip's (first ``max_frames``) frames and the model's output for each
+    (as post-processing gets it)."""
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.sources import open_source
 
     seg = Segmenter(model)
     with open_source(str(clip)) as src:
-        frames = [f.image for f in src]
+        frames = [f.image for f in itertools.islice(src, max_frames)]
     scores = [seg.backend.infer(seg.preprocess([f])).copy() for f in frames]
     return seg, frames, scores
 
@@ -69,12 +72,17 @@ def main() -> None:
     ap.add_argument("--clip", default=str(CLIP))
     ap.add_argument("--smooth", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument(
+        "--frames", type=int, help="use only the clip's first N frames, at least 2 (default: all)"
+    )
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.frames is not None and a.frames < 2:
+        ap.error("--frames must be at least 2 (flicker compares consecutive frames)")
     from edgeseg.runtime import kernels
 
     kernels._cpu.set_num_threads(1)  # as in the stream: one thread per stage
-    seg, frames, scores = model_outputs(a.model, Path(a.clip))
+    seg, frames, scores = model_outputs(a.model, Path(a.clip), a.frames)
     plain = flicker(labels_of(seg, frames, scores, 0.0))
     smooth = flicker(labels_of(seg, frames, scores, a.smooth))
     post, post_smooth = [], []

@@ -1,10 +1,12 @@
 """Soak: many synthetic frames through the stream pipeline, with resident memory sampled as it runs.
 
     python benchmarks/stream_soak.py --model runs/small/model.onnx [--frames 20000] [--size 640x360]
+        [--warmup 1000] [--sample-every 500]
 
 The synthetic camera is unpaced (as fast as the pipeline takes frames), in every-frame mode, with
 the overlay blended and recorded to an mp4 in a temp folder and masks discarded by a callback.
-Prints RSS after warm-up (frame 1,000) and at the end; the growth should stay under 20 MB.
+Resident memory is sampled every ``--sample-every`` frames (500). Prints RSS after warm-up (frame
+``--warmup``, 1,000) and at the end; the growth should stay under 20 MB.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ def main() -> None:
     from edgeseg.runtime.sources import SyntheticSource
     from edgeseg.runtime.stream import StreamPipeline
 
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--frames", type=int, default=20000)
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--sample-every", type=int, default=500, help="frames between RSS samples")
     ap.add_argument("--json")
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
@@ -41,7 +44,7 @@ def main() -> None:
     lock = threading.Lock()
 
     def on_result(res) -> None:
-        if res.index % 500 == 0:
+        if res.index % a.sample_every == 0:
             with lock:
                 samples.append((res.index, rss_mb()))
 
