@@ -321,7 +321,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--source", type=Path, default=CLIP, help="the clip for the stream")
     ap.add_argument("--max-frames", type=int, help="stream at most this many frames")
     ap.add_argument("--bench-frames", type=int, default=100, help="model: timed calls per run")
-    ap.add_argument("--kernel-iters", type=int, default=200, help="kernels: timed calls per op")
+    ap.add_argument("--kernel-iters", type=int, default=1000, help="kernels: timed calls per op")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeseg" / "compare")
     ap.add_argument("--json", type=Path, help="write the result (every value) as JSON")
     a = ap.parse_args(argv)
