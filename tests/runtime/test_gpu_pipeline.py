@@ -25,16 +25,30 @@ def cuda_ok():
     pytest.importorskip("cuda.bindings.driver")
 
 
-def test_graph_replays_equal_eager_exactly(cuda_ok, tiny_run, frames):
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+# Labels of two float computations of the same model agree except at near-ties: different
+# cuDNN algorithms (chosen per batch size), oneDNN against cuDNN, FP16 against FP32 round
+# differently. Bounds real rounding cannot cross; a wrong kernel or buffer lands far below.
+SAME_MATHS, OTHER_ALGORITHM, OTHER_PRECISION = 1.0, 0.999, 0.995
+
+
+def test_graph_replays_equal_eager(cuda_ok, tiny_run, frames):
     eager = Segmenter(tiny_run / "best.pt", device="cuda")
     graph = Segmenter(tiny_run / "best.pt", device="cuda", cuda_graph=True)
     assert eager.kernels == graph.kernels == "cuda"
     for _ in range(3):  # eager, capture, replays
         for f in frames:
             a, b = eager(f, 0.5), graph(f, 0.5)
-            np.testing.assert_array_equal(a.labels, b.labels)
-            np.testing.assert_array_equal(a.vis, b.vis)
-    assert graph(frames[0]).timings_ms.get("graph") == 1.0
+            assert agreement(a.labels, b.labels) >= OTHER_ALGORITHM
+            # the overlay is the labels' colours blended exactly: it differs only where they do
+            np.testing.assert_array_equal(a.vis[a.labels == b.labels], b.vis[a.labels == b.labels])
+    # the same call (same overlay, so the same captured step) now replays
+    assert graph(frames[0], 0.5).timings_ms.get("graph") == 1.0
+    replayed = [graph(frames[0], 0.5).labels for _ in range(2)]
+    assert agreement(*replayed) == SAME_MATHS  # a replay is the same kernels on the same data
     graph.close()
     eager.close()
 
@@ -42,8 +56,8 @@ def test_graph_replays_equal_eager_exactly(cuda_ok, tiny_run, frames):
 def test_fp16_agrees_with_fp32(cuda_ok, tiny_run, frames):
     fp32 = Segmenter(tiny_run / "best.pt", device="cuda")
     fp16 = Segmenter(tiny_run / "best.pt", device="cuda", precision="fp16")
-    agree = [(fp32(f).labels == fp16(f).labels).mean() for f in frames]
-    assert min(agree) >= 0.995, agree
+    agree = [agreement(fp32(f).labels, fp16(f).labels) for f in frames]
+    assert min(agree) >= OTHER_PRECISION, agree
 
 
 def test_batches_equal_single_frames_and_the_cpu(cuda_ok, tiny_run, frames):
@@ -51,5 +65,5 @@ def test_batches_equal_single_frames_and_the_cpu(cuda_ok, tiny_run, frames):
     cpu = Segmenter(tiny_run / "best.pt", device="cpu")
     batch = gpu.segment(frames + [np.ascontiguousarray(frames[0][:300, :500])])
     for f, r in zip(frames, batch):
-        np.testing.assert_array_equal(r.labels, gpu(f).labels)
-        assert (r.labels == cpu(f).labels).mean() > 0.995  # cuDNN and oneDNN round differently
+        assert agreement(r.labels, gpu(f).labels) >= OTHER_ALGORITHM  # cuDNN's per-batch choice
+        assert agreement(r.labels, cpu(f).labels) >= OTHER_ALGORITHM  # fp32, not TF32, on the GPU

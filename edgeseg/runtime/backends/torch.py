@@ -47,6 +47,7 @@ class TorchBackend(Backend):
         self.model, spec, _ = load_model(path, dev)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if dev.type == "cuda":
+            _cuda_settings(precision)
             # NHWC: cuDNN's depthwise and 1x1 convolutions (and its FP16 tensor-core kernels)
             # run fastest in it.
             self.model = self.model.to(memory_format=torch.channels_last, dtype=self.dtype)
@@ -74,7 +75,12 @@ class TorchBackend(Backend):
     def device_io(self, batch: int) -> DeviceIO:
         if batch not in self._inputs:
             h, w = self.spec.input_hw
-            self._inputs[batch] = torch.empty((batch, 3, h, w), dtype=self.dtype, device=self._dev)
+            # Zeros, not torch.empty: time_model runs on this buffer as it is. The block may
+            # come from memory that work queued on torch's stream still uses, and the pipeline
+            # writes it on its own stream: wait for that work once, here.
+            x = torch.zeros((batch, 3, h, w), dtype=self.dtype, device=self._dev)
+            torch.cuda.synchronize(self._dev)
+            self._inputs[batch] = x
         x = self._inputs[batch]
         nd = np.dtype(np.float16 if self.dtype == torch.float16 else np.float32)
         out_shape = (batch, self.spec.num_classes, *self.spec.input_hw)
@@ -106,9 +112,21 @@ class TorchBackend(Backend):
             graph.replay()
 
     def close(self) -> None:
+        if self._inputs and self._dev.type == "cuda":
+            torch.cuda.synchronize(self._dev)  # nothing queued may still use what is freed
         self._inputs.clear()
         self._outputs.clear()
         self.model = None
+
+
+def _cuda_settings(precision: str) -> None:
+    """cuDNN picks the fastest algorithm per input shape (shapes are fixed per batch size); fp32
+    means fp32: PyTorch lets cuDNN convolutions (and matmuls, by its setting) use TF32, whose
+    10-bit mantissa flips near-tie pixels against the CPU. Process-wide switches of PyTorch's."""
+    torch.backends.cudnn.benchmark = True
+    if precision == "fp32":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _compiled(model: torch.nn.Module) -> torch.nn.Module:
