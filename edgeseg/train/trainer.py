@@ -735,7 +735,9 @@ def _epochs(cfg, loop, data, spec, state, out, dist_info, console, t0) -> None:
     """Train, validate and checkpoint epoch by epoch until the budget is spent."""
     with _progress_bar(console) as bar:
         task = bar.add_task("training", total=1.0, completed=loop.progress(loop.it), status="")
-        while not loop.done():
+        # A budget spent before the first step (start-up took it) still leaves a checkpoint:
+        # one step, then the usual validation and save.
+        while not loop.done() or not state.history:
             if data.sampler is not None:
                 data.sampler.set_epoch(state.epoch)
             epoch = state.epoch

@@ -93,6 +93,12 @@ def test_minutes_budget_stops_on_time(tmp_path):
     assert res["train_time_s"] < 6 + 10  # budget plus one iteration and the final validation
 
 
+def test_a_budget_spent_before_the_first_step_still_leaves_a_checkpoint(tmp_path):
+    res = train(TrainConfig(out=str(tmp_path), minutes=1e-4, **TINY))  # 6 ms: start-up takes it
+    assert res["iterations"] >= 1 and (tmp_path / "best.pt").is_file()
+    assert (tmp_path / "last.pt").is_file() and 0 <= res["val_miou"] <= 1
+
+
 def test_budget_arguments_are_checked(tmp_path):
     with pytest.raises(EdgesegError, match="exactly one of epochs or minutes"):
         train(TrainConfig(out=str(tmp_path), **TINY))
