@@ -13,7 +13,13 @@
 Each section writes its results into the JSON as soon as it has them (a timeout keeps what is
 done) and records its error instead of stopping the rest. Without ``--checkpoint`` the model is
 trained for 20 s on synthetic scenes (speed does not depend on the weights; agreement figures
-are then on a briefly trained model).
+are then on a briefly trained model); if that fails, an untrained one is used and the
+``checkpoint`` section says why.
+
+``--rehearse`` (benchmarks/gpu_check.sh --rehearse, in CI): the same sections on the CPU at a
+tiny scale, so every import and call is exercised; a section that needs a GPU records
+``{"skipped": "no GPU", "rehearsal": <what its CPU run returned>}``, and the JSON holds every
+section a GPU run writes (``SECTIONS``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,20 @@ import numpy as np
 
 RESULTS: dict = {}
 DEVICE = "cuda"  # --device cpu: a smoke run of this script's plumbing where there is no GPU
+REHEARSAL = False  # --rehearse: GPU sections run on the CPU and say they were skipped
+# Every section of a GPU run, in order (the clip's two only with --clip); True: needs a GPU.
+SECTIONS = {
+    "machine": False,
+    "checkpoint": False,
+    "model_only_ms": True,
+    "labels": True,
+    "stream_1_source_prerendered": True,
+    "clip_decode_only": False,
+    "stream_1_source_clip": True,
+    "stream_8_sources_batched": True,
+    "stream_8_sources_unbatched": True,
+    "bisenetv2_512x1024_fp16_graph": True,
+}
 
 
 def gpu(**options) -> dict:
@@ -45,7 +65,12 @@ def section(name: str, out: Path):
         def run(*args):
             t0 = time.perf_counter()
             try:
-                RESULTS[name] = fn(*args)
+                value = fn(*args)
+                RESULTS[name] = (
+                    {"skipped": "no GPU", "rehearsal": value}
+                    if REHEARSAL and SECTIONS[name]
+                    else value
+                )
             except Exception as e:  # record and go on: the other figures still count
                 RESULTS[name] = {
                     "error": f"{type(e).__name__}: {e}",
@@ -54,6 +79,7 @@ def section(name: str, out: Path):
             RESULTS[name + "_seconds"] = round(time.perf_counter() - t0, 1)
             _save(out)
             print(name, json.dumps(RESULTS[name], default=str)[:600], flush=True)
+            return RESULTS[name]
 
         return run
 
@@ -74,25 +100,39 @@ def machine() -> dict:
     }
 
 
-def checkpoint(path: str | None, work: Path) -> str:
+def checkpoint(path: str | None, work: Path, seconds: float) -> dict:
+    """The model every section measures: ``path``, or ``seconds`` of training on synthetic
+    scenes, or (if that fails) an untrained one, with the reason."""
     if path:
-        return path
+        return {"path": path, "trained": "given"}
     from edgeseg.train.config import TrainConfig
     from edgeseg.train.trainer import train
 
-    train(
-        TrainConfig(
-            data="synthetic:64:352x480",
-            model="mbv3_unet_small",
-            out=str(work / "ckpt"),
-            minutes=20 / 60,
-            input_size=(352, 480),
-            device=DEVICE,
-            workers=0,
-            quiet=True,
+    try:
+        train(
+            TrainConfig(
+                data="synthetic:64:352x480",
+                model="mbv3_unet_small",
+                out=str(work / "ckpt"),
+                minutes=seconds / 60,
+                input_size=(352, 480),
+                device=DEVICE,
+                workers=0,
+                quiet=True,
+            )
         )
-    )
-    return str(work / "ckpt" / "best.pt")
+        return {"path": str(work / "ckpt" / "best.pt"), "trained": f"{seconds:g} s"}
+    except Exception as e:  # the speed figures do not depend on the weights
+        from edgeseg.bench.zoo import _untrained_checkpoint
+
+        ckpt = _untrained_checkpoint("mbv3_unet_small", "synthetic:8", work / "untrained.pt")
+        return {"path": str(ckpt), "trained": f"no: {type(e).__name__}: {e}"}
+
+
+def _fallback(work: Path) -> Path:
+    from edgeseg.bench.zoo import _untrained_checkpoint
+
+    return _untrained_checkpoint("mbv3_unet_small", "synthetic:8", work / "untrained.pt")
 
 
 def frames_of(clip: str | None, n: int = 16) -> list[np.ndarray]:
@@ -106,12 +146,12 @@ def frames_of(clip: str | None, n: int = 16) -> list[np.ndarray]:
     return frames
 
 
-def model_only(ckpt: str) -> dict:
+def model_only(ckpt: str, calls: int = 500) -> dict:
     from edgeseg.bench.baselines import torch_eager
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.timing import summarize, time_calls
 
-    out = {"torch_eager_fp32": torch_eager(ckpt, 30, 300, DEVICE)}
+    out = {"torch_eager_fp32": torch_eager(ckpt, min(30, calls), min(300, calls), DEVICE)}
     variants = {
         "fp32": {},
         "fp16": {"precision": "fp16"},
@@ -124,7 +164,7 @@ def model_only(ckpt: str) -> dict:
                 x = np.zeros((1, 3, *seg.spec.input_hw), np.float32)
                 out[name] = summarize(time_calls(lambda: seg.backend.infer(x), 2, 5))  # noqa: B023
             else:
-                out[name] = summarize(seg._gpu.time_model(30, 500))
+                out[name] = summarize(seg._gpu.time_model(30, calls))
     return out
 
 
@@ -137,10 +177,10 @@ def labels(ckpt: str, frames: list[np.ndarray]) -> dict:
     for _ in range(3):  # eager, capture, replay
         for f in frames:
             a = eager(f).labels
-            same.append(bool(np.array_equal(a, graph(f).labels)))
+            same.append(float((a == graph(f).labels).mean()))
             agree.append(float((a == half(f).labels).mean()))
     return {
-        "graph_equals_eager": all(same),
+        "graph_label_agreement_min": min(same),  # 1.0 unless cuDNN chose differently
         "fp16_label_agreement_min": min(agree),
         "fp16_label_agreement_mean": float(np.mean(agree)),
         "frames": len(same),
@@ -165,10 +205,10 @@ def stream(ckpt: str, sources: list[str], frames: int, batch: int | None = None)
     }
 
 
-def decode_only(clip: str) -> dict:
+def decode_only(clip: str, frames: int | None = None) -> dict:
     from edgeseg.runtime.sources import open_source
 
-    src = open_source(clip)
+    src = open_source(clip, frames)
     t0, n = time.perf_counter(), 0
     while src.read() is not None:
         n += 1
@@ -196,8 +236,14 @@ def main() -> None:
     p.add_argument("--clip")
     p.add_argument("--device", default="cuda", help="cpu: a quick smoke run of the plumbing")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every frame count")
+    p.add_argument(
+        "--rehearse", action="store_true", help="on a CPU: every section, tiny, GPU ones skipped"
+    )
     a = p.parse_args()
-    global DEVICE
+    global DEVICE, REHEARSAL
+    REHEARSAL = a.rehearse
+    if a.rehearse:
+        a.device, a.scale = "cpu", min(a.scale, 0.002)
     DEVICE = a.device
     n = lambda frames: max(2, int(frames * a.scale))  # noqa: E731
     out = Path(a.out)
@@ -205,14 +251,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         section("machine", out)(machine)()
-        ckpt = checkpoint(a.checkpoint, work)
-        frames = frames_of(a.clip)
-        section("model_only_ms", out)(model_only)(ckpt)
+        got = section("checkpoint", out)(checkpoint)(a.checkpoint, work, 2 if a.rehearse else 20)
+        ckpt = got.get("path") or str(_fallback(work))
+        frames = frames_of(a.clip, 2 if a.rehearse else 16)
+        section("model_only_ms", out)(model_only)(ckpt, n(500))
         section("labels", out)(labels)(ckpt, frames)
         section("stream_1_source_prerendered", out)(stream)(ckpt, ["synthetic:960x540@0"], n(3000))
-        if a.clip:
-            section("clip_decode_only", out)(decode_only)(a.clip)
-            section("stream_1_source_clip", out)(stream)(ckpt, [a.clip], n(100000))
+        if a.clip or a.rehearse:  # a rehearsal decodes the synthetic camera instead
+            clip = a.clip or "synthetic:960x540@0"
+            section("clip_decode_only", out)(decode_only)(clip, n(100000) if a.rehearse else None)
+            section("stream_1_source_clip", out)(stream)(ckpt, [clip], n(100000))
         section("stream_8_sources_batched", out)(stream)(ckpt, ["synthetic:960x540@0"] * 8, n(1000))
         section("stream_8_sources_unbatched", out)(stream)(
             ckpt, ["synthetic:960x540@0"] * 8, n(1000), 1
