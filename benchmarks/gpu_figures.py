@@ -136,7 +136,7 @@ def _fallback(work: Path) -> Path:
 
 
 def frames_of(clip: str | None, n: int = 16) -> list[np.ndarray]:
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.streaming.sources import open_source
 
     src = open_source(clip or "synthetic:960x540@0")
     try:
@@ -189,7 +189,7 @@ def labels(ckpt: str, frames: list[np.ndarray]) -> dict:
 
 def stream(ckpt: str, sources: list[str], frames: int, batch: int | None = None) -> dict:
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
 
     with Segmenter(ckpt, **gpu(precision="fp16", cuda_graph=True)) as seg:
         pipe = StreamPipeline(
@@ -206,7 +206,7 @@ def stream(ckpt: str, sources: list[str], frames: int, batch: int | None = None)
 
 
 def decode_only(clip: str, frames: int | None = None) -> dict:
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.streaming.sources import open_source
 
     src = open_source(clip, frames)
     t0, n = time.perf_counter(), 0

@@ -43,8 +43,8 @@ def pcts(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     from edgeseg.runtime import Segmenter
-    from edgeseg.runtime.sinks import CallbackSink
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
+    from edgeseg.streaming.sinks import CallbackSink
     from edgeseg.testing import RtspServer, rtsp_server_missing, stamp_age_ms
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -35,8 +35,8 @@ def process_sample() -> dict[str, float]:
 
 def main() -> None:
     from edgeseg.runtime import Segmenter
-    from edgeseg.runtime.sinks import CallbackSink
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
+    from edgeseg.streaming.sinks import CallbackSink
     from edgeseg.testing import RtspServer, read_stamp, rtsp_server_missing
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

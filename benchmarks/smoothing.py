@@ -31,12 +31,12 @@ def model_outputs(model: str, clip: Path, max_frames: int | None = None):
     """The Segmenter, the clip's (first ``max_frames``) frames and the model's output for each
     (as post-processing gets it)."""
     from edgeseg.runtime import Segmenter
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.streaming.sources import open_source
 
     seg = Segmenter(model)
     with open_source(str(clip)) as src:
         frames = [f.image for f in itertools.islice(src, max_frames)]
-    scores = [seg.backend.infer(seg.preprocess([f])).copy() for f in frames]
+    scores = [seg.infer(seg.prepare([f])).copy() for f in frames]
     return seg, frames, scores
 
 
@@ -44,7 +44,7 @@ def labels_of(seg, frames, scores, keep: float) -> list[np.ndarray]:
     from edgeseg.runtime.smoothing import SmoothState
 
     state = SmoothState(keep) if keep else None
-    return [seg.postprocess(s, f, smooth=state).labels for f, s in zip(frames, scores)]
+    return [seg.finish(s, f, smooth=state).labels for f, s in zip(frames, scores)]
 
 
 def flicker(labels: list[np.ndarray]) -> float:

@@ -32,7 +32,7 @@ def untrained_onnx(work: Path) -> str:
 
 def run_once(model: str, sources: list[str], batch: int, frames: int | None = None) -> dict:
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
 
     with Segmenter(model) as seg:
         pipe = StreamPipeline(

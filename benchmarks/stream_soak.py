@@ -27,9 +27,9 @@ def rss_mb() -> float:
 
 def main() -> None:
     from edgeseg.runtime import Segmenter
-    from edgeseg.runtime.sinks import CallbackSink, VideoSink
-    from edgeseg.runtime.sources import SyntheticSource
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
+    from edgeseg.streaming.sinks import CallbackSink, VideoSink
+    from edgeseg.streaming.sources import SyntheticSource
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)

@@ -3,9 +3,20 @@
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import Segmenter, SegResult
 from edgeseg.spec import ModelSpec
+from edgeseg.streaming import StreamConfig, StreamPipeline, stream
 
 __version__ = "0.1.0"
-__all__ = ["EdgesegError", "ModelSpec", "SegResult", "Segmenter", "create_model", "list_models"]
+__all__ = [
+    "EdgesegError",
+    "ModelSpec",
+    "SegResult",
+    "Segmenter",
+    "StreamConfig",
+    "StreamPipeline",
+    "create_model",
+    "list_models",
+    "stream",
+]
 
 
 def __getattr__(name: str):

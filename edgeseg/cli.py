@@ -18,7 +18,7 @@ from edgeseg._config import add_arguments, from_args, parse_hw
 from edgeseg.compress.config import PruneConfig
 from edgeseg.errors import EdgesegError
 from edgeseg.export.config import ExportConfig
-from edgeseg.runtime.config import StreamConfig
+from edgeseg.streaming.config import StreamConfig
 from edgeseg.train.config import TrainConfig
 
 
@@ -175,7 +175,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def _stream_sinks(cfg: StreamConfig, pipe, seg) -> None:
-    from edgeseg.runtime.sinks import DisplaySink, MaskSink, VideoSink
+    from edgeseg.streaming.sinks import DisplaySink, MaskSink, VideoSink
 
     several = len(pipe.runners) > 1
     fps = next((r.fps for r in pipe.runners if r.fps), 25.0)
@@ -288,7 +288,7 @@ def _serve_metrics(cfg: StreamConfig, pipe, seg):
         return None
     from pathlib import Path
 
-    from edgeseg.runtime.metrics import MetricsServer
+    from edgeseg.streaming.metrics import MetricsServer
 
     try:
         server = MetricsServer(
@@ -307,14 +307,16 @@ def _serve_metrics(cfg: StreamConfig, pipe, seg):
 
 def cmd_stream(a: argparse.Namespace) -> int:
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
 
     cfg = from_args(StreamConfig, a)
     cfg.check()
+    if cfg.model is None:
+        raise EdgesegError("give a model: --model model.onnx (or a .engine or .pt)")
     signals = _Signals()  # from the start: a signal while a camera opens is not lost
     try:
         seg = Segmenter(cfg.model, **cfg.segmenter_options())
-        pipe = StreamPipeline(seg, cfg.sources, **cfg.pipeline_options())
+        pipe = StreamPipeline(seg, config=cfg)
         try:
             _stream_sinks(cfg, pipe, seg)
         except Exception:

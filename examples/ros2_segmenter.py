@@ -18,7 +18,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from edgeseg import Segmenter
-from edgeseg.runtime.ros2 import fill_image_msg, image_msg_to_bgr
+from edgeseg.streaming.ros2 import fill_image_msg, image_msg_to_bgr
 
 
 class SegmenterNode(Node):

@@ -62,7 +62,7 @@ def tiny_onnx(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def every_frame_is_accounted_for(monkeypatch):
     """Every stream run of the suite: frames_in == out + dropped + failed, per source and in all."""
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
 
     join = StreamPipeline.join
 

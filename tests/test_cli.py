@@ -276,6 +276,7 @@ def test_every_train_setting_is_a_flag():
         "w.pth",
         "--freeze-encoder",
         "2",
+        "--photometric",
         "--quiet",
     ]
     cfg = from_args(TrainConfig, build_parser().parse_args(argv))

@@ -25,7 +25,7 @@ def _frames_for_naive(source: str, frames: int):
     import cv2
 
     if source == "synthetic" or source.startswith("synthetic:"):
-        from edgeseg.runtime.sources import open_source
+        from edgeseg.streaming.sources import open_source
 
         src = open_source(source.split("@")[0] + "@0", max_frames=frames)  # unpaced
         for f in src:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edgeseg.runtime.stats import STAGES
+from edgeseg.streaming.stats import STAGES
 
 
 def _fmt(v, nd: int = 1) -> str:

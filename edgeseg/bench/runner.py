@@ -4,8 +4,8 @@ For each configuration, in a fresh process (so peak memory is its own):
 
 - params and GFLOPs (of the file that runs);
 - model-only latency (p50/p90/p99, throughput) of ``backend.infer`` on a preprocessed frame;
-- the end-to-end pipeline (:class:`~edgeseg.runtime.stream.StreamPipeline`, every-frame mode, the
-  overlay recorded to an mp4): FPS, latency p50/p99 from capture, per-stage p50/p99;
+- the end-to-end pipeline (:class:`~edgeseg.streaming.pipeline.StreamPipeline`, every-frame mode,
+  the overlay recorded to an mp4): FPS, latency p50/p99 from capture, per-stage p50/p99;
 - peak RSS (and device memory on a GPU).
 
 Per model, also in its own process, the baselines: the naive single-thread loop on the same source
@@ -196,7 +196,7 @@ class Artifacts:
 
 
 def _first_frame(source: str):
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.streaming.sources import open_source
 
     with open_source(source, max_frames=1) as src:
         f = src.read()
@@ -222,8 +222,8 @@ def measure_config(
     from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb
     from edgeseg.runtime import kernels
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.runtime.sinks import VideoSink
-    from edgeseg.runtime.stream import StreamPipeline
+    from edgeseg.streaming.pipeline import StreamPipeline
+    from edgeseg.streaming.sinks import VideoSink
     from edgeseg.timing import summarize, time_calls
 
     rss_start = rss_mb()

@@ -48,7 +48,7 @@ def calibration_inputs(source: str, spec: ModelSpec, count: int = 128) -> list[n
             rgb, _ = ds.load(int(i))
             frames.append(np.ascontiguousarray(rgb[..., ::-1]))
     else:
-        from edgeseg.runtime.sources import open_source
+        from edgeseg.streaming.sources import open_source
 
         with open_source(source) as src:
             all_frames = [f.image for f in src]

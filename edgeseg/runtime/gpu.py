@@ -255,9 +255,8 @@ class GpuPipeline:
         t0 = time.perf_counter()
         self.drv.ensure_current()  # once a step: PyTorch may have switched GPUs on this thread
         io = self.backend.device_io(len(frames))
+        # (the Segmenter has checked that a smoothed model outputs class scores)
         smooth = list(smooth) if smooth is not None else [None] * len(frames)
-        if any(s is not None for s in smooth) and io.output_dtype not in (np.float32, np.float16):
-            raise ValueError("smoothing needs a model that outputs float logits")
         for state in smooth:
             if state is not None:
                 # read by the step's upload (also on a graph replay): restart, or blend in

@@ -5,19 +5,23 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
+from edgeseg.runtime.backends.base import Backend
 from edgeseg.runtime.result import SegResult
 from edgeseg.runtime.smoothing import SmoothState
-from edgeseg.runtime.stream import stream
 from edgeseg.spec import ModelSpec
 
 MODES = ("nearest", "bilinear")
+# edgeseg.stream, set by edgeseg.streaming when it loads (``import edgeseg`` loads it): the
+# streaming service lives above the runtime, which never imports it.
+STREAM_ENTRY: Callable[..., Any] | None = None
 
 
 class Segmenter:
@@ -113,15 +117,13 @@ class Segmenter:
         """Segment several frames (of any sizes) in one batched inference; a result each.
 
         ``smooth``: per frame, the :class:`~edgeseg.runtime.smoothing.SmoothState` of its stream
-        (or None): its labels come from the stream's moving average of class scores."""
+        (or None): its labels come from the stream's moving average of class scores.
+
+        On the host this is :meth:`prepare`, :meth:`infer` and :meth:`finish`, the steps the
+        stream pipeline runs on its own threads; on a GPU one step of the GPU frame pipeline."""
         if not frames:
             return []
-        if any(f is None for f in frames):
-            raise EdgesegError(
-                "a frame is None: the image could not be read (cv2.imread returns None for a "
-                "missing or unreadable file); check its path"
-            )
-        frames = [kernels._check_frame(f) for f in frames]
+        frames = self.check_frames(frames)
         smooth = self._check_smooth(smooth, len(frames))
         if self._gpu is not None:
             outs, timings = self._gpu.run(frames, overlay_alpha, smooth)
@@ -130,12 +132,15 @@ class Segmenter:
                 for f, (lab, vis) in zip(frames, outs)
             ]
         t0 = time.perf_counter()
-        x = self.preprocess(frames)
+        n = len(frames)
+        if n not in self._inputs:  # this thread's reused input batch
+            self._inputs[n] = np.empty((n, 3, *self.spec.input_hw), np.float32)
+        x = self.prepare(frames, out=self._inputs[n])
         t1 = time.perf_counter()
-        scores = self.backend.infer(x)
+        scores = self.infer(x)
         t2 = time.perf_counter()
         results = [
-            self.postprocess(scores[i : i + 1], f, overlay_alpha, smooth[i])
+            self.finish(scores[i : i + 1], f, overlay_alpha, smooth[i])
             for i, f in enumerate(frames)
         ]
         t3 = time.perf_counter()
@@ -144,36 +149,38 @@ class Segmenter:
             r.timings_ms = dict(timings)
         return results
 
-    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """BGR frames -> the (N, 3, h, w) float32 model input (host kernels; reused buffer)."""
-        n = len(frames)
-        if n not in self._inputs:
-            self._inputs[n] = np.empty((n, 3, *self.spec.input_hw), np.float32)
-        x = self._inputs[n]
+    def check_frames(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The frames as the kernels take them (packed BGR uint8); one clear error otherwise."""
+        if any(f is None for f in frames):
+            raise EdgesegError(
+                "a frame is None: the image could not be read (cv2.imread returns None for a "
+                "missing or unreadable file); check its path"
+            )
+        return [kernels._check_frame(f) for f in frames]
+
+    # -- the per-frame steps on the host: prepare, infer, finish
+    def prepare(self, frames: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+        """Step 1: BGR frames -> the (N, 3, h, w) float32 model input (host kernels), written
+        into ``out`` when given (no allocation), else into a new array."""
         s = self.spec
+        x = out if out is not None else np.empty((len(frames), 3, *s.input_hw), np.float32)
         for i, f in enumerate(frames):
             kernels.preprocess(f, s.input_hw, s.input.mean, s.input.std, out=x[i : i + 1])
         return x
 
-    def _check_smooth(self, smooth, n: int) -> list[SmoothState | None]:
-        smooth = list(smooth) if smooth is not None else [None] * n
-        if len(smooth) != n:
-            raise ValueError(f"smooth needs one state per frame: {n} frames, {len(smooth)} states")
-        if any(s is not None for s in smooth) and self.spec.output.kind != "logits":
-            raise EdgesegError(
-                f"smoothing needs a model that outputs class scores; {self.model_path} outputs "
-                "labels (an argmax model): use the model.onnx exported beside it"
-            )
-        return smooth
+    def infer(self, x: np.ndarray, backend: Backend | None = None) -> np.ndarray:
+        """Step 2: the model on a prepared batch (``backend``: another session of the same
+        model, e.g. a stream's worker; by default this Segmenter's)."""
+        return (backend or self.backend).infer(x)
 
-    def postprocess(
+    def finish(
         self,
         scores: np.ndarray,
         frame: np.ndarray,
         overlay_alpha: float | None = None,
         smooth: SmoothState | None = None,
     ) -> SegResult:
-        """One frame's model output (batch of 1) -> its SegResult (host kernels); with
+        """Step 3: one frame's model output (batch of 1) -> its SegResult (host kernels); with
         ``smooth``, the labels of the stream's moving average after taking ``scores`` in."""
         if smooth is not None:
             scores = smooth.update(scores)
@@ -186,23 +193,35 @@ class Segmenter:
             )
         return SegResult(labels, self.spec, frame, {}, vis, overlay_alpha)
 
-    def stream(
-        self,
-        source,
-        mode: str | None = None,
-        max_frames: int | None = None,
-        duration: float | None = None,
-        overlay_alpha: float | None = None,
-        reconnect: bool = False,
-    ):
-        """Iterate over results for a source through the threaded pipeline.
+    def require_logits(self, what: str) -> None:
+        """The one check that the model outputs class scores (``what`` needs them)."""
+        if self.spec.output.kind != "logits":
+            raise EdgesegError(
+                f"{what} needs a model that outputs class scores; {self.model_path} outputs "
+                "labels (an argmax model): use the model.onnx exported beside it"
+            )
+
+    def _check_smooth(self, smooth, n: int) -> list[SmoothState | None]:
+        smooth = list(smooth) if smooth is not None else [None] * n
+        if len(smooth) != n:
+            raise ValueError(f"smooth needs one state per frame: {n} frames, {len(smooth)} states")
+        if any(s is not None for s in smooth):
+            self.require_logits("smoothing")
+        return smooth
+
+    def stream(self, source, **settings):
+        """Iterate over results for a source through the threaded pipeline: the same as
+        ``edgeseg.stream(self, source, **settings)`` (settings: fields of
+        :class:`~edgeseg.streaming.config.StreamConfig`, e.g. ``mode``, ``max_frames``,
+        ``duration``, ``reconnect``; and ``overlay_alpha``).
 
         ``source``: camera index, video file, image folder or glob, rtsp:// or http:// URL,
-        GStreamer pipeline, ``synthetic`` (or a list of them). ``mode``: ``realtime`` (newest
-        frame wins) or ``every-frame``; by default realtime for live sources. Results are
-        :class:`~edgeseg.runtime.stream.StreamResult` (labels, frame, index, source, timings).
+        GStreamer pipeline, ``synthetic`` (or a list of them). Results are
+        :class:`~edgeseg.streaming.pipeline.StreamResult` (labels, frame, index, source, timings).
         """
-        return stream(self, source, mode, max_frames, duration, overlay_alpha, reconnect)
+        if STREAM_ENTRY is None:  # edgeseg.streaming registers it when it is imported
+            raise EdgesegError("the streaming service is not loaded: import edgeseg.streaming")
+        return STREAM_ENTRY(self, source, **settings)
 
     def close(self) -> None:
         """Release the GPU pipeline and the backend (sessions, engines, device memory)."""

@@ -12,7 +12,7 @@ from edgeseg.bench.runner import BenchConfig, run_bench
 from edgeseg.bench.zoo import parse_sizes, run_zoo
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.stats import STAGES
+from edgeseg.streaming.stats import STAGES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

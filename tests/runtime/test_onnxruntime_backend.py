@@ -132,7 +132,7 @@ def test_io_binding_gives_the_plain_paths_labels(tiny_onnx):
         assert bound.backend._io_binding and not plain.backend._io_binding
         for f in frames:
             np.testing.assert_array_equal(bound(f, 0.5).labels, plain(f, 0.5).labels)
-        x = plain.preprocess(frames)
+        x = plain.prepare(frames)
         np.testing.assert_array_equal(bound.backend.infer(x), plain.backend.infer(x))
 
 

@@ -8,10 +8,10 @@ import pytest
 
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import Segmenter
-from edgeseg.runtime.sinks import CallbackSink
 from edgeseg.runtime.smoothing import SmoothState
-from edgeseg.runtime.sources import Frame, Source, open_source
-from edgeseg.runtime.stream import StreamPipeline
+from edgeseg.streaming.pipeline import StreamPipeline
+from edgeseg.streaming.sinks import CallbackSink
+from edgeseg.streaming.sources import Frame, Source, open_source
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_the_average_restarts_for_a_new_frame_size(seg):
     src = Noisy(n=10, sizes={4: (80, 128), 7: (96, 160)})
     pipe = StreamPipeline(seg, [src], mode="every-frame", smooth=0.5, smooth_cut=1.0)
     pipe.run()
-    assert pipe.smoothing[0].restarts == 3  # the first frame and two size changes
+    assert pipe.shared.smoothing[0].restarts == 3  # the first frame and two size changes
 
 
 def test_a_reconnected_feed_restarts_the_average():

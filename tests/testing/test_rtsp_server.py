@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from edgeseg.runtime.sources import open_source
+from edgeseg.streaming.sources import open_source
 from edgeseg.testing import RtspServer, read_stamp, rtsp_server_missing, stamp_age_ms
 
 

@@ -1,6 +1,6 @@
 """``edgeseg stream --metrics-port``: the stream's health as Prometheus metrics.
 
-A collector reads :class:`~edgeseg.runtime.stats.StreamStats` when Prometheus scrapes, so the
+A collector reads :class:`~edgeseg.streaming.stats.StreamStats` when Prometheus scrapes, so the
 frames pay nothing for it. Every series carries the ``model`` and ``backend`` labels; per-source
 series add ``source`` (its name, credentials removed). Exported (``_total`` for counters):
 
@@ -29,7 +29,7 @@ from prometheus_client.core import (
 )
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.stats import StreamStats
+from edgeseg.streaming.stats import StreamStats
 
 log = logging.getLogger("edgeseg.stream")
 COUNTERS = {

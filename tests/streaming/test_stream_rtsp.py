@@ -19,9 +19,9 @@ import cv2
 import pytest
 
 from edgeseg.runtime import Segmenter
-from edgeseg.runtime.sinks import CallbackSink
-from edgeseg.runtime.sources import open_source
-from edgeseg.runtime.stream import StreamPipeline
+from edgeseg.streaming.pipeline import StreamPipeline
+from edgeseg.streaming.sinks import CallbackSink
+from edgeseg.streaming.sources import open_source
 from edgeseg.testing import read_stamp, stamp_age_ms
 
 SIZES = [(480, 270), (320, 180), (400, 224)]  # served before, between and after two deaths

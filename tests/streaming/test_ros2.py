@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.ros2 import array_to_image_fields, fill_image_msg, image_msg_to_bgr
+from edgeseg.streaming.ros2 import array_to_image_fields, fill_image_msg, image_msg_to_bgr
 
 
 def msg_of(img, encoding, pad=0):

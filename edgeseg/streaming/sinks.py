@@ -34,7 +34,7 @@ class Sink:
     def start(self, sources: list[str]) -> None:
         """Called once before the first result, with the names of the stream's sources."""
 
-    def write(self, result) -> None:  # result: edgeseg.runtime.stream.StreamResult
+    def write(self, result) -> None:  # result: edgeseg.streaming.pipeline.StreamResult
         raise NotImplementedError
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 from edgeseg._io import IMAGE_EXTS, is_image, list_images
 from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.frame import Frame, FrameError, Source
+from edgeseg.streaming.frame import Frame, FrameError, Source
 
 RTSP_TRANSPORTS = ("tcp", "udp")
 # OpenCV reads FFmpeg's open options from one process-wide variable: opens take turns.
@@ -337,7 +337,7 @@ def open_source(
     if "!" in text:
         if opencv_has_gstreamer():
             return CaptureSource(text, "gstreamer", "gstreamer")
-        from edgeseg.runtime.gst_launch import GstLaunchSource
+        from edgeseg.streaming.gst_launch import GstLaunchSource
 
         return GstLaunchSource(text)
     if "://" in text:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.sources import Frame, FrameError, Source, open_source
-from edgeseg.runtime.stats import StreamStats
+from edgeseg.streaming.sources import Frame, FrameError, Source, open_source
+from edgeseg.streaming.stats import StreamStats
 
 log = logging.getLogger("edgeseg.stream")
 MAX_ABANDONED = 3  # stuck reader threads per source before it is given up

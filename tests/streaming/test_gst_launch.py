@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.gst_launch import GdpReader, GstLaunchSource, gst_launch_path, launch_args
-from edgeseg.runtime.sources import open_source, opencv_has_gstreamer
+from edgeseg.streaming.gst_launch import GdpReader, GstLaunchSource, gst_launch_path, launch_args
+from edgeseg.streaming.sources import open_source, opencv_has_gstreamer
 from edgeseg.testing import read_stamp
 
 

@@ -22,9 +22,9 @@ from edgeseg._redact import redact
 from edgeseg.data.synthetic import render_scene, write_clip
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import Segmenter
-from edgeseg.runtime.sinks import CallbackSink, MaskSink, Sink, SinkFailed, VideoSink
-from edgeseg.runtime.sources import Frame, Source, open_source
-from edgeseg.runtime.stream import EXIT_INFERENCE, EXIT_SINK, EXIT_SOURCE, StreamPipeline
+from edgeseg.streaming.pipeline import EXIT_INFERENCE, EXIT_SINK, EXIT_SOURCE, StreamPipeline
+from edgeseg.streaming.sinks import CallbackSink, MaskSink, Sink, SinkFailed, VideoSink
+from edgeseg.streaming.sources import Frame, Source, open_source
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_an_output_stage_that_raises_stops_the_run_instead_of_hanging(seg, clip,
     def broken(*a, **k):
         raise ValueError("palette entry [0, 0]")
 
-    monkeypatch.setattr(seg, "postprocess", broken)
+    monkeypatch.setattr(seg, "finish", broken)
     pipe = StreamPipeline(seg, [str(clip)] * 2, sinks=[], mode="every-frame", queue_size=2)
     t0 = time.perf_counter()
     rep = pipe.run()

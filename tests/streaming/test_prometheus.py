@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.metrics import MetricsServer
-from edgeseg.runtime.stats import LATENCY_BOUNDS, Buckets, StreamStats
+from edgeseg.streaming.metrics import MetricsServer
+from edgeseg.streaming.stats import LATENCY_BOUNDS, Buckets, StreamStats
 from edgeseg.testing import free_port
 
 

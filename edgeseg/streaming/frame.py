@@ -1,10 +1,13 @@
-"""What every source hands out: :class:`Frame`; what every source is: :class:`Source`."""
+"""What flows through a stream: the :class:`Frame` every :class:`Source` hands out, and the
+:class:`StreamResult` that comes out for it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgeseg.runtime.result import SegResult
 
 
 @dataclass
@@ -56,3 +59,29 @@ class Source:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass
+class StreamResult(SegResult):
+    """A SegResult with where it came from: source index and name, frame index, capture time."""
+
+    index: int = 0
+    source_id: int = 0
+    source: str = ""
+    t_capture: float = 0.0
+
+    @classmethod
+    def of(cls, r: SegResult, sid: int, frame: Frame) -> StreamResult:
+        """``r`` stamped with the frame it came from."""
+        return cls(
+            labels=r.labels,
+            spec=r.spec,
+            frame=frame.image,
+            timings_ms=r.timings_ms,
+            vis=r.vis,
+            vis_alpha=r.vis_alpha,
+            index=frame.index,
+            source_id=sid,
+            source=frame.source,
+            t_capture=frame.t_capture,
+        )

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.frame import Frame, Source
+from edgeseg.streaming.frame import Frame, Source
 
 GDP_HEADER = struct.Struct(">BBBBHIQ")  # version, flags, padding, payload type, length, pts
 GDP_HEADER_SIZE = 62

@@ -1,5 +1,10 @@
-"""``StreamConfig``: the settings of ``edgeseg stream``, free of PyTorch so the CLI can build its
-flags from them without loading it."""
+"""``StreamConfig``: the settings of ``edgeseg stream`` and of the library's stream pipeline, free
+of PyTorch so the CLI can build its flags from them without loading it.
+
+The CLI parses this dataclass and hands it whole to :class:`~edgeseg.streaming.pipeline.
+StreamPipeline`; nothing copies fields into keyword lists (that is how ``--stall-timeout`` once
+got lost). Each setting has one default in one unit.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,14 @@ from typing import Any
 
 from edgeseg._config import setting
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.smoothing import DEFAULT_CUT, check_smoothing
+
+MODES = ("realtime", "every-frame")
+
+
+def parse_workers(text: str) -> int | str:
+    """``--infer-workers``: ``auto`` or a positive integer."""
+    return text if text == "auto" else int(text) if text.isdigit() else text
 
 
 @dataclass
@@ -15,7 +28,7 @@ class StreamConfig:
     """Everything ``edgeseg stream`` takes (each field a flag: ``max_frames`` ->
     ``--max-frames``)."""
 
-    model: str = setting(help="model.onnx, model.engine or a .pt checkpoint")
+    model: str | None = setting(None, "model.onnx, model.engine or a .pt checkpoint")
     source: list[str] = setting(
         help="video file, image folder or glob, rtsp:// or http:// URL, GStreamer pipeline "
         "ending in appsink, or synthetic[:WxH[@FPS]]; repeat for several streams",
@@ -26,7 +39,7 @@ class StreamConfig:
         None,
         "realtime: newest frame wins (default for live sources); every-frame: nothing dropped "
         "(default for files)",
-        choices=("realtime", "every-frame"),
+        choices=MODES,
     )
     display: bool = setting(False, "show a window (q or Esc quits)")
     record: str | None = setting(
@@ -104,11 +117,43 @@ class StreamConfig:
     batch_wait: float = setting(
         10.0, "the most a frame waits for the others of its batch", metavar="MS"
     )
-    infer_workers: str = setting(
+    infer_workers: int | str = setting(
         "auto",
         "inference threads; auto: 2 single-threaded ONNX Runtime sessions on a multi-core "
         "CPU, else 1",
         metavar="N|auto",
+        parse=parse_workers,
+    )
+    smooth_cut: float = setting(
+        DEFAULT_CUT,
+        "--smooth: the fraction of pixels changing class at once that counts as a scene cut and "
+        "restarts the average",
+        metavar="F",
+    )
+    backoff: tuple[float, float] = setting(
+        (0.25, 0.5),
+        "--reconnect: the first and the longest wait between tries, in seconds",
+        metavar=("FIRST", "LONGEST"),
+    )
+    open_timeout: float = setting(
+        15.0, "seconds a source's first open may take before it counts as failed", metavar="S"
+    )
+    stop_timeout: float = setting(
+        5.0,
+        "seconds the stages get to finish after a stop before they are left behind (a read "
+        "that never returns) and the report is written",
+        metavar="S",
+    )
+    queue_size: int = setting(
+        4, "frames each every-frame queue holds before capture waits for inference", metavar="N"
+    )
+    max_sink_errors: int = setting(
+        25, "a sink that fails this many frames in a row is disabled", metavar="N"
+    )
+    kernel_threads: int = setting(
+        1,
+        "threads of the C++ kernels inside each stage (the stages already share the cores)",
+        metavar="N",
     )
 
     @property
@@ -116,21 +161,38 @@ class StreamConfig:
         """Every source, cameras by their index."""
         return [*self.source, *(str(c) for c in self.camera)]
 
-    def check(self) -> None:
-        """Raise :class:`EdgesegError` naming the setting that is wrong."""
-        if not self.sources:
+    def check(self, sources: bool = True) -> None:
+        """Raise :class:`EdgesegError` naming the setting that is wrong (``sources``: also
+        require a source, which the library may pass separately)."""
+        if sources and not self.sources:
             raise EdgesegError(
                 "give a source (file, folder, glob, URL, GStreamer pipeline, synthetic) or a camera"
             )
+        if self.mode is not None and self.mode not in MODES:
+            raise EdgesegError(f"unknown mode '{self.mode}'; choose realtime or every-frame")
+        for name in ("max_frames", "batch", "queue_size", "max_sink_errors", "kernel_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EdgesegError(f"{name} must be at least 1, got {value}")
+        for name in ("duration", "record_segment", "open_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise EdgesegError(f"{name} must be above 0, got {value}")
+        for name in ("batch_wait", "stall_timeout", "stop_timeout"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise EdgesegError(f"{name} must be at least 0, got {value}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise EdgesegError(f"alpha must be between 0 and 1, got {self.alpha}")
+        check_smoothing(self.smooth, self.smooth_cut)
         w = self.infer_workers
-        if w != "auto" and (not w.isdigit() or int(w) < 1):
+        if w != "auto" and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
             raise EdgesegError(f"infer_workers must be a positive integer or auto, got '{w}'")
-        if self.record_segment is not None and self.record_segment <= 0:
-            raise EdgesegError(f"record_segment must be above 0 minutes, got {self.record_segment}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise EdgesegError(f"metrics_port must be 0-65535, got {self.metrics_port}")
-        if self.batch_wait < 0:
-            raise EdgesegError(f"batch_wait must be at least 0 ms, got {self.batch_wait}")
+        first, longest = self.backoff
+        if not 0 < first <= longest:
+            raise EdgesegError(f"backoff must be 0 < first <= longest seconds, got {self.backoff}")
 
     def segmenter_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~edgeseg.runtime.segmenter.Segmenter`."""
@@ -143,19 +205,3 @@ class StreamConfig:
         if self.compile:
             options["compile"] = True
         return options
-
-    def pipeline_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~edgeseg.runtime.stream.StreamPipeline`."""
-        w = self.infer_workers
-        return {
-            "mode": self.mode,
-            "max_frames": self.max_frames,
-            "duration": self.duration,
-            "reconnect": self.reconnect,
-            "rtsp_transport": self.rtsp_transport,
-            "alpha": self.alpha,
-            "smooth": self.smooth,
-            "batch": self.batch,
-            "batch_wait": self.batch_wait / 1e3,
-            "infer_workers": w if w == "auto" else int(w),
-        }
