@@ -92,7 +92,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from edgeseg.artifacts import export_model
+    from edgeseg.export.chain import export_model
 
     res = export_model(from_args(ExportConfig, a))
     columns = ["file", "precision", "output", "size MB", "max |diff|", "label agreement"]

@@ -30,7 +30,6 @@ LAYERS = [
     ("train", {"train"}),
     ("export", {"export"}),
     ("compress", {"compress"}),
-    ("artifacts", {"artifacts"}),
     ("bench", {"bench"}),
     ("testing", {"testing"}),
     ("app", {"cli", "demo", "__main__", "__init__"}),

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError, did_you_mean
+from edgeseg.export.names import exported_for
 from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -102,7 +103,7 @@ def _file_precision(path: Path) -> str:
 class Artifacts:
     """The file each configuration runs: the user's own (the model given, or one exported beside
     it for that precision: ``model.int8-cpu.onnx`` next to ``model.onnx``), else one derived
-    through the export chain (:func:`edgeseg.artifacts.export_model`), once, in a work folder
+    through the export chain (:func:`edgeseg.export.chain.export_model`), once, in a work folder
     that lives as long as the bench run. ``say`` tells the user which, as it happens."""
 
     def __init__(self, work: Path, calib: str | None, say=lambda msg: None) -> None:
@@ -111,7 +112,7 @@ class Artifacts:
 
     def _export(self, model: Path, key: tuple, source: Path, **settings) -> Path:
         """The last file the chain writes for ``settings``, exported from ``source`` once."""
-        from edgeseg.artifacts import export_model
+        from edgeseg.export.chain import export_model
         from edgeseg.export.config import ExportConfig
 
         if key not in self._cache:
@@ -124,17 +125,10 @@ class Artifacts:
 
     def beside(self, model: Path, precision: str, backend: str) -> Path | None:
         """An exported file of ``precision`` next to ``model`` that ``backend`` runs, if any."""
-        # The export chain's names (edgeseg/artifacts.py); an engine is its ONNX's name + .engine.
-        trt = backend == "trt"
-        ext = ".engine" if trt else ".onnx"
-        if precision == "int8":
-            target = "trt" if trt else "cpu"
-            names = [f"model.int8-{target}{ext}", f"model.int8-qat-{target}{ext}"]
-        elif precision == "fp16":
-            names = [f"model.fp16{ext}"]
-        else:
+        if precision not in ("int8", "fp16"):
             return None
-        for name in names:
+        trt = backend == "trt"
+        for name in exported_for(precision, "trt" if trt else "cpu", engine=trt):
             if (model.parent / name).is_file():
                 self.say(f"measuring {model.parent / name} (exported beside {model.name})")
                 return model.parent / name

@@ -1,4 +1,4 @@
-"""``ExportConfig``: the settings of the export chain (``edgeseg.artifacts.export_model``), free
+"""``ExportConfig``: the settings of the export chain (``edgeseg.export.chain.export_model``), free
 of PyTorch so the CLI can build its flags from them without loading it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from edgeseg._lazy import require
 from edgeseg.errors import EdgesegError
 from edgeseg.export.tensorrt import EngineOptions
 
-# INT8 calibration methods and flavours (edgeseg.compress.quantize implements them).
+# INT8 calibration methods and flavours (edgeseg.export.int8 implements them).
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("trt", "cpu")
 

@@ -13,6 +13,7 @@ import torch
 
 from edgeseg._io import atomic_path
 from edgeseg.errors import EdgesegError
+from edgeseg.export.names import onnx_name
 from edgeseg.models.checkpoint import load_model
 from edgeseg.spec import METADATA_KEY, ModelSpec
 
@@ -175,15 +176,6 @@ def _verify_labels(
     return {"max_abs_diff": 0.0, "tolerance": 0.0, "label_agreement": min(agree)}
 
 
-def onnx_filename(*, argmax: bool = False, fp16: bool = False) -> str:
-    """The file name of each kind of export: ``model[.argmax][.fp16].onnx``.
-
-    One name per kind, so a labels model (``--argmax``) never replaces the logits model that
-    the other commands use, nor an FP16 file the FP32 one.
-    """
-    return "model" + (".argmax" if argmax else "") + (".fp16" if fp16 else "") + ".onnx"
-
-
 def export_onnx(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -197,7 +189,7 @@ def export_onnx(
 
     ``argmax=True`` ends the graph with ArgMax + Cast: a (N, h, w) uint8 ``labels`` output
     (ModelSpec ``output.kind = "labels"``) instead of (N, C, h, w) float logits, written as
-    ``model.argmax.onnx`` (:func:`onnx_filename`).
+    ``model.argmax.onnx`` (:mod:`edgeseg.export.names`).
     ``fp16=True`` writes ``model.fp16.onnx`` instead: FP16 weights and activations, FP32 inputs,
     outputs and numerically sensitive ops (``FP16_KEEP_FP32``); the precision TensorRT 11's
     strongly typed networks take from the file.
@@ -217,7 +209,7 @@ def export_onnx(
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise EdgesegError(f"input_size must be positive multiples of 32, got {h}x{w}")
         spec = replace(spec, input=replace(spec.input, height=h, width=w))
-    out = Path(out_dir) / onnx_filename(argmax=argmax, fp16=fp16)
+    out = Path(out_dir) / onnx_name("fp16" if fp16 else "fp32", argmax=argmax)
     with atomic_path(out) as tmp:
         graph_model = ArgmaxHead(model).eval() if argmax else model
         _export_graph(

@@ -6,7 +6,7 @@
 - :func:`validate`: confusion-matrix mIoU at label resolution;
 - :func:`save_run`: ``best.pt`` / ``last.pt``.
 
-:func:`train` composes them; QAT fine-tuning (``edgeseg.compress.qat``) reuses the same parts.
+:func:`train` composes them; QAT fine-tuning (``edgeseg.export.qat``) reuses the same parts.
 One process trains on CPU or one GPU; under ``torchrun`` every process trains a shard with
 DistributedDataParallel (gloo on CPU, NCCL on CUDA) and rank 0 alone writes files and prints.
 The learning-rate schedule is a function of progress in [0, 1] — iterations for ``epochs``,

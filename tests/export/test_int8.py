@@ -5,8 +5,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgeseg.compress.quantize import quantize_int8
 from edgeseg.errors import EdgesegError
+from edgeseg.export.int8 import quantize_int8
 from edgeseg.runtime import Segmenter
 from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 

@@ -7,7 +7,7 @@ of each ``--target``: see ``_GRIDS``). NVIDIA Model Optimizer does the same for 
 pulls in a dozen packages and targets CUDA; its advantage (TensorRT-specific Q/DQ placement) does
 not apply to these conv-only graphs.
 
-The fake quantization mirrors what :func:`edgeseg.compress.quantize.quantize_int8` exports: every
+The fake quantization mirrors what :func:`edgeseg.export.int8.quantize_int8` exports: every
 convolution's input (per tensor) and its weight *after* batch-norm folding (per output channel),
 because the exported ONNX has BN folded into the convolutions. BN statistics are frozen during
 QAT (the usual recipe for a short fine-tune) so the folding is exact. Afterwards the original

@@ -8,7 +8,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from edgeseg.cli import main
-from edgeseg.compress.qat import QuantConv2d, prepare_qat, restore
+from edgeseg.export.qat import QuantConv2d, prepare_qat, restore
 from edgeseg.models import create_model, list_models
 from edgeseg.models.checkpoint import read_checkpoint
 

@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeseg.compress.quantize import calibration_inputs, quantize_int8
 from edgeseg.export.config import ExportConfig
+from edgeseg.export.int8 import calibration_inputs, quantize_int8
+from edgeseg.export.names import QAT_CHECKPOINT, engine_name, onnx_name
 from edgeseg.export.onnx import export_onnx
 from edgeseg.export.tensorrt import EngineOptions, build_engine
 from edgeseg.runtime.trt import sidecar_path
@@ -89,22 +90,23 @@ def int8_agreement(int8_path: Path, reference: str, calib: str) -> dict[str, Any
 def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[dict[str, Any]]:
     """QAT (when asked) and the INT8 Q/DQ export, each INT8 file checked against the FP32 model
     it came from."""
-    from edgeseg.compress.qat import qat_finetune
+    from edgeseg.export.qat import qat_finetune
 
     calib = cfg.calib or cfg.data
     args = (calib, cfg.calib_count, cfg.calib_method, cfg.target, cfg.keep_fp32)
     reference = cfg.checkpoint
     if not cfg.qat:
-        q = quantize_int8(base, stage / f"model.int8-{cfg.target}.onnx", *args)
+        q = quantize_int8(base, stage / onnx_name("int8", target=cfg.target), *args)
         check = int8_agreement(Path(q["path"]), reference, calib)
         return [{**q, "precision": "int8", **check}]
     qat = qat_finetune(
-        cfg.checkpoint, cfg.data, stage / "qat.pt", cfg.epochs, cfg.target, device=cfg.device
+        cfg.checkpoint, cfg.data, stage / QAT_CHECKPOINT, cfg.epochs, cfg.target, device=cfg.device
     )
     qat_onnx = export_onnx(
         qat["checkpoint"], work, input_size=cfg.input_size, simplify=cfg.simplify
     )
-    q = quantize_int8(qat_onnx["path"], stage / f"model.int8-qat-{cfg.target}.onnx", *args)
+    name = onnx_name("int8", target=cfg.target, qat=True)
+    q = quantize_int8(qat_onnx["path"], stage / name, *args)
     check = int8_agreement(Path(q["path"]), qat["checkpoint"], calib)
     return [
         {"path": qat["checkpoint"], "kind": "checkpoint", **qat},
@@ -128,7 +130,7 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
         if cfg.trt:
             onnx = next((f["path"] for f in reversed(files) if f["path"].endswith(".onnx")), base)
             opts = EngineOptions.parse_dynamic(cfg.dynamic, cfg.workspace)
-            engine = Path(stage, Path(onnx).name).with_suffix(".engine")
+            engine = stage / engine_name(Path(onnx).name)
             files.append({**build_engine(onnx, engine, opts, cfg.timing_cache), "kind": "engine"})
         moved = _move_into(stage, out)
     for f in files:

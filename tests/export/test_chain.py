@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edgeseg.artifacts as artifacts
-from edgeseg.artifacts import export_model
+import edgeseg.export.chain as artifacts
 from edgeseg.errors import EdgesegError
+from edgeseg.export.chain import export_model
 from edgeseg.export.config import ExportConfig
 
 
@@ -50,7 +50,7 @@ def test_a_failed_trt_export_leaves_the_folder_unchanged(tiny_run, tmp_path, mon
 
 
 def test_the_int8_row_describes_the_int8_file_and_checks_it_against_pytorch(tiny_run, tmp_path):
-    from edgeseg.compress.quantize import calibration_inputs
+    from edgeseg.export.int8 import calibration_inputs
     from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from edgeseg.runtime.backends.torch import TorchBackend
 
