@@ -24,12 +24,19 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
-from edgeseg.runtime.trt import SIDECAR_FORMAT, gpu_name, import_tensorrt, sidecar_path
+from edgeseg.runtime.trt import (
+    SIDECAR_FORMAT,
+    import_tensorrt,
+    sidecar_path,
+    tensorrt_major,
+    trt,
+    use_gpu,
+)
 
 
 @dataclass(frozen=True)
@@ -75,44 +82,59 @@ def engine_cache_dir() -> Path:
     return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "engines"
 
 
-def network_flags(trt: Any) -> int:
+def network_flags() -> int:
     """Creation flags of a strongly typed network: TensorRT 10 asks for it with the
     ``STRONGLY_TYPED`` flag; in TensorRT 11 every network is strongly typed and no flag is
-    passed (``EXPLICIT_BATCH`` is gone from both)."""
-    if int(str(trt.__version__).split(".")[0]) >= 11:
+    passed (``EXPLICIT_BATCH`` is gone from both). The checker reads both branches against
+    TensorRT 10.13's API."""
+    if tensorrt_major() >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
+def _parse(onnx_path: Path, logger: trt.ILogger) -> tuple[trt.Builder, trt.INetworkDefinition]:
+    """A builder and the strongly typed network of ``onnx_path``, or the parser's errors."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags())
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        # The stubs type OnnxParser.get_error as returning ``...``; it returns a ParserError.
+        errors = "; ".join(
+            cast("trt.ParserError", parser.get_error(i)).desc() for i in range(parser.num_errors)
+        )
+        raise EdgesegError(f"TensorRT cannot parse {onnx_path}: {errors[:400]}")
+    return builder, network
+
+
 def _build(
-    trt: Any,
     onnx_path: Path,
     input_hw: tuple[int, int],
     options: EngineOptions,
     timing_cache: str | os.PathLike | None,
-) -> tuple[Any, Any]:
+) -> tuple[trt.IHostMemory, trt.ITimingCache | None]:
     """Parse and build; (the serialized plan, the timing cache or None)."""
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise EdgesegError(f"TensorRT cannot parse {onnx_path}: {errors[:400]}")
+    builder, network = _parse(onnx_path, logger)
     config = builder.create_builder_config()
     if options.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     h, w = input_hw
     profile = builder.create_optimization_profile()
     shapes = [(b, 3, h, w) for b in (options.min_batch, options.opt_batch, options.max_batch)]
-    profile.set_shape(network.get_input(0).name, *shapes)
-    config.add_optimization_profile(profile)
+    # pybind11 takes a tuple wherever TensorRT wants Dims; the stubs list Dims only.
+    profile.set_shape(network.get_input(0).name, *shapes)  # type: ignore[arg-type]
+    if config.add_optimization_profile(profile) < 0:
+        raise EdgesegError(
+            f"TensorRT refused the optimization profile min/opt/max batch "
+            f"{options.min_batch}/{options.opt_batch}/{options.max_batch} (see the log above)"
+        )
     cache = None
     if timing_cache is not None:
         tc = Path(timing_cache)
         cache = config.create_timing_cache(tc.read_bytes() if tc.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
+    # The stubs say IHostMemory; TensorRT returns None when the build fails.
+    plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)
     if plan is None:
         raise EdgesegError(
             f"TensorRT failed to build an engine from {onnx_path} (see the log above); "
@@ -130,13 +152,13 @@ def build_engine(
 ) -> dict[str, Any]:
     """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; return the
     record."""
-    trt = import_tensorrt()
+    import_tensorrt()  # a clear error before any work when TensorRT is missing
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     spec = read_onnx_spec(onnx_path)
     digest = file_sha256(onnx_path)
-    gpu = gpu_name()
+    gpu = use_gpu(0)  # TensorRT builds on the thread's current GPU: GPU 0, the one recorded
     key = cache_key(digest, trt.__version__, gpu, options)
-    meta = {
+    meta: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
         "spec": spec.to_dict(),
         "tensorrt": {
@@ -155,11 +177,11 @@ def build_engine(
         write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))
         return {**meta["tensorrt"], "path": str(out_path), "from_cache": True}
 
-    plan, cache = _build(trt, onnx_path, spec.input_hw, options, timing_cache)
+    plan, cache = _build(onnx_path, spec.input_hw, options, timing_cache)
     with atomic_path(out_path) as tmp:
         Path(tmp).write_bytes(bytes(plan))
     write_text_atomic(sidecar_path(out_path), json.dumps(meta, indent=2))
-    if cache is not None:
+    if cache is not None and timing_cache is not None:
         with atomic_path(timing_cache) as tmp:
             Path(tmp).write_bytes(bytes(cache.serialize()))
     if use_cache:

@@ -1,18 +1,39 @@
 """TensorRT helpers shared by the engine builder (``edgeseg.export.tensorrt``) and the TensorRT
-backend: the import, the engine's sidecar record (``<engine>.json``: ModelSpec + build record),
-and the check that a plan was built for this TensorRT version and GPU."""
+backend: the ``tensorrt`` module (:data:`trt`), the engine's sidecar record (``<engine>.json``:
+ModelSpec + build record), the check that a plan was built for this TensorRT version and GPU,
+and the GPU TensorRT works on.
+
+Type-checked against TensorRT's own API (the tensorrt-stubs of TensorRT 10.13; run by
+tests/export/test_tensorrt_types.py): :data:`trt` is the ``tensorrt`` module to the checker, so
+every TensorRT name and call in these modules is checked. Where TensorRT 11 differs from 10.13,
+the code branches on :func:`tensorrt_major`, and the checker reads both branches.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseg._lazy import require
 from edgeseg.errors import EdgesegError
 
 SIDECAR_FORMAT = "edgeseg-engine-v1"
+
+
+class _TensorRT:
+    """The ``tensorrt`` module, imported at first use through :func:`import_tensorrt` (one line
+    on how to install it when it is missing), never at this module's import."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(import_tensorrt(), name)
+
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+else:
+    trt = _TensorRT()
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
@@ -69,9 +90,14 @@ def check_engine(
         )
 
 
-def import_tensorrt():
+def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or one line saying how to install it."""
     return require("tensorrt")
+
+
+def tensorrt_major() -> int:
+    """TensorRT's major version (10, 11...): where its API changed, code branches on this."""
+    return int(trt.__version__.split(".", 1)[0])
 
 
 def gpu_name(device: int = 0) -> str:
@@ -79,3 +105,14 @@ def gpu_name(device: int = 0) -> str:
     from edgeseg.runtime.cuda import get_driver
 
     return get_driver(device).gpu_name()
+
+
+def use_gpu(device: int = 0) -> str:
+    """Make GPU ``device``'s context current on this thread, for TensorRT to build or load an
+    engine in (TensorRT works in the calling thread's current context; a thread that last used
+    another GPU would otherwise build or load on that one); returns the GPU's name."""
+    from edgeseg.runtime.cuda import get_driver
+
+    driver = get_driver(device)
+    driver.ensure_current()
+    return driver.gpu_name()

@@ -231,9 +231,13 @@ def test_fault7_an_output_type_edgeseg_cannot_read_is_a_clear_error(
 def test_fault8_gpu_extras_pin_what_the_code_needs():
     tomllib = pytest.importorskip("tomllib")
     meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
-    gpu_extra = " ".join(meta["project"]["optional-dependencies"]["gpu"])
-    assert "cuda-python>=12.6.1" in gpu_extra  # cuda.bindings first shipped in 12.6.1
-    assert "onnxruntime-gpu>=1.27" in gpu_extra  # the first with TensorRT 11's EP
+    extras = meta["project"]["optional-dependencies"]
+    cu12, cu13 = " ".join(extras["gpu-cu12"]), " ".join(extras["gpu-cu13"])
+    # cuda.bindings first shipped in 12.6.1; cuda-python 13 needs driver 580 (not JetPack 6)
+    assert "cuda-python>=12.6.1,<13" in cu12
+    assert "cuda-python>=13,<14" in cu13 and "tensorrt" in cu12 and "tensorrt" in cu13
+    # onnxruntime-gpu shares the onnxruntime module with the CPU build: never an extra
+    assert not any("onnxruntime-gpu" in " ".join(deps) for deps in extras.values())
 
 
 def test_sidecar_that_disagrees_with_the_engine_is_refused(gpu, tiny_onnx, tmp_path):
@@ -317,7 +321,279 @@ def test_graph_replays_never_read_an_evicted_colour_table_and_graphs_are_bounded
         for alpha in alphas:
             for _ in range(3):  # eager, capture, replay
                 np.testing.assert_array_equal(seg(frame, alpha).vis, ref(frame, alpha).vis)
-    assert 0 < len(seg._gpu._graphs) <= 3
-    assert len(gpu.live["exec"]) == len(seg._gpu._graphs)  # evicted graphs were destroyed
+    assert 0 < len(seg._gpu.graphs.kept) <= 3
+    assert len(gpu.live["exec"]) == len(seg._gpu.graphs.kept)  # evicted graphs were destroyed
     seg.close()
     assert not any(gpu.live.values()) and not gpu.memory
+
+
+# ----------------------------------------------------------------------------------------------
+# What the stricter fakes can now show. Each test passes on the real code; the planted fault its
+# docstring names makes it fail.
+
+
+def test_infer_reads_the_engines_output_only_after_the_stream_synchronises(
+    gpu, tiny_onnx, tmp_path
+):
+    """Planted: infer() without its stream synchronise (test fails: the page-locked output is
+    read while the copy into it is still queued)."""
+    be = Segmenter(_engine(tiny_onnx, tmp_path)).backend
+    ref = Segmenter(tiny_onnx, fuse_resize=False).backend
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 2):
+        x = rng.standard_normal((n, 3, *be.spec.input_hw)).astype(np.float32)
+        np.testing.assert_allclose(be.infer(x), ref.infer(x), rtol=1e-5, atol=1e-5)
+    assert gpu.pending() == 0
+
+
+def test_infer_after_another_library_switched_this_threads_gpu(gpu, tiny_onnx, tmp_path):
+    """PyTorch (say) made GPU 1 current on this thread since the engine's last call: infer()
+    must run the engine in GPU 0's context again (the fake TensorRT refuses another)."""
+    be = Segmenter(_engine(tiny_onnx, tmp_path)).backend
+    x = np.random.default_rng(6).standard_normal((1, 3, *be.spec.input_hw)).astype(np.float32)
+    want = be.infer(x)
+    gpu.cu.cuCtxSetCurrent(gpu.contexts[1])  # behind the driver's back
+    np.testing.assert_array_equal(be.infer(x), want)
+    assert fake_tensorrt.errors == []
+
+
+def test_nothing_tensorrt_11_removed_is_called_or_probed(gpu, tiny_onnx, tmp_path, frame):
+    """Build, load, run (pipeline, graphs, infer): no removed API asked for, not even by a
+    hasattr probe, and nothing TensorRT would log as an error. Planted: run_device calling
+    execute_async_v2 (test fails: AttributeError); a hasattr(context, "execute_async_v2") probe
+    before execute_async_v3 (test fails: the probe is recorded)."""
+    seg = Segmenter(_engine(tiny_onnx, tmp_path), cuda_graph=True)
+    for _ in range(3):
+        seg(frame, 0.5)
+    seg.backend.infer(np.zeros((2, 3, *seg.spec.input_hw), np.float32))
+    seg.close()
+    assert fake_tensorrt.removed_asked == [] and fake_tensorrt.errors == []
+
+
+def test_the_fake_tensorrt_refuses_removed_api_on_instances_and_unknown_tensor_names(
+    gpu, tiny_onnx, tmp_path
+):
+    trt = fake_tensorrt
+    be = Segmenter(_engine(tiny_onnx, tmp_path)).backend
+    ctx, engine = be.context, be.engine
+    assert not hasattr(ctx, "execute_async_v2") and not hasattr(engine, "num_bindings")
+    with pytest.raises(AttributeError, match="removed in TensorRT 11"):
+        ctx.execute_v2([0, 0])
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    with pytest.raises(AttributeError, match="removed"):
+        config.max_workspace_size = 1 << 30
+    with pytest.raises(AttributeError):
+        trt.IInt8EntropyCalibrator2  # noqa: B018
+    with pytest.raises(AttributeError):
+        config.set_flag(trt.BuilderFlag.FP16)
+    assert trt.removed_asked == [
+        "execute_async_v2",
+        "num_bindings",
+        "execute_v2",
+        "max_workspace_size",
+        "IInt8EntropyCalibrator2",
+        "FP16",
+    ]
+    assert not ctx.set_tensor_address("no_such_tensor", 0x7F0000000000)
+    assert not ctx.set_input_shape("no_such_tensor", (1, 3, 8, 8))
+    assert engine.get_tensor_mode("no_such_tensor") == trt.TensorIOMode.NONE
+    assert len(trt.errors) == 3 and all("no_such_tensor" in e for e in trt.errors)
+    io = be.device_io(1)
+    be.out_name = "logits:0"  # a name the engine does not have: refused, not run
+    with pytest.raises(EdgesegError, match="refused the device buffer of logits:0"):
+        be.run_device(io, be.drv.stream_create())
+    with pytest.raises(EdgesegError, match=r"TensorRT left the output shape \(\) for batch 2"):
+        be.device_io(2)
+
+
+def test_the_profile_tensorrt_gets_is_min_opt_max_and_an_unordered_one_is_refused(
+    gpu, tiny_onnx, tmp_path
+):
+    """Planted: the profile built from (max, opt, min) (test fails: TensorRT refuses it)."""
+    from edgeseg.export.tensorrt import EngineOptions, build_engine
+
+    h, w = Segmenter(tiny_onnx).spec.input_hw
+    be = Segmenter(_engine(tiny_onnx, tmp_path, "1,2,4")).backend
+    assert be.engine.get_tensor_profile_shape(be.in_name, 0) == [
+        (1, 3, h, w),
+        (2, 3, h, w),
+        (4, 3, h, w),
+    ]
+    assert fake_tensorrt.errors == []
+    with pytest.raises(EdgesegError, match="TensorRT refused the optimization profile"):
+        build_engine(tiny_onnx, tmp_path / "bad.engine", EngineOptions(None, 4, 2, 8))
+    assert "min <= opt <= max" in fake_tensorrt.errors[-1]
+    assert not (tmp_path / "bad.engine").exists()
+
+
+@pytest.fixture(scope="module")
+def argmax_onnx(tiny_run, tmp_path_factory) -> Path:
+    from edgeseg.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("argmax_onnx")
+    return Path(export_onnx(tiny_run / "best.pt", out, argmax=True)["path"])
+
+
+def _labels_as(argmax_onnx: Path, dtype: str, out: Path) -> Path:
+    """The argmax model with its labels cast to ``dtype`` (an ONNX TensorProto type name)."""
+    import onnx
+
+    proto = onnx.load(str(argmax_onnx))
+    to = getattr(onnx.TensorProto, dtype)
+    (cast,) = [n for n in proto.graph.node if n.output[0] == proto.graph.output[0].name]
+    assert cast.op_type == "Cast"
+    next(a for a in cast.attribute if a.name == "to").i = to
+    proto.graph.output[0].type.tensor_type.elem_type = to
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize(
+    "dtype,kernel",
+    [("UINT8", None), ("INT32", "labels_from_i32"), ("INT64", "labels_from_i64")],
+)
+def test_engines_with_integer_label_outputs_give_the_cpu_paths_labels(
+    gpu, argmax_onnx, tmp_path, frame, dtype, kernel
+):
+    """An argmax model's labels as uint8, int32 or int64 (what ArgMax gives without the Cast):
+    the engine's output type comes from the ONNX, and the pipeline reads each as it is."""
+    onnx_path = _labels_as(argmax_onnx, dtype, tmp_path / f"labels.{dtype}.onnx")
+    seg = Segmenter(_engine(onnx_path, tmp_path))
+    assert seg.backend.out_dtype == np.dtype(dtype.lower())
+    ref = Segmenter(argmax_onnx)
+    frames = [frame, np.ascontiguousarray(frame[::-1, ::2])]
+    for f in frames:
+        got, want = seg(f, 0.5), ref(f, 0.5)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.vis, want.vis)
+    launched = {name for name, _, _ in gpu.launches}
+    assert (kernel in launched) if kernel else not any("labels_from" in n for n in launched)
+    assert fake_tensorrt.errors == []
+
+
+@pytest.mark.parametrize("dtype", ["INT8", "BOOL"])
+def test_engines_with_label_outputs_edgeseg_cannot_read_are_refused(
+    gpu, argmax_onnx, tmp_path, dtype
+):
+    onnx_path = _labels_as(argmax_onnx, dtype, tmp_path / f"labels.{dtype}.onnx")
+    with pytest.raises(EdgesegError, match=f"its output is {dtype.lower()}"):
+        Segmenter(_engine(onnx_path, tmp_path))
+    assert not gpu.memory
+
+
+def test_the_gpu_pipeline_runs_model_and_kernels_in_one_streams_order(
+    gpu, tiny_onnx, tmp_path, frame
+):
+    """Uploads, kernels, the engine, downloads: one stream, read after its synchronise, frame
+    after different frame. Planted: post-processing launched on the legacy default stream
+    (test fails: the labels are downloaded before they are computed)."""
+    seg = Segmenter(_engine(tiny_onnx, tmp_path))
+    ref = Segmenter(tiny_onnx, fuse_resize=False)
+    rng = np.random.default_rng(9)
+    for i in range(4):
+        f = np.clip(frame.astype(int) + rng.integers(-60, 60, frame.shape), 0, 255).astype(np.uint8)
+        got, want = seg(f, 0.3 if i % 2 else None), ref(f, 0.3 if i % 2 else None)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.vis is None or np.array_equal(got.vis, want.vis)
+    assert gpu.pending() == 0
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_model_on_another_stream_is_ordered_only_by_events(
+    gpu, tiny_onnx, tmp_path, frame, ordered
+):
+    """What the fake now catches: a backend that runs its model on a stream of its own without
+    events gives the pipeline logits not yet computed; with an event each way it is right."""
+    seg = Segmenter(_engine(tiny_onnx, tmp_path))
+    want = Segmenter(tiny_onnx, fuse_resize=False)(frame).labels
+    be, drv = seg.backend, seg.backend.drv
+    other, ready, done = drv.stream_create(), drv.event_create(), drv.event_create()
+    run = be.run_device
+
+    def on_other(io, stream):
+        if ordered:
+            drv.event_record(ready, stream)  # the input is preprocessed...
+            cuda.check(gpu.cu.cuStreamWaitEvent(other, ready, 0))
+        out = run(io, other)
+        if ordered:
+            drv.event_record(done, other)  # ...and the output computed before post-processing
+            cuda.check(gpu.cu.cuStreamWaitEvent(stream, done, 0))
+        return out
+
+    be.run_device = on_other
+    assert np.array_equal(seg(frame).labels, want) == ordered
+
+
+def test_graphs_outliving_their_colour_table_are_never_replayed(
+    gpu, tiny_onnx, tmp_path, frame, monkeypatch
+):
+    """Colour-table lifetime under CUDA-graph replay: two tables kept, eight graphs, four
+    opacities in turn (each table is evicted, freed and its address handed to the next table
+    while graphs that read it are still kept). Planted: captured steps keyed without the table
+    (test fails: a replay blends with another opacity's table)."""
+    from edgeseg.runtime import gpu as gpu_pipeline
+
+    monkeypatch.setattr(gpu_pipeline, "MAX_GRAPHS", 8)
+    seg = Segmenter(_engine(tiny_onnx, tmp_path), cuda_graph=True)
+    seg._gpu.tables.keep = 2
+    ref = Segmenter(tiny_onnx, fuse_resize=False)
+    replays = 0
+    for _ in range(3):
+        for alpha in (0.2, 0.4, 0.6, 0.8):
+            for _ in range(3):  # eager, capture, replay
+                got = seg(frame, alpha)
+                np.testing.assert_array_equal(got.vis, ref(frame, alpha).vis)
+                replays += got.timings_ms.get("graph", 0) == 1.0
+    assert replays >= 12 and gpu.faults == []
+    seg.close()
+    assert not gpu.memory and not any(gpu.live.values())
+
+
+def test_segmenters_on_gpu_1_then_gpu_0_from_one_thread(gpu, tiny_onnx, tmp_path, frame):
+    """Drivers made on the main thread; a worker thread loads and runs an engine on GPU 1, one on
+    GPU 0, then GPU 1 again: each engine is deserialized and run in its own GPU's context (the
+    fake TensorRT refuses an engine run from another context)."""
+    engine0 = _engine(tiny_onnx, tmp_path)
+    engine1 = tmp_path / "gpu1.engine"
+    engine1.write_bytes(engine0.read_bytes())
+    meta = json.loads(Path(f"{engine0}.json").read_text())
+    meta["tensorrt"]["gpu"] = "Fake GPU 1"
+    Path(f"{engine1}.json").write_text(json.dumps(meta))
+    for d in (0, 1):
+        cuda.get_driver(d)
+    want = Segmenter(tiny_onnx, fuse_resize=False)(frame, 0.5)
+    got, errors = [], []
+
+    def work():
+        try:
+            seg1 = Segmenter(engine1, device="cuda:1")
+            got.append(seg1(frame, 0.5))
+            seg0 = Segmenter(engine0, device="cuda:0")
+            got.append(seg0(frame, 0.5))
+            got.append(seg1(frame, 0.5))
+            assert seg1.backend.engine.ctx is gpu.contexts[1]
+            assert seg0.backend.engine.ctx is gpu.contexts[0]
+            seg0.close()
+            seg1.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors, errors
+    for r in got:
+        np.testing.assert_array_equal(r.labels, want.labels)
+        np.testing.assert_array_equal(r.vis, want.vis)
+
+
+def test_an_engine_is_built_on_the_gpu_its_record_names(gpu, tiny_onnx, tmp_path):
+    """The builder works in the thread's current context: after the thread last used GPU 1, the
+    engine (recorded as GPU 0's) must still be built on GPU 0."""
+    from edgeseg.export.tensorrt import build_engine
+
+    cuda.get_driver(0)
+    cuda.get_driver(1)  # made last: this thread's current GPU is 1
+    rec = build_engine(tiny_onnx, tmp_path / "m.engine", use_cache=False)
+    assert rec["gpu"] == "Fake GPU 0"
+    assert json.loads((tmp_path / "m.engine").read_bytes())["device"] == 0

@@ -25,7 +25,7 @@ from edgeseg.device import cuda_index
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, Capabilities, DeviceIO
 from edgeseg.runtime.cuda import get_driver
-from edgeseg.runtime.trt import check_engine, import_tensorrt, read_sidecar
+from edgeseg.runtime.trt import check_engine, import_tensorrt, read_sidecar, trt
 from edgeseg.spec import ModelSpec
 
 INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what the preprocess kernel writes
@@ -38,7 +38,7 @@ OUTPUT_DTYPES = {
 }
 
 
-def tensor_dtype(trt: Any, dtype: Any, what: str, path: Path) -> np.dtype:
+def tensor_dtype(dtype: trt.DataType, what: str, path: Path) -> np.dtype:
     """NumPy dtype of a TensorRT tensor type, or one clear error (bf16, fp8, int4 have none)."""
     try:
         return np.dtype(trt.nptype(dtype))
@@ -48,28 +48,40 @@ def tensor_dtype(trt: Any, dtype: Any, what: str, path: Path) -> np.dtype:
         ) from None
 
 
+def dims(shape: trt.Dims) -> tuple[int, ...]:
+    """A TensorRT shape as a tuple (Dims indexes and has a length; its stubs do not iterate)."""
+    return tuple(int(shape[i]) for i in range(len(shape)))
+
+
 class TensorRTBackend(Backend):
     """Runs a serialized TensorRT engine on one GPU (``cuda:N``)."""
 
     name = "trt"
 
     def __init__(self, path: str | os.PathLike, device: str = "cuda", driver: Any = None) -> None:
-        self.trt = trt = import_tensorrt()
+        import_tensorrt()  # a clear error first when TensorRT is missing
         self.path = Path(path)
         meta = read_sidecar(self.path)
         self.spec = ModelSpec.from_dict(meta["spec"], origin=str(self.path))
         index = cuda_index(device if device.startswith("cuda") else "cuda")
         self.drv = driver or get_driver(index)
         check_engine(meta, trt.__version__, self.drv.gpu_name(), self.path)
+        # TensorRT loads the engine into the thread's current context: this GPU's, even when
+        # the thread last used another GPU (or none yet: TensorRT would take GPU 0).
+        self.drv.ensure_current()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
+        # The stubs say ICudaEngine; TensorRT returns None for a plan it cannot load.
+        engine: trt.ICudaEngine | None = self.runtime.deserialize_cuda_engine(
+            self.path.read_bytes()
+        )
+        if engine is None:
             raise EdgesegError(
                 f"TensorRT could not load {self.path} (corrupt, or built by another version); "
                 "rebuild it with 'edgeseg export CKPT --trt'"
             )
-        self.context = self.engine.create_execution_context()
+        self.engine = engine
+        self.context = engine.create_execution_context()
         self.in_name, self.out_name = self._io_names()
         self.in_dtype, self.out_dtype = self._dtypes()
         lo, hi = self._batch_range()
@@ -87,7 +99,7 @@ class TensorRTBackend(Backend):
         self._pinned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _io_names(self) -> tuple[str, str]:
-        trt, e = self.trt, self.engine
+        e = self.engine
         names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
         ins = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -99,8 +111,8 @@ class TensorRTBackend(Backend):
 
     def _dtypes(self) -> tuple[np.dtype, np.dtype]:
         e = self.engine
-        din = tensor_dtype(self.trt, e.get_tensor_dtype(self.in_name), "input type", self.path)
-        dout = tensor_dtype(self.trt, e.get_tensor_dtype(self.out_name), "output type", self.path)
+        din = tensor_dtype(e.get_tensor_dtype(self.in_name), "input type", self.path)
+        dout = tensor_dtype(e.get_tensor_dtype(self.out_name), "output type", self.path)
         if din not in INPUT_DTYPES:
             raise EdgesegError(
                 f"{self.path}: its input is {din}, but edgeseg's preprocessing writes float32 or "
@@ -116,7 +128,7 @@ class TensorRTBackend(Backend):
 
     def _batch_range(self) -> tuple[int, int]:
         """Batch sizes the engine takes; its input's other dimensions must match the ModelSpec."""
-        shape = tuple(self.engine.get_tensor_shape(self.in_name))
+        shape = dims(self.engine.get_tensor_shape(self.in_name))
         h, w = self.spec.input_hw
         if len(shape) != 4 or tuple(shape[1:]) != (3, h, w):
             raise EdgesegError(
@@ -137,8 +149,8 @@ class TensorRTBackend(Backend):
                 f"{self.path}: TensorRT refused batch {batch} (the engine takes "
                 f"{self.caps.min_batch} to {self.caps.max_batch})"
             )
-        out = tuple(int(d) for d in self.context.get_tensor_shape(self.out_name))
-        if any(d < 0 for d in out) or out[0] != batch:
+        out = dims(self.context.get_tensor_shape(self.out_name))
+        if not out or any(d < 0 for d in out) or out[0] != batch:
             raise EdgesegError(
                 f"{self.path}: TensorRT left the output shape {out} for batch {batch}"
             )
@@ -172,6 +184,9 @@ class TensorRTBackend(Backend):
         h, w = self.spec.input_hw
         if batch.shape != (n, 3, h, w):
             raise EdgesegError(f"this engine takes (N, 3, {h}, {w}) inputs, got {batch.shape}")
+        # Ask the driver, not our record: PyTorch or the CUDA runtime may have switched this
+        # thread's GPU since (the GPU pipeline does the same once a step).
+        self.drv.ensure_current()
         io = self.device_io(n)
         if self._stream is None:
             self._stream = self.drv.stream_create()
@@ -197,4 +212,5 @@ class TensorRTBackend(Backend):
         if self._stream is not None:
             self.drv.stream_destroy(self._stream)
             self._stream = None
-        self.context = self.engine = self.runtime = None
+        for name in ("context", "engine", "runtime"):  # TensorRT's objects, in that order
+            vars(self).pop(name, None)
