@@ -75,6 +75,58 @@ class _Step:
     smooth: list[SmoothState | None]
 
 
+class _Graphs:
+    """Captured steps, by what they bake in (buffer addresses, kernel scalars): a step is
+    captured the second time it runs eagerly (lazy initialisations done) and replayed after;
+    at most MAX_GRAPHS are kept, the least recently used destroyed first."""
+
+    def __init__(self, kind: str | None, drv: Driver, backend: Backend) -> None:
+        self.kind, self.drv, self.backend = kind, drv, backend
+        self.kept: OrderedDict[tuple, Any] = OrderedDict()
+        self.ran_eagerly: set[tuple] = set()
+
+    def get(self, key: tuple) -> Any | None:
+        if key not in self.kept:
+            return None
+        self.kept.move_to_end(key)
+        return self.kept[key]
+
+    def ran(self, key: tuple, capture) -> None:
+        """``key`` just ran eagerly; ``capture()`` makes its graph once it is warm."""
+        if self.kind is None:
+            return
+        if key in self.ran_eagerly:
+            self.kept[key] = capture()
+            while len(self.kept) > MAX_GRAPHS:
+                self.destroy(self.kept.popitem(last=False)[1])
+        if len(self.ran_eagerly) > 8 * MAX_GRAPHS:  # keys only, but never without bound
+            self.ran_eagerly.clear()
+        self.ran_eagerly.add(key)
+
+    def capture(self, stream: Any, enqueue) -> Any:
+        if self.kind == "torch":
+            return self.backend.capture(stream, enqueue)
+        return self.drv.graph_capture(stream, enqueue)
+
+    def replay(self, graph: Any, stream: Any) -> None:
+        if self.kind == "torch":
+            self.backend.replay(graph, stream)
+        else:
+            self.drv.graph_launch(graph, stream)
+
+    def destroy(self, graph: Any) -> None:
+        """Release a captured step (a torch graph's memory pool goes with its last reference)."""
+        if self.kind == "driver":
+            self.drv.graph_destroy(graph)
+
+    def drop(self) -> None:
+        """Every graph goes (buffers they point at are being replaced)."""
+        for graph in self.kept.values():
+            self.destroy(graph)
+        self.kept.clear()
+        self.ran_eagerly.clear()
+
+
 class GpuPipeline:
     """Runs ``backend`` (with ``caps.device_buffers``) on frames; see the module docstring."""
 
@@ -102,10 +154,9 @@ class GpuPipeline:
         self._own_stream = own is None
         self.events = [self.drv.event_create() for _ in range(4)]
         self.graph_kind = backend.caps.graph if cuda_graph else None
+        self.graphs = _Graphs(self.graph_kind, self.drv, backend)
         self._slots: dict[tuple[int, tuple[int, int]], _Slot] = {}
         self._scratch: dict[int, DeviceBuffer] = {}
-        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
-        self._ran_eagerly: set[tuple] = set()
         self._smooth: dict[int, SmoothState] = {}  # states holding device buffers of this pipeline
 
     # -- buffers
@@ -114,7 +165,7 @@ class GpuPipeline:
             old = [k for k in self._slots if k[0] == i]  # a frame size change: the old buffers go
             for k in old:
                 self._slots.pop(k).free()
-                self._drop_graphs()
+                self.graphs.drop()
             self._slots[(i, hw)] = _Slot(self.drv, hw)
         return self._slots[(i, hw)]
 
@@ -124,39 +175,11 @@ class GpuPipeline:
         return self._scratch[i].ptr
 
     def _smooth_buffers(self, state: SmoothState, io: DeviceIO) -> dict:
-        """The device average (float32, one frame's logits) and words of ``state``, allocated on
-        its first frame and again when the logits change shape (a restart)."""
-        shape = tuple(io.output_shape[1:])
-        dev = state.device
-        if dev.get("shape") != shape:
-            self._free_smooth(state)
-            dev.update(
-                shape=shape,
-                ema=self.drv.mem_alloc(int(np.prod(shape)) * 4),
-                words=self.drv.mem_alloc(8),
-                force=self.drv.pinned_empty((1,), np.uint32),
-            )
-            state.restart = True
+        """``state``'s device buffers (see :func:`smooth_buffers`), tracked for close()."""
+        if smooth_buffers(self.drv, state, tuple(io.output_shape[1:])):
             self._smooth[id(state)] = state
-            self._drop_graphs()  # captured graphs point at the old buffers
-        return dev
-
-    def _free_smooth(self, state: SmoothState) -> None:
-        for name in ("ema", "words"):
-            if name in state.device:
-                state.device.pop(name).free()
-        state.device.clear()
-
-    def _drop_graphs(self) -> None:
-        for graph in self._graphs.values():
-            self._destroy(graph)
-        self._graphs.clear()
-        self._ran_eagerly.clear()
-
-    def _destroy(self, graph: Any) -> None:
-        """Release a captured step (a torch graph's memory pool goes with its last reference)."""
-        if self.graph_kind == "driver":
-            self.drv.graph_destroy(graph)
+            self.graphs.drop()  # captured graphs point at the old buffers
+        return state.device
 
     # -- one step
     def _enqueue(self, step: _Step, timed: bool) -> None:
@@ -231,17 +254,6 @@ class GpuPipeline:
             if step.overlay:
                 self.drv.memcpy_dtoh(slot.h_vis, slot.d_vis, s)
 
-    def _capture(self, step: _Step) -> Any:
-        if self.graph_kind == "torch":
-            return self.backend.capture(self.stream, lambda: self._enqueue(step, timed=False))
-        return self.drv.graph_capture(self.stream, lambda: self._enqueue(step, timed=False))
-
-    def _replay(self, graph: Any) -> None:
-        if self.graph_kind == "torch":
-            self.backend.replay(graph, self.stream)
-        else:
-            self.drv.graph_launch(graph, self.stream)
-
     def run(
         self,
         frames: list[np.ndarray],
@@ -291,9 +303,9 @@ class GpuPipeline:
     def _launch(self, step: _Step, key: tuple) -> dict[str, float]:
         drv, e, s = self.drv, self.events, self.stream
         drv.event_record(e[0], s)
-        if key in self._graphs:
-            self._graphs.move_to_end(key)
-            self._replay(self._graphs[key])
+        graph = self.graphs.get(key)
+        if graph is not None:
+            self.graphs.replay(graph, s)
             drv.event_record(e[3], s)
             drv.stream_synchronize(s)
             return {
@@ -310,14 +322,7 @@ class GpuPipeline:
             "infer": drv.event_elapsed_ms(e[1], e[2]),
             "post": drv.event_elapsed_ms(e[2], e[3]),
         }
-        if self.graph_kind is not None:
-            if key in self._ran_eagerly:  # warmed up (lazy initialisations done): capture
-                self._graphs[key] = self._capture(step)
-                while len(self._graphs) > MAX_GRAPHS:
-                    self._destroy(self._graphs.popitem(last=False)[1])
-            if len(self._ran_eagerly) > 8 * MAX_GRAPHS:  # keys only, but never without bound
-                self._ran_eagerly.clear()
-            self._ran_eagerly.add(key)
+        self.graphs.ran(key, lambda: self.graphs.capture(s, lambda: self._enqueue(step, False)))
         return timings
 
     def time_model(self, warmup: int, iters: int) -> list[float]:
@@ -331,26 +336,24 @@ class GpuPipeline:
         for _ in range(max(2, warmup)):
             run()
             self.drv.stream_synchronize(s)
-        if self.graph_kind == "torch":
-            graph = self.backend.capture(s, run)
-        elif self.graph_kind == "driver":
-            graph = self.drv.graph_capture(s, run)
+        if self.graph_kind is not None:
+            graph = self.graphs.capture(s, run)
         samples = []
         try:
             for _ in range(iters):
                 t = time.perf_counter()
-                self._replay(graph) if graph is not None else run()
+                self.graphs.replay(graph, s) if graph is not None else run()
                 self.drv.stream_synchronize(s)
                 samples.append((time.perf_counter() - t) * 1e3)
         finally:
-            if graph is not None and self.graph_kind == "driver":
-                self.drv.graph_destroy(graph)
+            if graph is not None:
+                self.graphs.destroy(graph)
         return samples
 
     def close(self) -> None:
         """Free every buffer, graph, event and the pipeline's own stream."""
         self.drv.make_current()
-        self._drop_graphs()
+        self.graphs.drop()
         for slot in self._slots.values():
             slot.free()
         self._slots.clear()
@@ -358,7 +361,7 @@ class GpuPipeline:
             buf.free()
         self._scratch.clear()
         for state in self._smooth.values():
-            self._free_smooth(state)
+            free_smooth(state)
         self._smooth.clear()
         self.tables.free()
         for ev in self.events:
@@ -366,6 +369,30 @@ class GpuPipeline:
         self.events = []
         if self._own_stream:
             self.drv.stream_destroy(self.stream)
+
+
+def smooth_buffers(drv: Driver, state: SmoothState, shape: tuple[int, ...]) -> bool:
+    """Give ``state`` its device average (float32, one frame's logits of ``shape``) and words,
+    on its first frame and again when the logits change shape (a restart); True when new."""
+    dev = state.device
+    if dev.get("shape") == shape:
+        return False
+    free_smooth(state)
+    dev.update(
+        shape=shape,
+        ema=drv.mem_alloc(int(np.prod(shape)) * 4),
+        words=drv.mem_alloc(8),
+        force=drv.pinned_empty((1,), np.uint32),
+    )
+    state.restart = True
+    return True
+
+
+def free_smooth(state: SmoothState) -> None:
+    for name in ("ema", "words"):
+        if name in state.device:
+            state.device.pop(name).free()
+    state.device.clear()
 
 
 def io_in_shape(spec: ModelSpec) -> tuple[int, int, int]:

@@ -58,6 +58,31 @@ def default_mode(source: Source | None, spec: str) -> str:
     return "realtime" if live else "every-frame"
 
 
+def open_sources(
+    sources: list, cfg: StreamConfig, options: dict, opened: list[Source]
+) -> list[tuple[str, Source | None]]:
+    """(spec, opened source or None) each, every source opened also appended to ``opened``;
+    with ``reconnect`` a live source that cannot be opened yet is retried by its thread instead
+    of failing the start."""
+    out = []
+    for s in sources:
+        if isinstance(s, Source):
+            opened.append(s)
+            out.append((s.spec, s))
+            continue
+        try:
+            src = open_within(s, cfg.max_frames, cfg.open_timeout, **options)
+        except EdgesegError as e:
+            if not (cfg.reconnect and is_live(str(s))):
+                raise
+            log.warning("%s; retrying until it is up (reconnect)", e)
+            src = None
+        if src is not None:
+            opened.append(src)
+        out.append((str(s), src))
+    return out
+
+
 def stream_config(config: StreamConfig | None, settings: dict) -> StreamConfig:
     """``config`` (or the defaults) with ``settings`` (StreamConfig field names) replacing its
     values; an unknown name is one error that names it."""
@@ -134,27 +159,8 @@ class StreamPipeline:
 
     # -- construction
     def _open_sources(self, sources: list) -> list[tuple[str, Source | None]]:
-        """(spec, opened source or None) each; with ``reconnect`` a live source that cannot be
-        opened yet is retried by its thread instead of failing the start."""
-        cfg = self.cfg
         self._opened: list[Source] = []
-        out = []
-        for s in sources:
-            if isinstance(s, Source):
-                self._opened.append(s)
-                out.append((s.spec, s))
-                continue
-            try:
-                src = open_within(s, cfg.max_frames, cfg.open_timeout, **self.open_options)
-            except EdgesegError as e:
-                if not (cfg.reconnect and is_live(str(s))):
-                    raise
-                log.warning("%s; retrying until it is up (reconnect)", e)
-                src = None
-            if src is not None:
-                self._opened.append(src)
-            out.append((str(s), src))
-        return out
+        return open_sources(sources, self.cfg, self.open_options, self._opened)
 
     def _make_runners(self, opened) -> None:
         cfg = self.cfg
@@ -309,12 +315,7 @@ class StreamPipeline:
         for sid, items in enumerate(self.shared.results.drain()):
             self.stats.dropped(sid, sum(1 for _, res in items if not is_gap(res)))
         self.output.drain()
-        for sid, s in enumerate(self.stats.sources):  # in a stage that never returned: failed
-            stuck = s.frames_in - s.frames_out - s.frames_dropped - s.frames_failed
-            if stuck > 0:
-                self.stats.failed(sid, stuck, f"{stuck} frames were in a stage that did not return")
-            if s.state in ("running", "reconnecting", "starting"):
-                self.stats.state(sid, "stopped")
+        self.stats.close_run()
 
     @property
     def exit_code(self) -> int:

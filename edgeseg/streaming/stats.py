@@ -238,6 +238,16 @@ class StreamStats:
             if len(self.errors) < MAX_ERRORS:
                 self.errors.append(msg)
 
+    def close_run(self) -> None:
+        """At the end of a run: frames still inside a stage that never returned count as
+        failed (every frame read is accounted for), and running sources as stopped."""
+        for sid, s in enumerate(self.sources):
+            stuck = s.frames_in - s.frames_out - s.frames_dropped - s.frames_failed
+            if stuck > 0:
+                self.failed(sid, stuck, f"{stuck} frames were in a stage that did not return")
+            if s.state in ("running", "reconnecting", "starting"):
+                self.state(sid, "stopped")
+
     # -- reading
     def totals(self) -> dict[str, int]:
         return {k: sum(getattr(s, k) for s in self.sources) for k in COUNTS}
