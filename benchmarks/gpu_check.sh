@@ -55,9 +55,9 @@ need_gpu="import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GP
 step imports 20 imports.log "$py" -c "
 import edgeseg, edgeseg._cpu, cuda.bindings.driver, cuda.bindings.nvrtc
 from edgeseg.runtime import kernels
-kernels.set_backend('cpu')
+kernels.use('cpu')
 $need_gpu
-print('edgeseg', edgeseg.__file__, 'C++ kernels', kernels.backend)" || exit 1
+print('edgeseg', edgeseg.__file__, 'C++ kernels', kernels.implementation)" || exit 1
 # a skip (no NVRTC library) is a failure here: the GPU pipeline cannot run without it
 step nvrtc 25 nvrtc.log bash -c "$py -m pytest -q -rs -p no:cacheprovider \
     tests/runtime/test_kernels_cuda.py::test_nvrtc_builds_the_shipped_sources \

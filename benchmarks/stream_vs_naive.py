@@ -125,7 +125,7 @@ def saved_masks(model: str, video: str, tmp: Path, max_frames: int | None) -> li
 def check_labels(model: str, video: str, masks: list[Path], every: int = 20) -> dict:
     from edgeseg.runtime import Segmenter, kernels
 
-    kernels.set_backend("reference")
+    kernels.use("reference")
     seg = Segmenter(model)
     whole = Segmenter(model, fuse_resize=False)  # ONNX Runtime does the model's final resize
     cap = cv2.VideoCapture(video)
@@ -141,7 +141,7 @@ def check_labels(model: str, video: str, masks: list[Path], every: int = 20) -> 
             whole_diff += int((got != whole(frame).labels).sum())
             pixels += got.size
             checked += 1
-    kernels.set_backend("cpu" if kernels._cpu is not None else "reference")
+    kernels.use("cpu" if kernels._cpu is not None else "reference")
     return {
         "frames_checked": checked,
         "pixels_different": mismatched,

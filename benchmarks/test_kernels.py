@@ -56,7 +56,7 @@ def test_preprocess_blobfromimage(benchmark, size):
 def test_preprocess_edgeseg_cpu(benchmark, size):
     if kernels._cpu is None:
         pytest.skip("C++ extension not built")
-    kernels.set_backend("cpu")
+    kernels.use("cpu")
     frame, _, _, _, model_hw = _data(size)
     out = np.empty((1, 3, *model_hw), np.float32)
     benchmark.group = f"preprocess {size}"
@@ -80,7 +80,7 @@ def test_postprocess_numpy_opencv(benchmark, size):
 def test_postprocess_edgeseg_cpu(benchmark, size):
     if kernels._cpu is None:
         pytest.skip("C++ extension not built")
-    kernels.set_backend("cpu")
+    kernels.use("cpu")
     frame, logits, palette, frame_hw, _ = _data(size)
     labels = np.empty(frame_hw, np.uint8)
     vis = np.empty_like(frame)

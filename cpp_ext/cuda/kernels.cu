@@ -1,5 +1,5 @@
 // edgeseg CUDA kernels: grid loops over cpp_ext/include/pixel_ops.h, the same per-pixel maths the
-// CPU extension runs. Compiled at first use by NVRTC (edgeseg/runtime/cuda.py) with --fmad=false
+// CPU extension runs. Compiled at first use by NVRTC (edgeseg/runtime/cuda_driver.py) with --fmad=false
 // (see pixel_ops.h), and compile-checked by nvcc in the tests. Everything works on device
 // pointers and runs on the caller's stream: a uint8 frame goes in, uint8 labels come out.
 //

@@ -95,7 +95,7 @@ def _file_precision(path: Path) -> str:
         return "fp32"
     if path.suffix.lower() == ".onnx":
         return read_onnx_spec(path).precision
-    from edgeseg.runtime.trt import read_sidecar
+    from edgeseg.runtime.engine_files import read_sidecar
 
     return read_sidecar(path)["spec"].get("precision", "fp32")
 

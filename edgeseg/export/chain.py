@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.export.config import ExportConfig
+from edgeseg.export.engine import EngineOptions, build_engine
 from edgeseg.export.int8 import calibration_inputs, quantize_int8
 from edgeseg.export.names import QAT_CHECKPOINT, engine_name, onnx_name
 from edgeseg.export.onnx import export_onnx
-from edgeseg.export.tensorrt import EngineOptions, build_engine
-from edgeseg.runtime.trt import sidecar_path
+from edgeseg.runtime.engine_files import sidecar_path
 
 
 def _move_into(staging: Path, out: Path) -> dict[str, str]:

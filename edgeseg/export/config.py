@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeseg._config import setting
 from edgeseg._lazy import require
 from edgeseg.errors import EdgesegError
-from edgeseg.export.tensorrt import EngineOptions
+from edgeseg.export.engine import EngineOptions
 
 # INT8 calibration methods and flavours (edgeseg.export.int8 implements them).
 METHODS = ("minmax", "entropy", "percentile")

@@ -38,7 +38,7 @@ class Segmenter:
     ``"bilinear"`` (logits resized to frame size first: the accuracy path). In nearest mode an
     ONNX model's trailing logits resize runs in the post-processing kernel instead of ONNX
     Runtime (``fuse_resize=False`` keeps the graph whole); the labels are the model's.
-    On a GPU the whole frame path runs there (:mod:`edgeseg.runtime.gpu`); ``cuda_graph``
+    On a GPU the whole frame path runs there (:mod:`edgeseg.runtime.gpu_pipeline`); ``cuda_graph``
     replays it as one CUDA graph, ``precision="fp16"`` runs a ``.pt`` in half precision.
     ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
@@ -73,7 +73,7 @@ class Segmenter:
         self._inputs: dict[int, np.ndarray] = {}  # host input batches, reused
 
     def _gpu_pipeline(self, cuda_graph: bool):
-        from edgeseg.runtime.gpu import GpuPipeline
+        from edgeseg.runtime.gpu_pipeline import GpuPipeline
 
         try:
             return GpuPipeline(self.backend, self.mode, cuda_graph)
@@ -96,7 +96,7 @@ class Segmenter:
     @property
     def kernels(self) -> str:
         """Which pre/post-processing runs: ``cuda``, ``cpu`` (C++) or ``reference`` (NumPy)."""
-        return "cuda" if self._gpu is not None else kernels.backend
+        return "cuda" if self._gpu is not None else kernels.implementation
 
     @property
     def max_batch(self) -> int | None:

@@ -1,6 +1,7 @@
 """The TensorRT layer type-checks against TensorRT's own Python API: mypy (configured in
-pyproject.toml's [tool.mypy]) over edgeseg/export/tensorrt.py, edgeseg/runtime/backends/tensorrt.py
-and edgeseg/runtime/trt.py, with the stubs of TensorRT 10.13 (tensorrt-stubs). Where TensorRT 11
+pyproject.toml's [tool.mypy]) over edgeseg/export/engine.py, edgeseg/runtime/backends/
+tensorrt.py and edgeseg/runtime/engine_files.py, with the stubs of TensorRT 10.13
+(tensorrt-stubs). Where TensorRT 11
 differs, the code branches on ``tensorrt_major()`` and mypy reads both branches; the fake of
 TensorRT 11 (tests/fakes/fake_tensorrt.py) covers what 11 removed.
 

@@ -34,11 +34,11 @@ kernel. What it holds code to, as a GPU would:
   ones are NVRTC_ERROR_INVALID_OPTION; ``--fmad=false`` and a supported
   ``--gpu-architecture`` are required) and reads the ``extern "C" __global__`` signatures from
   the source into the image; ``cuModuleLoadData`` refuses an image not built for the device.
-  ``cuLaunchKernel`` checks the signature against ``edgeseg.runtime.cuda.SIGNATURES`` (what the
-  host packs), the argument kinds (pointers must be device memory) and the launch shape (block
-  limits; warp-sized blocks where the kernel votes per warp); a grid that does not cover the
-  kernel's output leaves the pixels it misses unwritten. Kernels compute as the CPU extension
-  (``edgeseg._cpu``), which computes what the CUDA kernels compute
+  ``cuLaunchKernel`` checks the signature against ``edgeseg.runtime.cuda_driver.SIGNATURES``
+  (what the host packs), the argument kinds (pointers must be device memory) and the launch
+  shape (block limits; warp-sized blocks where the kernel votes per warp); a grid that does not
+  cover the kernel's output leaves the pixels it misses unwritten. Kernels compute as the CPU
+  extension (``edgeseg._cpu``), which computes what the CUDA kernels compute
   (tests/runtime/test_kernels_cuda.py proves them equal on a GPU).
 
 For testing the logic around the GPU (pipelines, backends, fault handling); never a
@@ -61,7 +61,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from edgeseg.runtime.cuda import SIGNATURES
+from edgeseg.runtime.cuda_driver import SIGNATURES
 
 POISON = 0xEE  # bytes of a page-locked buffer that a pending device-to-host copy will write
 UNINITIALISED = 0xFF  # bytes of fresh device and page-locked memory

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import cuda
+from edgeseg.runtime import cuda_driver
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fakes import fake_gpu  # noqa: E402
@@ -31,12 +31,12 @@ NVRTC_13 = [75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121]
     ],
 )
 def test_nvrtc_builds_for_the_best_architecture_it_lists(arch, want):
-    assert cuda.nvrtc_target(arch, NVRTC_13, (13, 0)) == want
+    assert cuda_driver.nvrtc_target(arch, NVRTC_13, (13, 0)) == want
 
 
 def test_a_gpu_older_than_nvrtc_supports_is_a_clear_error():
     with pytest.raises(EdgesegError, match=r"sm_72, and NVRTC 13\.0 builds for sm_75 and newer"):
-        cuda.nvrtc_target("sm_72", NVRTC_13, (13, 0))  # Jetson Xavier under CUDA 13
+        cuda_driver.nvrtc_target("sm_72", NVRTC_13, (13, 0))  # Jetson Xavier under CUDA 13
 
 
 def test_no_driver_library_is_an_edgeseg_error(monkeypatch):
@@ -47,14 +47,14 @@ def test_no_driver_library_is_an_edgeseg_error(monkeypatch):
 
     monkeypatch.setattr(fake.cu, "cuInit", no_libcuda)
     with pytest.raises(EdgesegError, match="no usable CUDA device 0.*libcuda"):
-        cuda.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
+        cuda_driver.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
 
 
 def test_a_thread_switching_gpus_makes_each_context_current_again(monkeypatch):
     fake = FakeGpu(devices=2)
-    monkeypatch.setattr(cuda, "_CURRENT", type(cuda._CURRENT)())
-    gpu0 = cuda.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
-    gpu1 = cuda.Driver(1, cu=fake.cu, nvrtc=fake.nvrtc)  # now current on this thread
+    monkeypatch.setattr(cuda_driver, "_CURRENT", type(cuda_driver._CURRENT)())
+    gpu0 = cuda_driver.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
+    gpu1 = cuda_driver.Driver(1, cu=fake.cu, nvrtc=fake.nvrtc)  # now current on this thread
     gpu0.mem_alloc(16)
     assert fake._local.ctx is fake.contexts[0]
     gpu1.stream_create()
@@ -65,23 +65,23 @@ def test_a_thread_switching_gpus_makes_each_context_current_again(monkeypatch):
 
 def test_a_context_changed_behind_our_back_is_seen_by_ensure_current(monkeypatch):
     fake = FakeGpu(devices=2)
-    monkeypatch.setattr(cuda, "_CURRENT", type(cuda._CURRENT)())
-    gpu0 = cuda.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
+    monkeypatch.setattr(cuda_driver, "_CURRENT", type(cuda_driver._CURRENT)())
+    gpu0 = cuda_driver.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
     fake.cu.cuCtxSetCurrent(fake.contexts[1])  # e.g. PyTorch working on cuda:1
     gpu0.ensure_current()
     assert fake._local.ctx is fake.contexts[0]
 
 
 def _pipeline_on(fake, monkeypatch, tmp_path):
-    from edgeseg.runtime.gpu import GpuPipeline
+    from edgeseg.runtime.gpu_pipeline import GpuPipeline
 
-    monkeypatch.setattr(cuda, "_CURRENT", type(cuda._CURRENT)())
+    monkeypatch.setattr(cuda_driver, "_CURRENT", type(cuda_driver._CURRENT)())
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path))
 
     class Backend:  # just what GpuPipeline reads before it builds the kernels
         device, spec = "cuda:0", None
 
-    return GpuPipeline(Backend(), driver=cuda.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc))
+    return GpuPipeline(Backend(), driver=cuda_driver.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc))
 
 
 def test_a_gpu_nvrtc_cannot_build_for_is_an_error_the_segmenter_falls_back_on(
@@ -108,7 +108,7 @@ def test_the_segmenter_warns_in_one_line_and_keeps_the_model_on_the_gpu(monkeypa
     def refuse(*args, **kwargs):
         raise EdgesegError("the CUDA kernels could not be built for sm_72: ...")
 
-    monkeypatch.setattr("edgeseg.runtime.gpu.GpuPipeline", refuse)
+    monkeypatch.setattr("edgeseg.runtime.gpu_pipeline.GpuPipeline", refuse)
     seg = segmenter.Segmenter.__new__(segmenter.Segmenter)
     seg.backend, seg.mode = type("B", (), {"name": "torch"})(), "nearest"
     with pytest.warns(RuntimeWarning, match="pre/post-processing runs on the CPU") as seen:
@@ -130,16 +130,16 @@ needs_cpu_kernels = pytest.mark.skipif(
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """A fake machine with two GPUs; a fresh per-thread context record; kernels cached in tmp."""
-    monkeypatch.setattr(cuda, "_CURRENT", type(cuda._CURRENT)())
+    monkeypatch.setattr(cuda_driver, "_CURRENT", type(cuda_driver._CURRENT)())
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path))
     return FakeGpu(devices=2)
 
 
-def _drv(fake, device: int = 0) -> cuda.Driver:
-    return cuda.Driver(device, cu=fake.cu, nvrtc=fake.nvrtc)
+def _drv(fake, device: int = 0) -> cuda_driver.Driver:
+    return cuda_driver.Driver(device, cu=fake.cu, nvrtc=fake.nvrtc)
 
 
-def _up(drv, array: np.ndarray, stream) -> cuda.DeviceBuffer:
+def _up(drv, array: np.ndarray, stream) -> cuda_driver.DeviceBuffer:
     buf = drv.mem_alloc(array.nbytes)
     drv.memcpy_htod(buf.ptr, np.ascontiguousarray(array), stream)
     return buf
@@ -178,7 +178,7 @@ def test_data_made_on_one_stream_is_read_on_another_only_after_an_event(fake):
     ev = drv.event_create()
     buf2 = _up(drv, data, a)
     drv.event_record(ev, a)
-    check = cuda.check
+    check = cuda_driver.check
     check(fake.cu.cuStreamWaitEvent(b, ev, 0), "cuStreamWaitEvent")
     np.testing.assert_array_equal(_down(drv, buf2.ptr, (64,), np.uint8, b), data)
 
@@ -197,11 +197,11 @@ def test_unknown_or_destroyed_streams_and_events_are_invalid_handles(fake):
         lambda: drv.event_record(drv.event_create(), s),
         lambda: drv.graph_capture(s, lambda: None),
     ):
-        with pytest.raises(cuda.CudaError, match="CUDA_ERROR_INVALID_HANDLE"):
+        with pytest.raises(cuda_driver.CudaError, match="CUDA_ERROR_INVALID_HANDLE"):
             call()
     ev = drv.event_create()
     drv.event_destroy(ev)
-    with pytest.raises(cuda.CudaError, match="CUDA_ERROR_INVALID_HANDLE"):
+    with pytest.raises(cuda_driver.CudaError, match="CUDA_ERROR_INVALID_HANDLE"):
         drv.event_elapsed_ms(ev, ev)
 
 
@@ -226,7 +226,7 @@ def test_a_capture_records_work_that_replays_run_and_refuses_what_it_cannot_hold
         lambda: drv.stream_synchronize(s),
         lambda: drv.memcpy_htod(buf.ptr, np.zeros(8, np.uint8), s),  # pageable: staged now
     ):
-        with pytest.raises(cuda.CudaError, match="CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"):
+        with pytest.raises(cuda_driver.CudaError, match="CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"):
             drv.graph_capture(s, inside)
     assert not fake.capturing and not fake.live["graph"]
 
@@ -236,9 +236,11 @@ def test_a_fault_surfaces_at_the_synchronise_and_the_context_is_lost(fake):
     s = drv.stream_create()
     buf = drv.mem_alloc(16)
     drv.memcpy_htod(buf.ptr + 8, np.zeros(16, np.uint8), s)  # runs past the allocation: later
-    with pytest.raises(cuda.CudaError, match="cuStreamSynchronize failed: CUDA_ERROR_ILLEGAL_ADD"):
+    with pytest.raises(
+        cuda_driver.CudaError, match="cuStreamSynchronize failed: CUDA_ERROR_ILLEGAL_ADD"
+    ):
         drv.stream_synchronize(s)
-    with pytest.raises(cuda.CudaError, match="ILLEGAL_ADDRESS"):
+    with pytest.raises(cuda_driver.CudaError, match="ILLEGAL_ADDRESS"):
         drv.mem_alloc(16)  # sticky: every later call fails
     assert "outside every allocation" in fake.faults[0]
 
@@ -311,9 +313,9 @@ def test_the_fake_checks_launches_against_the_kernels_signature_and_shape(fake):
     argument that is not device memory, a block past the limits, a vote kernel in blocks that
     are not whole warps, a host table that disagrees with the kernel: CUDA_ERROR_INVALID_VALUE.
     And a grid one block short leaves the pixels it misses as they were."""
-    src = cuda.kernel_sources()
+    src = cuda_driver.kernel_sources()
     assert fake_gpu._kernel_signatures(src["kernels.cu"]) == {
-        k: list(v) for k, v in cuda.SIGNATURES.items()
+        k: list(v) for k, v in cuda_driver.SIGNATURES.items()
     }
     drv = _drv(fake)
     s = drv.stream_create()
@@ -329,18 +331,20 @@ def test_the_fake_checks_launches_against_the_kernels_signature_and_shape(fake):
         ("ema_votes_f32", (1, 1, 1), (100, 1, 1), (scores.ptr, scores.ptr, 3, 320, labels.ptr)),
     ]
     for name, grid, block, args in bad:
-        with pytest.raises(cuda.CudaError, match=f"{name}.*CUDA_ERROR_INVALID_VALUE"):
+        with pytest.raises(cuda_driver.CudaError, match=f"{name}.*CUDA_ERROR_INVALID_VALUE"):
             drv.launch(name, grid, block, args, s)
-    import edgeseg.runtime.cuda as host
+    import edgeseg.runtime.cuda_driver as host
 
     sig = host.SIGNATURES["argmax_f32"]
     try:
         host.SIGNATURES["argmax_f32"] = sig[:-1]  # the host packs four; the kernel reads five
-        with pytest.raises(cuda.CudaError, match="CUDA_ERROR_INVALID_VALUE"):
+        with pytest.raises(cuda_driver.CudaError, match="CUDA_ERROR_INVALID_VALUE"):
             drv.launch("argmax_f32", (2, 1, 1), (32, 8, 1), ok[:-1], s)
     finally:
         host.SIGNATURES["argmax_f32"] = sig
-    with pytest.raises(cuda.CudaError, match="cuModuleGetFunction failed: CUDA_ERROR_NOT_FOUND"):
+    with pytest.raises(
+        cuda_driver.CudaError, match="cuModuleGetFunction failed: CUDA_ERROR_NOT_FOUND"
+    ):
         drv.function("no_such_kernel")
 
 
@@ -352,7 +356,7 @@ def test_nvrtc_gets_fmad_false_and_the_devices_architecture(fake):
     drv.load_kernels()
     (opts,) = fake.nvrtc_options
     assert "--fmad=false" in opts and "--gpu-architecture=sm_87" in opts
-    nv, src = fake.nvrtc, cuda.kernel_sources()
+    nv, src = fake.nvrtc, cuda_driver.kernel_sources()
     for options, err in [
         ((*opts, "--frobnicate"), "NVRTC_ERROR_INVALID_OPTION"),
         (("--fmad=false", "--gpu-architecture=sm_72"), "NVRTC_ERROR_INVALID_OPTION"),
@@ -360,12 +364,16 @@ def test_nvrtc_gets_fmad_false_and_the_devices_architecture(fake):
         (("-std=c++17", "--gpu-architecture=sm_87"), "NVRTC_ERROR_COMPILATION"),  # fmad on
         (("--fmad=false",), "NVRTC_ERROR_COMPILATION"),  # for which GPU?
     ]:
-        prog = cuda.check(nv.nvrtcCreateProgram(src["kernels.cu"].encode(), b"k.cu", 0, [], []))
+        prog = cuda_driver.check(
+            nv.nvrtcCreateProgram(src["kernels.cu"].encode(), b"k.cu", 0, [], [])
+        )
         assert (
             nv.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options])[0].name == err
         )
     # PTX of an architecture newer than the device: the driver cannot load it
-    image = cuda.nvrtc_compile(nv, src, ("--fmad=false", "--gpu-architecture=compute_90"), False)
+    image = cuda_driver.nvrtc_compile(
+        nv, src, ("--fmad=false", "--gpu-architecture=compute_90"), False
+    )
     assert fake.cu.cuModuleLoadData(image)[0] == fake_gpu.CUresult.CUDA_ERROR_NO_BINARY_FOR_GPU
 
 

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.skipif(kernels._cpu is None, reason="C++ extension not 
 
 @pytest.fixture(autouse=True)
 def _cpu_backend():
-    before = kernels.backend
-    kernels.set_backend("cpu")
+    before = kernels.implementation
+    kernels.use("cpu")
     yield
-    kernels.set_backend(before)
+    kernels.use(before)
 
 
 def _frame(rng, h, w):
@@ -262,7 +262,7 @@ def test_writes_into_caller_buffers():
             ValueError,
             "alpha",
         ),
-        (lambda: kernels.set_backend("gpu"), ValueError, "reference"),
+        (lambda: kernels.use("gpu"), ValueError, "reference"),
         (
             lambda: kernels.postprocess(np.zeros((1, 3, 4, 4), np.float32), (8, 8), upsample=0),
             ValueError,
@@ -288,9 +288,9 @@ def test_wrong_input_is_a_clear_error(call, err, match):
 
 
 def test_backend_is_visible_and_selectable():
-    assert kernels.backend == "cpu"
-    kernels.set_backend("reference")
-    assert kernels.backend == "reference"
+    assert kernels.implementation == "cpu"
+    kernels.use("reference")
+    assert kernels.implementation == "reference"
     frame = _frame(np.random.default_rng(4), 20, 30)
     np.testing.assert_array_equal(
         kernels.preprocess(frame, (8, 8), MEAN, STD), ref.preprocess(frame, (8, 8), MEAN, STD)

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from edgeseg.runtime import cuda as cudart
+from edgeseg.runtime import cuda_driver as cudart
 from edgeseg.runtime import kernels
 from edgeseg.runtime.kernels import cuda as kcuda
 from edgeseg.runtime.kernels import reference as ref
@@ -100,7 +100,7 @@ def test_colour_table_reproduces_the_cpu_blend_exactly():
         table, keep_q = kcuda.colour_table(palette, alpha)
         t = ((frame.astype(np.uint32) << 8) * keep_q) >> 16
         emulated = ((t + table[labels][..., :3]) >> 7).astype(np.uint8)
-        kernels.set_backend("cpu")
+        kernels.use("cpu")
         np.testing.assert_array_equal(kernels.overlay(frame, labels, palette, alpha), emulated)
         assert np.abs(emulated.astype(int) - ref.overlay(frame, labels, palette, alpha)).max() <= 1
 
@@ -133,7 +133,7 @@ def test_cuda_equals_cpu(frame_hw, model_hw, C, half):
     rng = np.random.default_rng(C)
     frame = rng.integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
     dtype = np.float16 if half else np.float32
-    kernels.set_backend("cpu")
+    kernels.use("cpu")
     want_x = kernels.preprocess(frame, model_hw, MEAN, STD, dtype=dtype)
     got_x = kcuda.preprocess(
         torch.from_numpy(frame).cuda(),
@@ -202,7 +202,7 @@ def test_cuda_fused_upsample_equals_cpu(k, half):
     scores = rng.standard_normal((1, 11, 22, 30)).astype(dtype)
     frame = rng.integers(0, 256, (540, 960, 3), dtype=np.uint8)
     palette = rng.integers(0, 256, (11, 3))
-    kernels.set_backend("cpu")
+    kernels.use("cpu")
     want_l, want_v = kernels.postprocess(scores, (540, 960), palette, frame, 0.5, upsample=k)
     got_l, got_v = kcuda.postprocess(
         torch.from_numpy(scores).cuda(),

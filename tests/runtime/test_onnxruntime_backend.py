@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import cuda
+from edgeseg.runtime import cuda_driver
 from edgeseg.runtime.backends import load_backend
 from edgeseg.runtime.backends.onnxruntime import (
     CPU_EP,
@@ -88,14 +88,14 @@ def fake_gpu_ort(monkeypatch, tmp_path):
     import onnxruntime as ort
 
     fake = FakeGpu(devices=2)
-    real = cuda.Driver
+    real = cuda_driver.Driver
 
     class FakeBacked(real):
         def __init__(self, device=0):
             super().__init__(device, cu=fake.cu, nvrtc=fake.nvrtc)
 
-    monkeypatch.setattr(cuda, "_DRIVERS", {})
-    monkeypatch.setattr(cuda, "Driver", FakeBacked)
+    monkeypatch.setattr(cuda_driver, "_DRIVERS", {})
+    monkeypatch.setattr(cuda_driver, "Driver", FakeBacked)
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_EP, CPU_EP])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
     _FakeSession.created.clear()
@@ -181,7 +181,7 @@ def test_the_colour_tables_of_a_gpu_stay_few_whatever_the_alphas(tmp_path):
     from edgeseg.runtime.kernels.cuda import ColourTables
 
     fake = FakeGpu()
-    drv = cuda.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
+    drv = cuda_driver.Driver(0, cu=fake.cu, nvrtc=fake.nvrtc)
     tables = ColourTables(drv, keep=4)
     palette = [[1, 2, 3], [4, 5, 6]]
     for i in range(50):

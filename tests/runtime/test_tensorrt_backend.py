@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import cuda
+from edgeseg.runtime import cuda_driver
 from edgeseg.runtime.segmenter import Segmenter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,14 +31,14 @@ def gpu(monkeypatch, tmp_path):
     """A fake machine with two GPUs, TensorRT 11 and cuda-python, installed for the test."""
     fake = FakeGpu(devices=2)
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.install(fake))
-    monkeypatch.setattr(cuda, "_DRIVERS", {})
-    monkeypatch.setattr(cuda, "Driver", _driver_on(fake))
+    monkeypatch.setattr(cuda_driver, "_DRIVERS", {})
+    monkeypatch.setattr(cuda_driver, "Driver", _driver_on(fake))
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))
     return fake
 
 
 def _driver_on(fake):
-    real = cuda.Driver
+    real = cuda_driver.Driver
 
     class FakeBackedDriver(real):
         def __init__(self, device: int = 0) -> None:
@@ -48,7 +48,7 @@ def _driver_on(fake):
 
 
 def _engine(tiny_onnx, tmp_path, dynamic="1,2,4", **plan) -> Path:
-    from edgeseg.export.tensorrt import EngineOptions, build_engine
+    from edgeseg.export.engine import EngineOptions, build_engine
 
     out = tmp_path / f"model-{dynamic.replace(',', '-')}.engine"
     build_engine(tiny_onnx, out, EngineOptions.parse_dynamic(dynamic), use_cache=False)
@@ -157,7 +157,7 @@ def test_fault3_graph_api_errors_are_raised(gpu, tiny_onnx, tmp_path, frame, cal
     if call == "cuGraphLaunch":
         seg(frame)  # captured
     gpu.fail[call] = CUresult.CUDA_ERROR_INVALID_VALUE
-    with pytest.raises(cuda.CudaError, match=f"{call} failed: CUDA_ERROR_INVALID_VALUE"):
+    with pytest.raises(cuda_driver.CudaError, match=f"{call} failed: CUDA_ERROR_INVALID_VALUE"):
         seg(frame)
     assert not gpu.capturing
 
@@ -166,7 +166,7 @@ def test_fault4_pycuda_streams_reach_tensorrt_as_their_handle():
     class FakeStream:
         handle = 0xBEEF
 
-    drv = cuda.PyCudaDriver.__new__(cuda.PyCudaDriver)
+    drv = cuda_driver.PyCudaDriver.__new__(cuda_driver.PyCudaDriver)
     assert drv.stream_handle(FakeStream()) == 0xBEEF and isinstance(
         drv.stream_handle(FakeStream()), int
     )
@@ -179,7 +179,7 @@ def test_fault4_pycuda_pushes_its_context_on_every_thread():
         def push(self):
             pushed.append(threading.get_ident())
 
-    drv = cuda.PyCudaDriver.__new__(cuda.PyCudaDriver)
+    drv = cuda_driver.PyCudaDriver.__new__(cuda_driver.PyCudaDriver)
     drv.ctx, drv._local = Ctx(), threading.local()
     drv.make_current()
     drv.make_current()  # once per thread
@@ -215,7 +215,7 @@ def test_fault6_cuda_1_runs_on_gpu_1_and_checks_gpu_1s_name(gpu, tiny_onnx, tmp_
     engine = _engine(tiny_onnx, tmp_path)  # built on GPU 0
     with pytest.raises(EdgesegError, match="built for Fake GPU 0, this GPU is Fake GPU 1"):
         Segmenter(engine, device="cuda:1")
-    assert set(cuda._DRIVERS) == {0, 1} and cuda._DRIVERS[1].index == 1
+    assert set(cuda_driver._DRIVERS) == {0, 1} and cuda_driver._DRIVERS[1].index == 1
     with pytest.raises(EdgesegError, match="device 'cuda:2'|numbered from 0"):
         Segmenter(engine, device="cuda:2")
 
@@ -233,7 +233,7 @@ def test_fault8_gpu_extras_pin_what_the_code_needs():
     meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     extras = meta["project"]["optional-dependencies"]
     cu12, cu13 = " ".join(extras["gpu-cu12"]), " ".join(extras["gpu-cu13"])
-    # cuda.bindings first shipped in 12.6.1; cuda-python 13 needs driver 580 (not JetPack 6)
+    # cuda_driver.bindings first shipped in 12.6.1; cuda-python 13 needs driver 580 (not JetPack 6)
     assert "cuda-python>=12.6.1,<13" in cu12
     assert "cuda-python>=13,<14" in cu13 and "tensorrt" in cu12 and "tensorrt" in cu13
     # onnxruntime-gpu shares the onnxruntime module with the CPU build: never an extra
@@ -251,7 +251,7 @@ def test_sidecar_that_disagrees_with_the_engine_is_refused(gpu, tiny_onnx, tmp_p
 
 
 def test_a_cache_hit_never_creates_a_builder(gpu, tiny_onnx, tmp_path):
-    from edgeseg.export.tensorrt import build_engine
+    from edgeseg.export.engine import build_engine
 
     first = build_engine(tiny_onnx, tmp_path / "a.engine")
     fake_tensorrt.calls.clear()
@@ -311,7 +311,7 @@ def test_graph_replays_never_read_an_evicted_colour_table_and_graphs_are_bounded
     """Six overlay opacities in turn, twice over, under CUDA graphs: ColourTables keeps four, so
     the graph of an opacity met again must not replay a freed table (the fake GPU faults on
     freed memory), and the graphs kept stay within MAX_GRAPHS."""
-    from edgeseg.runtime import gpu as gpu_pipeline
+    from edgeseg.runtime import gpu_pipeline
 
     monkeypatch.setattr(gpu_pipeline, "MAX_GRAPHS", 3)
     seg = Segmenter(_engine(tiny_onnx, tmp_path), cuda_graph=True)
@@ -410,7 +410,7 @@ def test_the_profile_tensorrt_gets_is_min_opt_max_and_an_unordered_one_is_refuse
     gpu, tiny_onnx, tmp_path
 ):
     """Planted: the profile built from (max, opt, min) (test fails: TensorRT refuses it)."""
-    from edgeseg.export.tensorrt import EngineOptions, build_engine
+    from edgeseg.export.engine import EngineOptions, build_engine
 
     h, w = Segmenter(tiny_onnx).spec.input_hw
     be = Segmenter(_engine(tiny_onnx, tmp_path, "1,2,4")).backend
@@ -513,11 +513,11 @@ def test_a_model_on_another_stream_is_ordered_only_by_events(
     def on_other(io, stream):
         if ordered:
             drv.event_record(ready, stream)  # the input is preprocessed...
-            cuda.check(gpu.cu.cuStreamWaitEvent(other, ready, 0))
+            cuda_driver.check(gpu.cu.cuStreamWaitEvent(other, ready, 0))
         out = run(io, other)
         if ordered:
             drv.event_record(done, other)  # ...and the output computed before post-processing
-            cuda.check(gpu.cu.cuStreamWaitEvent(stream, done, 0))
+            cuda_driver.check(gpu.cu.cuStreamWaitEvent(stream, done, 0))
         return out
 
     be.run_device = on_other
@@ -531,7 +531,7 @@ def test_graphs_outliving_their_colour_table_are_never_replayed(
     opacities in turn (each table is evicted, freed and its address handed to the next table
     while graphs that read it are still kept). Planted: captured steps keyed without the table
     (test fails: a replay blends with another opacity's table)."""
-    from edgeseg.runtime import gpu as gpu_pipeline
+    from edgeseg.runtime import gpu_pipeline
 
     monkeypatch.setattr(gpu_pipeline, "MAX_GRAPHS", 8)
     seg = Segmenter(_engine(tiny_onnx, tmp_path), cuda_graph=True)
@@ -560,7 +560,7 @@ def test_segmenters_on_gpu_1_then_gpu_0_from_one_thread(gpu, tiny_onnx, tmp_path
     meta["tensorrt"]["gpu"] = "Fake GPU 1"
     Path(f"{engine1}.json").write_text(json.dumps(meta))
     for d in (0, 1):
-        cuda.get_driver(d)
+        cuda_driver.get_driver(d)
     want = Segmenter(tiny_onnx, fuse_resize=False)(frame, 0.5)
     got, errors = [], []
 
@@ -590,10 +590,10 @@ def test_segmenters_on_gpu_1_then_gpu_0_from_one_thread(gpu, tiny_onnx, tmp_path
 def test_an_engine_is_built_on_the_gpu_its_record_names(gpu, tiny_onnx, tmp_path):
     """The builder works in the thread's current context: after the thread last used GPU 1, the
     engine (recorded as GPU 0's) must still be built on GPU 0."""
-    from edgeseg.export.tensorrt import build_engine
+    from edgeseg.export.engine import build_engine
 
-    cuda.get_driver(0)
-    cuda.get_driver(1)  # made last: this thread's current GPU is 1
+    cuda_driver.get_driver(0)
+    cuda_driver.get_driver(1)  # made last: this thread's current GPU is 1
     rec = build_engine(tiny_onnx, tmp_path / "m.engine", use_cache=False)
     assert rec["gpu"] == "Fake GPU 0"
     assert json.loads((tmp_path / "m.engine").read_bytes())["device"] == 0

@@ -513,7 +513,7 @@ def test_malformed_engine_sidecars_and_checkpoints_are_one_clear_error(tmp_path)
     import torch
 
     from edgeseg.models.checkpoint import read_checkpoint
-    from edgeseg.runtime.trt import SIDECAR_FORMAT, read_sidecar
+    from edgeseg.runtime.engine_files import SIDECAR_FORMAT, read_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")

@@ -3,7 +3,7 @@ with its capabilities declared instead of probed.
 
 - ``infer(batch)``: host arrays in and out, any batch size within ``caps``; every backend.
 - ``device_io(n)`` / ``run_device(io, stream)``: inference on static device buffers, what the
-  GPU frame pipeline (:mod:`edgeseg.runtime.gpu`) drives; backends with
+  GPU frame pipeline (:mod:`edgeseg.runtime.gpu_pipeline`) drives; backends with
   ``caps.device_buffers``.
 - ``close()`` (or ``with``): every resource released (sessions, engines, device memory).
 """

@@ -301,7 +301,7 @@ def _check_input_shape(shape: list, spec: ModelSpec, path: Path) -> None:
 def _own_stream(device: str) -> tuple[Any, Any]:
     """(driver, a new CUDA stream) for ONNX Runtime to compute on, or (None, None) without
     cuda-python: the session then runs on its own stream and frames go through the host."""
-    from edgeseg.runtime.cuda import get_driver
+    from edgeseg.runtime.cuda_driver import get_driver
 
     try:
         driver = get_driver(cuda_index(device))

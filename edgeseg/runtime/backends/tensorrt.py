@@ -2,10 +2,10 @@
 
 TensorRT 10/11 name-based tensor API: ``set_input_shape`` (checked against the engine's
 optimization profile), ``set_tensor_address``, ``execute_async_v3`` on the stream the caller
-gives. Device memory and streams come from :mod:`edgeseg.runtime.cuda` (cuda-python, or pycuda,
-whose streams TensorRT gets as their integer handle). The frame path around the engine —
+gives. Device memory and streams come from :mod:`edgeseg.runtime.cuda_driver` (cuda-python,
+or pycuda, whose streams TensorRT gets as their integer handle). The frame path around the engine —
 uint8 upload, our CUDA pre/post-processing, labels download, CUDA graphs — is the GPU frame
-pipeline's (:mod:`edgeseg.runtime.gpu`), shared with every GPU backend.
+pipeline's (:mod:`edgeseg.runtime.gpu_pipeline`), shared with every GPU backend.
 
 Everything an engine could get wrong is refused before it can corrupt device memory: a
 ModelSpec sidecar that disagrees with the engine's tensor shapes, an input type the preprocess
@@ -24,8 +24,8 @@ import numpy as np
 from edgeseg.device import cuda_index
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, Capabilities, DeviceIO
-from edgeseg.runtime.cuda import get_driver
-from edgeseg.runtime.trt import check_engine, import_tensorrt, read_sidecar, trt
+from edgeseg.runtime.cuda_driver import get_driver
+from edgeseg.runtime.engine_files import check_engine, import_tensorrt, read_sidecar, trt
 from edgeseg.spec import ModelSpec
 
 INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what the preprocess kernel writes

@@ -5,8 +5,8 @@ Implementations with identical semantics (``reference`` is the spec, in NumPy):
 - ``"cpu"``: the C++ extension ``edgeseg._cpu`` (OpenMP, GIL released, caller's buffers);
 - ``"reference"``: :mod:`edgeseg.runtime.kernels.reference`.
 
-``kernels.backend`` names the one in use: ``"cpu"`` whenever the extension is built (it is by
-``pip install``), else ``"reference"`` with a warning. ``set_backend(name)`` switches; the
+``kernels.implementation`` names the one in use: ``"cpu"`` whenever the extension is built (it is
+by ``pip install``), else ``"reference"`` with a warning. ``use(name)`` switches; the
 environment variable ``EDGESEG_KERNELS=cpu|reference`` picks one for a whole process (CLI runs).
 Device
 arrays (CUDA) go through :mod:`edgeseg.runtime.kernels.cuda`, which works on device pointers.
@@ -30,14 +30,14 @@ except ImportError as e:  # a source checkout that was never built
 else:
     _IMPORT_ERROR = ""
 
-BACKENDS = ("cpu", "reference")
-backend = "cpu" if _cpu is not None else "reference"
+IMPLEMENTATIONS = ("cpu", "reference")
+implementation = "cpu" if _cpu is not None else "reference"
 _requested = os.environ.get("EDGESEG_KERNELS", "")
 if _requested == "reference" or (_requested == "cpu" and _cpu is not None):
-    backend = _requested
+    implementation = _requested
 elif _requested:
     warnings.warn(
-        f"EDGESEG_KERNELS={_requested!r} is not available here; using {backend!r}",
+        f"EDGESEG_KERNELS={_requested!r} is not available here; using {implementation!r}",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -50,13 +50,13 @@ if _cpu is None and _requested != "reference":
     )
 
 __all__ = [
-    "BACKENDS",
-    "backend",
+    "IMPLEMENTATIONS",
+    "implementation",
     "overlay",
     "postprocess",
     "preprocess",
     "reference",
-    "set_backend",
+    "use",
     "smooth",
 ]
 
@@ -69,16 +69,18 @@ _SCORE_CODES = {
 }
 
 
-def set_backend(name: str) -> None:
+def use(name: str) -> None:
     """Select ``"cpu"`` or ``"reference"`` for every later call."""
-    global backend
-    if name not in BACKENDS:
-        raise ValueError(f"unknown kernels backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    global implementation
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown kernels implementation {name!r}; choose one of: {', '.join(IMPLEMENTATIONS)}"
+        )
     if name == "cpu" and _cpu is None:
         raise RuntimeError(
             f"the C++ kernels are not built ({_IMPORT_ERROR}); run: pip install -e ."
         )
-    backend = name
+    implementation = name
 
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:
@@ -163,7 +165,7 @@ def preprocess(
         )
     if out is not None:
         _check_out(out, (1, 3, h, w), dtype, "out")
-    if backend == "reference":
+    if implementation == "reference":
         return reference.preprocess(frame_bgr, (h, w), mean, std, out=out, dtype=dtype)
     if out is None:
         out = np.empty((1, 3, h, w), dtype)
@@ -219,7 +221,7 @@ def postprocess(
             raise ValueError("an overlay needs a palette")
         if overlay_out is not None:
             _check_out(overlay_out, (H, W, 3), np.uint8, "overlay_out")
-    if backend == "reference":
+    if implementation == "reference":
         res = reference.postprocess(
             scores, (H, W), palette, frame, alpha, out=out, mode=mode, upsample=upsample
         )
@@ -267,7 +269,7 @@ def smooth(
     fresh_state = state is None or state.shape != scores.shape
     if not fresh_state:
         _check_out(state, scores.shape, np.float32, "state")
-    if backend == "reference" or fresh_state:
+    if implementation == "reference" or fresh_state:
         return reference.smooth(scores, None if fresh_state else state, keep, cut)
     limit = reference.cut_limit(cut, scores.shape[2] * scores.shape[3])
     code = _cpu.F32 if scores.dtype == np.float32 else _cpu.F16
@@ -293,7 +295,7 @@ def overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if out is not None:
         _check_out(out, frame_bgr.shape, np.uint8, "out")
-    if backend == "reference":
+    if implementation == "reference":
         res = reference.overlay(frame_bgr, labels, palette_rgb, alpha)
         if out is not None:
             out[...] = res

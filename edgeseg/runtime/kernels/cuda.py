@@ -2,7 +2,7 @@
 
 Two layers:
 - :class:`CudaKernels` launches the kernels of ``cpp_ext/cuda/kernels.cu`` on raw device pointers
-  (what the GPU frame pipeline, :mod:`edgeseg.runtime.gpu`, uses for every backend);
+  (what the GPU frame pipeline, :mod:`edgeseg.runtime.gpu_pipeline`, uses for every backend);
 - :func:`preprocess` / :func:`postprocess` take PyTorch CUDA tensors and run on PyTorch's current
   stream (for tests and interactive use). Their semantics are those of
   :mod:`edgeseg.runtime.kernels.reference`; overlays use the 16-bit blend (within 1 LSB).
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime.cuda import Driver, get_driver
+from edgeseg.runtime.cuda_driver import Driver, get_driver
 from edgeseg.runtime.kernels.reference import cut_limit, palette_lut_bgr
 
 _BLOCK = (32, 8, 1)

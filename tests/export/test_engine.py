@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.export.tensorrt import EngineOptions, cache_key, file_sha256
-from edgeseg.runtime.trt import SIDECAR_FORMAT, check_engine, read_sidecar, sidecar_path
+from edgeseg.export.engine import EngineOptions, cache_key, file_sha256
+from edgeseg.runtime.engine_files import SIDECAR_FORMAT, check_engine, read_sidecar, sidecar_path
 
 
 def test_cache_key_changes_with_everything_a_plan_depends_on():
@@ -97,7 +97,7 @@ TENSORRT_MISSING = _tensorrt_missing()
 @pytest.mark.skipif(TENSORRT_MISSING is not None, reason=TENSORRT_MISSING or "")
 def test_engine_build_and_label_agreement_with_onnxruntime(tiny_onnx, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))
-    from edgeseg.export.tensorrt import build_engine
+    from edgeseg.export.engine import build_engine
     from edgeseg.runtime import Segmenter
 
     rec = build_engine(tiny_onnx, tmp_path / "model.engine", timing_cache=tmp_path / "tc.bin")

@@ -1,4 +1,4 @@
-"""TensorRT helpers shared by the engine builder (``edgeseg.export.tensorrt``) and the TensorRT
+"""TensorRT helpers shared by the engine builder (``edgeseg.export.engine``) and the TensorRT
 backend: the ``tensorrt`` module (:data:`trt`), the engine's sidecar record (``<engine>.json``:
 ModelSpec + build record), the check that a plan was built for this TensorRT version and GPU,
 and the GPU TensorRT works on.
@@ -102,7 +102,7 @@ def tensorrt_major() -> int:
 
 def gpu_name(device: int = 0) -> str:
     """GPU ``device``'s name as the CUDA driver reports it (what engines are checked against)."""
-    from edgeseg.runtime.cuda import get_driver
+    from edgeseg.runtime.cuda_driver import get_driver
 
     return get_driver(device).gpu_name()
 
@@ -111,7 +111,7 @@ def use_gpu(device: int = 0) -> str:
     """Make GPU ``device``'s context current on this thread, for TensorRT to build or load an
     engine in (TensorRT works in the calling thread's current context; a thread that last used
     another GPU would otherwise build or load on that one); returns the GPU's name."""
-    from edgeseg.runtime.cuda import get_driver
+    from edgeseg.runtime.cuda_driver import get_driver
 
     driver = get_driver(device)
     driver.ensure_current()

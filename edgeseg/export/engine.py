@@ -29,7 +29,7 @@ from typing import Any, cast
 from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
-from edgeseg.runtime.trt import (
+from edgeseg.runtime.engine_files import (
     SIDECAR_FORMAT,
     import_tensorrt,
     sidecar_path,

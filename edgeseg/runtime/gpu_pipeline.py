@@ -26,7 +26,7 @@ import numpy as np
 from edgeseg.device import cuda_index
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import Backend, DeviceIO
-from edgeseg.runtime.cuda import CudaError, DeviceBuffer, Driver, get_driver
+from edgeseg.runtime.cuda_driver import CudaError, DeviceBuffer, Driver, get_driver
 from edgeseg.runtime.kernels.cuda import ColourTables, CudaKernels, scratch_bytes
 from edgeseg.runtime.smoothing import SmoothState
 from edgeseg.spec import ModelSpec
