@@ -31,8 +31,10 @@ from rich.console import Console
 from edgeseg.device import resolve_device
 from edgeseg.errors import EdgesegError
 from edgeseg.models.checkpoint import load_model, save_checkpoint
+from edgeseg.train.config import TrainConfig
+from edgeseg.train.data import build_data
+from edgeseg.train.loop import Loop, train_one_epoch, validate
 from edgeseg.train.losses import build_loss
-from edgeseg.train.trainer import Loop, build_data, train_one_epoch, validate
 
 # Integer grids of ONNX Runtime's quantizer per target (quant_utils.get_qmin_qmax_for_qType):
 # trt: symmetric INT8 [-127, 127]; cpu: 7-bit ("reduce range") INT8 weights [-64, 64], UINT8
@@ -166,7 +168,11 @@ def qat_finetune(
     dev = resolve_device(device)
     model, spec, ckpt = load_model(checkpoint, "cpu")
     mean, std = tuple(spec.input.mean), tuple(spec.input.std)
-    d = build_data(data, input_size=spec.input_hw, mean=mean, std=std, batch_size=batch_size)
+    settings = TrainConfig(
+        data=data, model=spec.arch, out="", epochs=epochs, batch_size=batch_size,
+        input_size=spec.input_hw,
+    )  # fmt: skip
+    d = build_data(settings, norm=(mean, std))
     if list(d.info.classes) != list(spec.classes):
         raise EdgesegError(
             f"{checkpoint} predicts {spec.classes[:3]}... but {data} has "

@@ -70,9 +70,9 @@ def test_the_teacher_is_the_weight_average_of_the_student(tmp_path, monkeypatch)
     captured = {}
     real_finish = trainer._finish
 
-    def finish(cfg, data, loop, state, out, t0):
-        captured["loop"] = loop
-        return real_finish(cfg, data, loop, state, out, t0)
+    def finish(run):
+        captured["loop"] = run.loop
+        return real_finish(run)
 
     monkeypatch.setattr(trainer, "_finish", finish)
     train(TrainConfig(**TINY, out=str(tmp_path / "run"), epochs=1, unlabeled=str(clip), ema=0.9))

@@ -9,15 +9,9 @@ import torch
 from edgeseg.errors import EdgesegError
 from edgeseg.models.checkpoint import load_model, read_checkpoint
 from edgeseg.train.config import default_workers
-from edgeseg.train.trainer import (
-    TrainConfig,
-    class_weights,
-    default_input_size,
-    freeze_batchnorm,
-    load_teacher,
-    lr_at,
-    train,
-)
+from edgeseg.train.data import default_input_size
+from edgeseg.train.loop import class_weights, freeze_batchnorm, load_teacher, lr_at
+from edgeseg.train.trainer import TrainConfig, train
 
 TINY = dict(
     data="synthetic:16",
