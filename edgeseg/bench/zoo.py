@@ -65,7 +65,7 @@ def _untrained_checkpoint(
         input=InputSpec(
             height=input_hw[0], width=input_hw[1], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)
         ),
-        output=OutputSpec("logits", getattr(model, "output_stride", 1)),
+        output=OutputSpec("logits", model.output_stride),
         source={"untrained": True},
     )
     save_checkpoint(path, model, spec)

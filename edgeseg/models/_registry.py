@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from edgeseg.errors import EdgesegError, did_you_mean
+from edgeseg.models.base import SegmentationModel
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -38,5 +39,7 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if num_classes < 1:
         raise EdgesegError(f"num_classes must be at least 1, got {num_classes}")
     model = _MODELS[name](num_classes=num_classes, **kwargs)
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"model {name!r} must derive from edgeseg.models.base.SegmentationModel")
     model.arch = name  # the checkpoint and ModelSpec record it
     return model

@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.models._registry import register_model
-from edgeseg.models.layers import ConvBNAct, check_input_size, init_weights
+from edgeseg.models.base import SegmentationModel
+from edgeseg.models.layers import ConvBNAct, init_weights
 
 __all__ = ["BiSeNetV2", "bisenetv2"]
 
@@ -161,7 +162,7 @@ class SegHead(nn.Module):
         return _upsample(self.cls(self.dropout(self.conv(x))), self.up)
 
 
-class BiSeNetV2(nn.Module):
+class BiSeNetV2(SegmentationModel):
     """Two-branch real-time segmenter with booster (auxiliary) heads used only in training.
 
     Args:
@@ -183,8 +184,7 @@ class BiSeNetV2(nn.Module):
         head_channels: int = 1024,
         aux_head_channels: int = 128,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.detail = DetailBranch()
         self.semantic = SemanticBranch()
         self.bga = BilateralGuidedAggregation(128)
@@ -204,7 +204,6 @@ class BiSeNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits at input size; in training with aux heads, ``(logits, aux_logits)``."""
-        check_input_size(x)
         semantic, taps = self.semantic(x)
         logits = self.head(self.bga(self.detail(x), semantic))
         if self.training and self.aux_heads is not None:

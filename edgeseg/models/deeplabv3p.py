@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.models._registry import register_model
+from edgeseg.models.base import SegmentationModel
 from edgeseg.models.encoders import build_encoder
-from edgeseg.models.layers import ConvBNAct, DepthwiseSeparableConv, check_input_size, init_weights
+from edgeseg.models.layers import ConvBNAct, DepthwiseSeparableConv, init_weights
 
 __all__ = ["DeepLabV3Plus", "SeparableASPP", "mbv3_deeplabv3p"]
 
@@ -40,7 +41,7 @@ class SeparableASPP(nn.Module):
         return self.project(torch.cat(outs, dim=1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SegmentationModel):
     """Encoder (output stride 16) + separable ASPP + DeepLabV3+ decoder; logits at input size.
 
     Args:
@@ -66,8 +67,7 @@ class DeepLabV3Plus(nn.Module):
         skip_channels: int = 48,
         encoder: str = "mbv3",
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.encoder = build_encoder(
             encoder, variant=variant, width_mult=width_mult, minimal=minimal, output_stride=16
         )
@@ -84,7 +84,6 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map normalized ``N x 3 x H x W`` images to ``N x num_classes x H x W`` logits."""
-        check_input_size(x)
         features = self.encoder(x)
         y = self.aspp(features[4])
         y = F.interpolate(y, scale_factor=4.0, mode="bilinear", align_corners=False)

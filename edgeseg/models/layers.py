@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeseg.errors import EdgesegError
-
 __all__ = [
     "ConvBNAct",
     "DepthwiseSeparableConv",
     "SqueezeExcite",
-    "check_input_size",
     "init_weights",
     "make_divisible",
 ]
@@ -99,24 +96,6 @@ class SqueezeExcite(nn.Module):
         scale = x.mean((2, 3), keepdim=True)
         scale = self.gate(self.fc2(self.act(self.fc1(scale))))
         return x * scale
-
-
-def check_input_size(x: torch.Tensor, multiple: int = 32) -> None:
-    """Raise :class:`EdgesegError` unless ``x``'s height and width are multiples of ``multiple``.
-
-    Skipped while tracing / exporting: the shapes are symbolic there and the check
-    would bake a Python branch into the graph.
-    """
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    if h % multiple or w % multiple:
-        h_up = -(-h // multiple) * multiple
-        w_up = -(-w // multiple) * multiple
-        raise EdgesegError(
-            f"input height and width must be multiples of {multiple}, got {h}x{w}; "
-            f"resize or pad the input (e.g. to {h_up}x{w_up})"
-        )
 
 
 def init_weights(module: nn.Module) -> None:

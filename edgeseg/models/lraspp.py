@@ -10,13 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.models._registry import register_model
+from edgeseg.models.base import SegmentationModel
 from edgeseg.models.encoders import build_encoder
-from edgeseg.models.layers import ConvBNAct, check_input_size, init_weights
+from edgeseg.models.layers import ConvBNAct, init_weights
 
 __all__ = ["LRASPP", "mbv3_lraspp_large", "mbv3_lraspp_small"]
 
 
-class LRASPP(nn.Module):
+class LRASPP(SegmentationModel):
     """Encoder (output stride 16) + Lite R-ASPP head; logits at input size.
 
     Args:
@@ -41,10 +42,10 @@ class LRASPP(nn.Module):
         low_stride: int = 8,
         encoder: str = "mbv3",
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         if low_stride not in (4, 8):
             raise ValueError(f"low_stride must be 4 or 8, got {low_stride}")
-        self.num_classes, self.logits_stride = num_classes, low_stride
+        self.logits_stride = low_stride
         self.encoder = build_encoder(
             encoder, variant=variant, width_mult=width_mult, minimal=minimal, output_stride=16
         )
@@ -61,7 +62,6 @@ class LRASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map normalized ``N x 3 x H x W`` images to ``N x num_classes x H x W`` logits."""
-        check_input_size(x)
         features = self.encoder(x)
         low, high = features[self.low_level], features[4]  # strides 8 (or 4) and 16
         up = 16.0 / self.logits_stride

@@ -7,8 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.models._registry import register_model
+from edgeseg.models.base import SegmentationModel
 from edgeseg.models.encoders import build_encoder
-from edgeseg.models.layers import ConvBNAct, DepthwiseSeparableConv, check_input_size, init_weights
+from edgeseg.models.layers import ConvBNAct, DepthwiseSeparableConv, init_weights
 
 __all__ = [
     "MobileNetV3UNet",
@@ -58,7 +59,7 @@ class DecoderBlock(nn.Module):
         return self.refine(x)
 
 
-class MobileNetV3UNet(nn.Module):
+class MobileNetV3UNet(SegmentationModel):
     """MobileNetV3 encoder with a U-Net decoder up to stride 2, logits at input size.
 
     Args:
@@ -88,14 +89,13 @@ class MobileNetV3UNet(nn.Module):
         minimal: bool = False,
         encoder: str = "mbv3",
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         if decoder_channels is None:
             decoder_channels = _DEFAULT_DECODER[variant]
         if len(decoder_channels) != 4:
             raise ValueError(f"decoder_channels needs 4 widths, got {tuple(decoder_channels)}")
         if len(fuse) != 4:
             raise ValueError(f"fuse needs 4 modes, got {tuple(fuse)}")
-        self.num_classes = num_classes
         self.encoder = build_encoder(
             encoder, variant=variant, width_mult=width_mult, minimal=minimal
         )
@@ -114,7 +114,6 @@ class MobileNetV3UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map normalized ``N x 3 x H x W`` images to ``N x num_classes x H x W`` logits."""
-        check_input_size(x)
         f2, f4, f8, f16, f32 = self.encoder(x)
         y = f32
         for block, skip in zip(self.decoder, (f16, f8, f4, f2)):

@@ -143,7 +143,7 @@ def model_spec(cfg: TrainConfig, data: Data, model: nn.Module) -> ModelSpec:
         palette=[list(map(int, c)) for c in info.palette[:n]],
         ignore_index=info.ignore_index,
         input=InputSpec(height=h, width=w, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
-        output=OutputSpec("logits", getattr(model, "output_stride", 1)),
+        output=OutputSpec("logits", model.output_stride),
         source={"dataset": cfg.data, "val_miou": None},
     )
 

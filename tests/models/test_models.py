@@ -95,6 +95,16 @@ class TestModel:
         got = kernels.postprocess(cut, (120, 200), upsample=k)
         assert (got == want).mean() > 0.999  # float rounding in the resize may flip a near-tie
 
+    def test_is_a_segmentation_model_with_its_name_and_strides(self, name: str) -> None:
+        from edgeseg.models.base import SegmentationModel
+
+        model = _build(name).eval()
+        assert isinstance(model, SegmentationModel) and model.arch == name
+        assert model.num_classes == NUM_CLASSES and model.input_multiple == 32
+        assert model.logits_stride >= model.output_stride == 1
+        with pytest.raises(EdgesegError, match=r"\(N, 3, H, W\)"):
+            model(torch.zeros(1, 1, 64, 96))  # a grey image: one clear error
+
     def test_rejects_non_multiple_of_32(self, name: str) -> None:
         model = _build(name).eval()
         with pytest.raises(EdgesegError, match="multiples of 32"):
