@@ -53,15 +53,18 @@ def setting(
     metavar: str | tuple[str, ...] | None = None,
     group: str | None = None,
     parse: Callable[[str], Any] | None = None,
+    positional: bool = False,
 ) -> Any:
     """A dataclass field with what the command line needs to offer it.
 
     ``factory``: default computed at construction (``default_text`` says what it is in
     ``--help``). ``group``: fields sharing a group are mutually exclusive, and one of them is
     required. ``parse``: the argparse ``type`` (inferred from the annotation otherwise).
+    ``positional``: an argument without a flag (a list field takes one or more; with a default,
+    it may be left out).
     """
     meta = {"help": help, "default_text": default_text, "choices": choices, "metavar": metavar}
-    meta.update(group=group, parse=parse)
+    meta.update(group=group, parse=parse, positional=positional)
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -121,6 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             kw["help"] = f"{kw['help']} (default: {text})".lstrip()
         kw["help"] = kw["help"].replace("%", "%%")
         required = f.default is _MISSING and f.default_factory is _MISSING
+        if f.metadata.get("positional"):
+            _add_positional(parser, f, kw, required)
+            continue
         target: Any = parser
         if f.metadata.get("group"):
             name = f.metadata["group"]
@@ -132,6 +138,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         target.add_argument(
             f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, **kw
         )
+
+
+def _add_positional(parser, f: dataclasses.Field, kw: dict[str, Any], required: bool) -> None:
+    kw.pop("metavar", None)
+    if kw.get("action") == "append":  # a list: one or more values (none when it has a default)
+        kw.pop("action")
+        kw["nargs"] = "+" if required else "*"
+    elif not required:
+        kw["nargs"] = "?"
+    if not required:
+        kw["default"] = argparse.SUPPRESS
+    parser.add_argument(f.name, **kw)
 
 
 def from_args(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:

@@ -14,12 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeseg._config import add_arguments, from_args, parse_hw
+from edgeseg._config import add_arguments, from_args
+from edgeseg.bench.config import BenchConfig, InfoConfig
 from edgeseg.compress.config import PruneConfig
+from edgeseg.demo import DemoConfig
 from edgeseg.errors import EdgesegError
 from edgeseg.export.config import ExportConfig
+from edgeseg.runtime.predict import PredictConfig
 from edgeseg.streaming.config import StreamConfig
-from edgeseg.train.config import TrainConfig
+from edgeseg.train.config import EvalConfig, TrainConfig
 
 
 def _table(
@@ -57,44 +60,36 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from edgeseg.train.evaluate import evaluate
+    from edgeseg.train.evaluate import run_eval
 
+    cfg = from_args(EvalConfig, a)
     with Progress(console=_stderr(), transient=True) as bar:
         task = bar.add_task("evaluating", total=None)
-        res = evaluate(
-            a.model,
-            a.data,
-            a.split,
-            a.backend,
-            a.device,
-            a.hd95,
-            a.limit,
-            progress=lambda i, n: bar.update(task, completed=i, total=n),
-            exact_qdq=a.exact_qdq,
-            tta=a.tta,
-        )
+        res = run_eval(cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
     rows = [
-        [c, iou, res["per_class_dice"][c]] + ([res["per_class_hd95"][c]] if a.hd95 else [])
+        [c, iou, res["per_class_dice"][c]] + ([res["per_class_hd95"][c]] if cfg.hd95 else [])
         for c, iou in res["per_class_iou"].items()
     ]
-    rows.append(["mean", res["miou"], res["mean_dice"]] + ([""] if a.hd95 else []))
+    rows.append(["mean", res["miou"], res["mean_dice"]] + ([""] if cfg.hd95 else []))
     title = (
-        f"{Path(a.model).name} on {a.data} [{a.split}, {res['images']} images, {res['backend']}]"
+        f"{Path(cfg.model).name} on {cfg.data} [{cfg.split}, {res['images']} images, "
+        f"{res['backend']}]"
     )
-    columns = ["class", "IoU", "Dice"] + (["HD95 px"] if a.hd95 else [])
+    columns = ["class", "IoU", "Dice"] + (["HD95 px"] if cfg.hd95 else [])
     _table(title, columns, rows, {"IoU": ".4f", "Dice": ".4f", "HD95 px": ".1f"})
     print(
         f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice "
         f"{res['mean_dice']:.4f}"
     )
-    _write_json(a.json, res)
+    _write_json(cfg.json, res)
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.export.chain import export_model
 
-    res = export_model(from_args(ExportConfig, a))
+    cfg = from_args(ExportConfig, a)
+    res = export_model(cfg)
     columns = ["file", "precision", "output", "size MB", "max |diff|", "label agreement"]
     rows = [
         [
@@ -108,68 +103,24 @@ def cmd_export(a: argparse.Namespace) -> int:
         for f in res["files"]
     ]
     formats = {"size MB": ".3f", "max |diff|": ".2e", "label agreement": ".4f"}
-    _table(f"export {a.checkpoint} -> {res['out']}", columns, rows, formats)
+    _table(f"export {cfg.checkpoint} -> {res['out']}", columns, rows, formats)
     for f in res["files"]:
         if f.get("kept_fp32"):
             print(f"{Path(f['path']).name}: kept in FP32: {', '.join(f['kept_fp32'])}")
         if f.get("agreement_note"):
             print(f"{Path(f['path']).name}: {f['agreement_note']}")
-    _write_json(a.json, res)
+    _write_json(cfg.json, res)
     return 0
 
 
-def _predict_names(images: list[Path], out: Path) -> list[str]:
-    """Output stems, one per image: ``a.jpg`` and ``a.png`` get ``a_jpg``/``a_png``; refuses an
-    output folder where an input image would be overwritten."""
-    stems = [p.stem for p in images]
-    names = [
-        f"{p.stem}_{p.suffix[1:].lower()}" if stems.count(p.stem) > 1 else p.stem for p in images
-    ]
-    inputs = {p.resolve() for p in images}
-    for name in names:
-        for suffix in (".png", "_overlay.jpg"):
-            if (out / f"{name}{suffix}").resolve() in inputs:
-                raise EdgesegError(
-                    f"out {out} would overwrite the input image {name}{suffix}; choose another "
-                    "folder"
-                )
-    return names
-
-
 def cmd_predict(a: argparse.Namespace) -> int:
-    import cv2
-    import numpy as np
+    from edgeseg.runtime.predict import PredictConfig, predict
 
-    from edgeseg._io import atomic_path, find_images
-    from edgeseg.runtime import Segmenter
-
-    images = find_images(a.inputs)
-    out = Path(a.out)
-    names = _predict_names(images, out)
-    seg = Segmenter(a.model, backend=a.backend, device=a.device)
-    out.mkdir(parents=True, exist_ok=True)
-    times = []
-    for path, name in zip(images, names):
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise EdgesegError(
-                f"cannot read image {path}: the file is missing, empty or not an image"
-            )
-        res = seg(frame)
-        times.append(sum(res.timings_ms[k] for k in ("pre", "infer", "post")))
-        outputs = [(f"{name}.png", res.labels)]
-        if a.overlay:
-            outputs.append((f"{name}_overlay.jpg", res.overlay(a.alpha)))
-        for file, img in outputs:
-            with atomic_path(out / file, durable=False) as tmp:
-                if not cv2.imwrite(str(tmp), img):
-                    raise EdgesegError(
-                        f"could not write {out / file}; check the folder is writable"
-                    )
-    kinds = "labels as class-index PNG" + (", overlays as JPEG" if a.overlay else "")
+    res = predict(from_args(PredictConfig, a))
+    kinds = "labels as class-index PNG" + (", overlays as JPEG" if res["overlay"] else "")
     print(
-        f"{len(images)} images -> {out}/ ({kinds}); {seg.backend.name} on {seg.backend.device}, "
-        f"{seg.kernels} kernels, {float(np.mean(times)):.1f} ms/image"
+        f"{res['images']} images -> {res['out']}/ ({kinds}); {res['backend']} on "
+        f"{res['device']}, {res['kernels']} kernels, {res['ms_per_image']:.1f} ms/image"
     )
     return 0
 
@@ -337,16 +288,16 @@ def cmd_stream(a: argparse.Namespace) -> int:
         signals.restore()
 
 
-def _zoo(a: argparse.Namespace, progress) -> int:
+def _zoo(cfg, progress) -> int:
     from edgeseg.bench.report import write_zoo_plot
     from edgeseg.bench.zoo import parse_sizes, run_zoo
 
-    if not a.data:
+    if not cfg.data:
         raise EdgesegError(
             "--zoo needs --data SPEC for the val mIoU (e.g. camvid:../shared/data/camvid)"
         )
-    sizes = parse_sizes(a.sizes) if a.sizes else None
-    res = run_zoo(a.models, a.data, sizes, a.warmup, a.frames or 50, not a.no_isolate, progress)
+    sizes = parse_sizes(cfg.sizes) if cfg.sizes else None
+    res = run_zoo(cfg.models, cfg.data, sizes, cfg.warmup, cfg.timed_frames, cfg.isolate, progress)
     columns = ["model", "size", "params M", "GFLOPs", "latency p50 ms", "p99 ms", "FPS", "val mIoU"]
     rows = [
         [
@@ -362,45 +313,31 @@ def _zoo(a: argparse.Namespace, progress) -> int:
         for r in res["rows"]
     ]
     _table(f"zoo: ONNX Runtime CPU, {res['machine']['cpu']}", columns, rows)
-    if a.plot:
-        write_zoo_plot(res["rows"], a.plot)
-    _write_json(a.json, res)
+    if cfg.plot:
+        write_zoo_plot(res["rows"], cfg.plot)
+    _write_json(cfg.json, res)
     return 0
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from edgeseg.bench.report import print_table, write_plot
-    from edgeseg.bench.runner import BenchConfig, run_bench
+    from edgeseg.bench.runner import run_bench
 
     console = _stderr()
 
     def progress(msg: str) -> None:
         console.print(f"[dim]{msg}[/]")
 
-    if a.zoo:
-        return _zoo(a, progress)
-    if not a.models:
+    cfg = from_args(BenchConfig, a)
+    if cfg.zoo:
+        return _zoo(cfg, progress)
+    if not cfg.models:
         raise EdgesegError("give one or more models to bench (.pt, .onnx, .engine), or --zoo")
-    precisions = a.precision.split(",") if a.precision else None
-    cfg = BenchConfig(
-        models=a.models,
-        backends=a.backend.split(","),
-        precisions=precisions,
-        source=a.source,
-        frames=a.frames or 200,
-        warmup=a.warmup,
-        device=a.device,
-        calib=a.calib,
-        baselines=not a.no_baselines,
-        isolate=not a.no_isolate,
-        cuda_graph=a.cuda_graph,
-        compile=a.compile,
-    )
     res = run_bench(cfg, progress)
     print_table(res)
-    if a.plot:
-        write_plot(res, a.plot)
-    _write_json(a.json, res)
+    if cfg.plot:
+        write_plot(res, cfg.plot)
+    _write_json(cfg.json, res)
     if all("skipped" in r for r in res["results"]):
         print("edgeseg bench: no configuration could run (reasons above)", file=sys.stderr)
         return 2
@@ -422,7 +359,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     )
     _table(title, ["", "before", "pruned", "fine-tuned"], rows)
     print(f"wrote {cfg.out}/pruned.pt, {cfg.out}/best.pt")
-    _write_json(a.json, res)
+    _write_json(cfg.json, res)
     return 0
 
 
@@ -430,27 +367,28 @@ def cmd_info(a: argparse.Namespace) -> int:
     from edgeseg.models import create_model, list_models
     from edgeseg.models.complexity import count_gflops, count_params, deployed_params
 
-    names = list_models() if a.name == "all" else [a.name]
+    cfg = from_args(InfoConfig, a)
+    names = list_models() if cfg.name == "all" else [cfg.name]
     rows, out = [], {}
     for name in names:
-        model = create_model(name, a.num_classes)
-        deployed = deployed_params(model, a.input_size) / 1e6
+        model = create_model(name, cfg.num_classes)
+        deployed = deployed_params(model, cfg.input_size) / 1e6
         training = count_params(model) / 1e6
-        gflops = count_gflops(model, a.input_size)
+        gflops = count_gflops(model, cfg.input_size)
         rows.append([name, deployed, training if training != deployed else "", gflops])
         out[name] = {"params_m": deployed, "params_in_training_m": training, "gflops": gflops}
-    h, w = a.input_size
+    h, w = cfg.input_size
     columns = ["model", "params (M)", "with training-only heads", "GFLOPs"]
     formats = {"params (M)": ".3f", "with training-only heads": ".3f", "GFLOPs": ".3f"}
-    _table(f"{a.num_classes} classes at {h}x{w}", columns, rows, formats)
-    _write_json(a.json, out)
+    _table(f"{cfg.num_classes} classes at {h}x{w}", columns, rows, formats)
+    _write_json(cfg.json, out)
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from edgeseg.demo import run_demo
 
-    run_demo(a.out, seconds=a.seconds)
+    run_demo(from_args(DemoConfig, a))
     return 0
 
 
@@ -471,46 +409,19 @@ def _add_train(sub) -> None:
 
 def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="accuracy of a .pt or .onnx on a dataset split")
-    e.add_argument("model")
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="val", choices=("train", "val", "test"))
-    e.add_argument("--backend", default="auto")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--hd95", action="store_true", help="also per-class 95%% Hausdorff distance")
-    e.add_argument("--limit", type=int, help="evaluate only the first N images")
-    e.add_argument(
-        "--tta",
-        metavar="flip[,SCALE...]",
-        help="test-time augmentation: average over mirrored and rescaled inputs, e.g. flip or "
-        "flip,0.75,1.0,1.25 (scales need a .pt)",
-    )
-    e.add_argument(
-        "--exact-qdq",
-        action="store_true",
-        help="INT8 ONNX: run Q/DQ nodes as written (what TensorRT computes) instead "
-        "of ONNX Runtime's fused CPU integer kernels",
-    )
-    e.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    add_arguments(e, EvalConfig)
     e.set_defaults(func=cmd_eval)
 
 
 def _add_export(sub) -> None:
     x = sub.add_parser("export", help="checkpoint -> ONNX (FP32, FP16, INT8) and TensorRT engines")
-    x.add_argument("checkpoint", help="a .pt from 'edgeseg train' (an FP32 .onnx for --int8/--trt)")
-    add_arguments(x, ExportConfig, skip=("checkpoint",))
-    x.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    add_arguments(x, ExportConfig)
     x.set_defaults(func=cmd_export)
 
 
 def _add_predict(sub) -> None:
     r = sub.add_parser("predict", help="segment images; write label PNGs (and overlays)")
-    r.add_argument("model")
-    r.add_argument("inputs", nargs="+", help="image files, folders or quoted globs")
-    r.add_argument("--out", required=True)
-    r.add_argument("--overlay", action="store_true")
-    r.add_argument("--alpha", type=float, default=0.5)
-    r.add_argument("--backend", default="auto")
-    r.add_argument("--device", default="auto")
+    add_arguments(r, PredictConfig)
     r.set_defaults(func=cmd_predict)
 
 
@@ -518,57 +429,13 @@ def _add_prune(sub) -> None:
     pr = sub.add_parser(
         "prune", help="structured channel pruning (torch-pruning) + fine-tuning, before/after table"
     )
-    pr.add_argument("checkpoint", help="a .pt from 'edgeseg train'")
-    add_arguments(pr, PruneConfig, skip=("checkpoint",))
-    pr.add_argument("--json", metavar="OUT", help="write the table as JSON")
+    add_arguments(pr, PruneConfig)
     pr.set_defaults(func=cmd_prune)
 
 
 def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="latency, FPS, per-stage times and memory against baselines")
-    b.add_argument(
-        "models", nargs="*", help=".pt, .onnx or .engine files (with --zoo: checkpoints)"
-    )
-    b.add_argument(
-        "--backend", default="auto", help="auto, ort, trt or torch; comma-separate several"
-    )
-    b.add_argument(
-        "--precision", help="fp32, fp16, int8; comma-separate several (default: the file's)"
-    )
-    b.add_argument("--source", default="synthetic", help="video file or synthetic[:WxH] (unpaced)")
-    b.add_argument(
-        "--frames", type=int, help="frames (and model-only calls) to time; default 200 (zoo: 50)"
-    )
-    b.add_argument("--warmup", type=int, default=20, help="untimed calls first")
-    b.add_argument("--device", default="auto")
-    b.add_argument(
-        "--calib",
-        metavar="SPEC|DIR|VIDEO",
-        help="INT8 calibration frames (default: the training data)",
-    )
-    b.add_argument(
-        "--no-baselines", action="store_true", help="skip the naive loop and PyTorch eager"
-    )
-    b.add_argument(
-        "--no-isolate",
-        action="store_true",
-        help="measure in this process (faster; peak RSS is then the whole run's)",
-    )
-    b.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        help="also GPU rows with each frame's whole step replayed as one CUDA graph",
-    )
-    b.add_argument("--compile", action="store_true", help="also torch rows through torch.compile")
-    b.add_argument(
-        "--zoo", action="store_true", help="every registered model: val mIoU against latency"
-    )
-    b.add_argument("--data", metavar="SPEC", help="--zoo: dataset for the val mIoU")
-    b.add_argument(
-        "--sizes", metavar="WxH,...", help="--zoo: input sizes (default 480x360,960x720)"
-    )
-    b.add_argument("--json", metavar="OUT")
-    b.add_argument("--plot", metavar="OUT.png")
+    add_arguments(b, BenchConfig)
     b.set_defaults(func=cmd_bench)
 
 
@@ -580,16 +447,12 @@ def _add_stream(sub) -> None:
 
 def _add_info_demo(sub) -> None:
     i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
-    i.add_argument("name", help="a model name, or 'all'")
-    i.add_argument("--num-classes", type=int, default=11)
-    i.add_argument("--input-size", type=parse_hw, default=(352, 480))
-    i.add_argument("--json", metavar="OUT")
+    add_arguments(i, InfoConfig)
     i.set_defaults(func=cmd_info)
     d = sub.add_parser(
         "demo", help="train on synthetic scenes, export, segment a clip (~2 min on CPU)"
     )
-    d.add_argument("--out", default="edgeseg_demo")
-    d.add_argument("--seconds", type=float, default=60.0, help="training budget")
+    add_arguments(d, DemoConfig)
     d.set_defaults(func=cmd_demo)
 
 

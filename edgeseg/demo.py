@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from edgeseg._config import setting
 from edgeseg._io import atomic_path, write_text_atomic
 from edgeseg.errors import EdgesegError
 
@@ -23,9 +24,19 @@ DEMO_SIZE = (128, 256)
 CLIP_FRAMES = 120
 
 
+@dataclass
+class DemoConfig:
+    """Everything ``edgeseg demo`` takes."""
+
+    out: str = setting("edgeseg_demo", "folder for the model, the overlay video and the summary")
+    seconds: float = setting(60.0, "training budget", metavar="S")
+
+
 def _write_overlay_video(
     seg, frames: list[tuple[np.ndarray, np.ndarray]], path: Path, num_classes: int
 ) -> dict[str, Any]:
+    import cv2
+
     from edgeseg.train.metrics import ConfusionMatrix
 
     h, w = frames[0][0].shape[:2]
@@ -52,8 +63,10 @@ def _write_overlay_video(
     }
 
 
-def run_demo(out: str | Path = "edgeseg_demo", seconds: float = 60.0) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Train -> export -> segment a clip; returns (and prints) the summary."""
+    cfg = cfg or DemoConfig()
+    out, seconds = cfg.out, cfg.seconds
     from edgeseg._table import console as make_console
     from edgeseg._table import print_table
     from edgeseg.data.synthetic import render_clip

@@ -2,12 +2,12 @@ import json
 
 import cv2
 
-from edgeseg.demo import run_demo
+from edgeseg.demo import DemoConfig, run_demo
 
 
 def test_demo_runs_the_whole_flow(tmp_path):
     """The README's first command on a short training budget: every artefact appears, sound."""
-    summary = run_demo(tmp_path, seconds=8)
+    summary = run_demo(DemoConfig(str(tmp_path), seconds=8))
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "train" / "best.pt").is_file() and (tmp_path / "model.onnx").is_file()
     cap = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))

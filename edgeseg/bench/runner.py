@@ -24,46 +24,18 @@ import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from edgeseg.bench.config import BenchConfig
 from edgeseg.errors import EdgesegError, did_you_mean
 from edgeseg.export.names import exported_for
 from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 SCHEMA = "edgeseg-bench-v1"
-
-
-@dataclass
-class BenchConfig:
-    """What ``edgeseg bench`` takes."""
-
-    models: list[str]
-    backends: list[str] = field(default_factory=lambda: ["auto"])
-    precisions: list[str] | None = None  # None: each file's own (a checkpoint: fp32)
-    source: str = "synthetic"
-    frames: int = 200
-    warmup: int = 20
-    device: str = "auto"
-    calib: str | None = None  # INT8 calibration frames; default: the checkpoint's training data
-    baselines: bool = True
-    isolate: bool = True  # one process per configuration (honest peak RSS)
-    cuda_graph: bool = False  # also GPU rows with the whole step replayed as one CUDA graph
-    compile: bool = False  # also torch rows through torch.compile
-
-    def variants(self, backend: str) -> list[dict[str, bool]]:
-        """Segmenter options each configuration of ``backend`` is measured with."""
-        out: list[dict[str, bool]] = [{}]
-        if self.cuda_graph and backend in ("torch", "trt"):
-            out.append({"cuda_graph": True})
-        if self.compile and backend == "torch":
-            out += [{"compile": True}] + (
-                [{"compile": True, "cuda_graph": True}] if self.cuda_graph else []
-            )
-        return out
 
 
 class Skip(Exception):
@@ -381,7 +353,7 @@ def _check(cfg: BenchConfig) -> list[Path]:
 
     if not cfg.models:
         raise EdgesegError("give at least one model (.pt, .onnx or .engine)")
-    if cfg.frames < 1 or cfg.warmup < 0:
+    if cfg.timed_frames < 1 or cfg.warmup < 0:
         raise EdgesegError("frames must be at least 1 and warmup at least 0")
     for b in cfg.backends:
         if b not in BACKENDS:
@@ -406,7 +378,7 @@ def _baselines(cfg: BenchConfig, arts: Artifacts, m: Path, source: str, progress
     except Skip:
         fp32 = None
     progress(f"baselines for {m.name}: naive loop, PyTorch eager")
-    args = (str(m), fp32, source, cfg.frames, cfg.warmup, cfg.device)
+    args = (str(m), fp32, source, cfg.timed_frames, cfg.warmup, cfg.device)
     return _call(cfg.isolate, measure_baselines, *args)
 
 
@@ -434,10 +406,10 @@ def _row(
         extra = "".join(f", {k.replace('_', ' ')}" for k in options)
         progress(
             f"{path.name} [{backend}, {precision}{extra}]: model-only latency, then "
-            f"{cfg.frames} frames through the pipeline"
+            f"{cfg.timed_frames} frames through the pipeline"
         )
         t0 = time.perf_counter()
-        args = (str(path), backend, cfg.device, source, cfg.frames, cfg.warmup)
+        args = (str(path), backend, cfg.device, source, cfg.timed_frames, cfg.warmup)
         row.update(_call(cfg.isolate, measure_config, *args, precision, options))
         progress(
             f"  {row['model_only_ms']['p50']:.1f} ms model p50, {row['pipeline']['fps']:.1f} "
@@ -472,7 +444,13 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict[str, Any]:
         "schema": SCHEMA,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine_info(),
-        "settings": {**asdict(cfg), "source": source},
+        "settings": {
+            **asdict(cfg),
+            "backends": cfg.backends,
+            "precisions": cfg.precisions,
+            "frames": cfg.timed_frames,
+            "source": source,
+        },
         "baselines": baselines,
         "results": results,
     }

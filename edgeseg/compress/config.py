@@ -14,7 +14,7 @@ class PruneConfig:
     """Everything ``edgeseg prune`` takes (each field a flag: ``finetune_epochs`` ->
     ``--finetune-epochs``)."""
 
-    checkpoint: str = setting(help="a .pt from 'edgeseg train'")
+    checkpoint: str = setting(help="a .pt from 'edgeseg train'", positional=True)
     ratio: float = setting(help="fraction of channels to remove, e.g. 0.3")
     data: str = setting(help="dataset spec for fine-tuning and the val mIoU")
     out: str = setting(help="folder for pruned.pt (before fine-tuning) and best.pt")
@@ -30,6 +30,7 @@ class PruneConfig:
         True, "also distil from the unpruned model while fine-tuning (--no-distill: labels only)"
     )
     quiet: bool = setting(False, "print nothing")
+    json: str | None = setting(None, "write the table as JSON", metavar="OUT")
 
     def check(self) -> None:
         """Raise :class:`EdgesegError` naming the setting that is wrong."""

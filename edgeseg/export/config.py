@@ -22,7 +22,7 @@ class ExportConfig:
     ``--calib-count``)."""
 
     checkpoint: str = setting(
-        help="a .pt from 'edgeseg train' (or an FP32 .onnx for INT8/TensorRT)"
+        help="a .pt from 'edgeseg train' (or an FP32 .onnx for INT8/TensorRT)", positional=True
     )
     out: str = setting(help="folder for the exported files")
     input_size: tuple[int, int] | None = setting(
@@ -73,6 +73,8 @@ class ExportConfig:
     dynamic: str | None = setting(
         None, "TensorRT batch-size profile", default_text="1,1,1", metavar="MIN,OPT,MAX"
     )
+
+    json: str | None = setting(None, "write the report as JSON", metavar="OUT")
 
     @property
     def from_onnx(self) -> bool:

@@ -20,21 +20,6 @@ from edgeseg.spec import METADATA_KEY, ModelSpec
 OPSET = 17
 
 
-class ArgmaxHead(torch.nn.Module):
-    """The model followed by ArgMax over classes and a cast to uint8: only labels leave the graph.
-
-    Moves the argmax onto the accelerator (TensorRT fuses it) and shrinks the device-to-host
-    copy C-fold (19 float channels become one byte).
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).argmax(1).to(torch.uint8)
-
-
 def _export_graph(
     model: torch.nn.Module, x: torch.Tensor, path: Path, output_name: str = "logits"
 ) -> None:
@@ -81,17 +66,43 @@ def to_fp16(proto):
         )
 
 
+def append_argmax(proto) -> None:
+    """End the graph in ArgMax over classes + Cast to uint8: a (N, h, w) ``labels`` output.
+
+    Moves the argmax onto the accelerator (TensorRT fuses it) and shrinks the device-to-host
+    copy C-fold (19 float channels become one byte). Added to the finished logits graph (after
+    any FP16 conversion, which mistypes its own casts when a graph's output is not a float:
+    --argmax --fp16 wrote an invalid model), so every precision gets the same tail."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    logits = graph.output[0]
+    dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim]
+    graph.node.extend(
+        [
+            helper.make_node("ArgMax", [logits.name], ["labels_i64"], axis=1, keepdims=0),
+            helper.make_node("Cast", ["labels_i64"], ["labels"], to=TensorProto.UINT8),
+        ]
+    )
+    graph.output.pop()
+    shape = [dims[0], *dims[2:]] if len(dims) == 4 else None
+    graph.output.append(helper.make_tensor_value_info("labels", TensorProto.UINT8, shape))
+
+
 def _finalise(path: Path, spec: ModelSpec, simplify: bool, fp16: bool = False) -> dict[str, Any]:
+    """Simplify, convert, end in labels (per the spec's output kind), store the spec."""
     import onnx
 
     proto = onnx.load(str(path))
     nodes_before = len(proto.graph.node)
+    if fp16:  # first: the converter cannot type the casts of some graphs onnxslim has folded
+        proto = to_fp16(proto)
     if simplify:
         import onnxslim
 
         proto = onnxslim.slim(proto)
-    if fp16:
-        proto = to_fp16(proto)
+    if spec.output.kind == "labels":
+        append_argmax(proto)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, spec.to_json()
@@ -118,7 +129,8 @@ def verify_onnx(
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     if spec.output.kind == "labels":
-        return _verify_labels(sess, model, spec, samples)
+        # FP16 (min_agreement given) flips near-tie pixels; FP32 may flip only float noise
+        return _verify_labels(sess, model, spec, samples, min_agreement or 0.999)
     g = torch.Generator().manual_seed(0)
     max_diff, agree, scale = 0.0, [], 1.0
     for _ in range(samples):
@@ -211,10 +223,7 @@ def export_onnx(
         spec = replace(spec, input=replace(spec.input, height=h, width=w))
     out = Path(out_dir) / onnx_name("fp16" if fp16 else "fp32", argmax=argmax)
     with atomic_path(out) as tmp:
-        graph_model = ArgmaxHead(model).eval() if argmax else model
-        _export_graph(
-            graph_model, torch.zeros(1, 3, *spec.input_hw), tmp, "labels" if argmax else "logits"
-        )
+        _export_graph(model, torch.zeros(1, 3, *spec.input_hw), tmp, "logits")
         graph = _finalise(tmp, spec, simplify, fp16)
         # FP16 carries ~3 significant digits: compare at 1% of the logit range, and by labels
         check = (

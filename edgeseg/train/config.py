@@ -129,3 +129,28 @@ class TrainConfig:
             raise EdgesegError("pretrained weights are for a timm encoder: add --encoder timm:NAME")
         if self.freeze_encoder < 0 or self.boundary_weight < 0:
             raise EdgesegError("freeze_encoder and boundary_weight must not be negative")
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``edgeseg eval`` takes (``model`` the positional file)."""
+
+    model: str = setting(help="a .pt, .onnx or .engine", positional=True)
+    data: str = setting(help="dataset spec, e.g. camvid:PATH", metavar="SPEC")
+    split: str = setting("val", "dataset split", choices=("train", "val", "test"))
+    backend: str = setting("auto", "auto, ort, trt or torch")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    hd95: bool = setting(False, "also per-class 95% Hausdorff distance")
+    limit: int | None = setting(None, "evaluate only the first N images", metavar="N")
+    tta: str | None = setting(
+        None,
+        "test-time augmentation: average over mirrored and rescaled inputs, e.g. flip or "
+        "flip,0.75,1.0,1.25 (scales need a .pt)",
+        metavar="flip[,SCALE...]",
+    )
+    exact_qdq: bool = setting(
+        False,
+        "INT8 ONNX: run Q/DQ nodes as written (what TensorRT computes) instead of ONNX "
+        "Runtime's fused CPU integer kernels",
+    )
+    json: str | None = setting(None, "write the metrics as JSON", metavar="OUT")

@@ -11,6 +11,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
+from edgeseg.train.config import EvalConfig
 from edgeseg.train.metrics import ConfusionMatrix, HD95Meter
 
 
@@ -56,27 +57,33 @@ def tta_probs(infer, frame_bgr: np.ndarray, spec, flip: bool, scales, out_hw) ->
 
 
 def evaluate(
-    model_path: str | os.PathLike,
+    model: str | os.PathLike,
     data: str,
     split: str = "val",
     backend: str = "auto",
     device: str = "auto",
-    with_hd95: bool = False,
-    limit: int | None = None,
+    *,
     progress=None,
-    exact_qdq: bool = False,
-    tta: str | None = None,
+    **settings,
 ) -> dict[str, Any]:
+    """:func:`run_eval` of ``EvalConfig(model, data, split, backend, device, **settings)``."""
+    cfg = EvalConfig(str(model), data, split, backend, device, **settings)
+    return run_eval(cfg, progress)
+
+
+def run_eval(cfg: EvalConfig, progress=None) -> dict[str, Any]:
     """Confusion-matrix metrics at label resolution; logits are resized bilinearly before argmax.
 
     The same preprocessing as deployment (``kernels.preprocess``) is used, so the figure is what
     a user of the exported model gets. ``tta`` (see :func:`parse_tta`) averages the class
     probabilities over mirrored and rescaled inputs instead; scales other than 1 need a model
-    that takes any input size (a ``.pt``).
+    that takes any input size (a ``.pt``). ``progress(done, total)`` after each image.
     """
     from edgeseg.data import build_dataset
 
-    runner = load_backend(model_path, backend, device, **({"exact_qdq": True} if exact_qdq else {}))
+    model_path, data, tta = cfg.model, cfg.data, cfg.tta
+    options = {"exact_qdq": True} if cfg.exact_qdq else {}
+    runner = load_backend(model_path, cfg.backend, cfg.device, **options)
     spec = runner.spec
     flip, scales = parse_tta(tta)
     if scales != (1.0,) and runner.name != "torch":
@@ -85,7 +92,7 @@ def evaluate(
             f"({runner.name} models take the one size they were exported at); --tta flip works "
             "with both"
         )
-    dataset = build_dataset(data, split)
+    dataset = build_dataset(data, cfg.split)
     if list(dataset.info.classes) != list(spec.classes):
         raise EdgesegError(
             f"{model_path} predicts {spec.num_classes} classes ({', '.join(spec.classes[:4])}...) "
@@ -93,9 +100,9 @@ def evaluate(
             f"({', '.join(dataset.info.classes[:4])}...); "
             "evaluate on the dataset the model was trained for"
         )
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+    n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
     cm = ConfusionMatrix(spec.num_classes, dataset.info.ignore_index)
-    hd = HD95Meter(spec.num_classes, dataset.info.ignore_index) if with_hd95 else None
+    hd = HD95Meter(spec.num_classes, dataset.info.ignore_index) if cfg.hd95 else None
     x = np.empty((1, 3, *spec.input_hw), np.float32)
     t_infer = 0.0
     for i in range(n):
@@ -121,11 +128,11 @@ def evaluate(
             "backend": runner.name,
             "device": runner.device,
             "data": data,
-            "split": split,
+            "split": cfg.split,
             "images": n,
             "input_size": list(spec.input_hw),
             "infer_ms_mean": round(t_infer / max(1, n) * 1e3, 3),
-            "exact_qdq": exact_qdq,
+            "exact_qdq": cfg.exact_qdq,
             "tta": tta or None,
         }
     )

@@ -48,8 +48,8 @@ def test_sizes_are_width_by_height_rounded_to_multiples_of_32():
 def bench_report(tiny_run):
     cfg = BenchConfig(
         models=[str(tiny_run / "best.pt")],
-        backends=["auto", "torch"],
-        precisions=["fp32", "int8"],
+        backend="auto,torch",
+        precision="fp32,int8",
         source="synthetic:256x128",
         frames=12,
         warmup=2,
@@ -177,7 +177,7 @@ def test_bench_on_the_gpu_reports_device_memory_and_tensorrt_compute_where_insta
     rep = run_bench(
         BenchConfig(
             models=[str(tiny_run / "best.pt")],
-            backends=backends,
+            backend=",".join(backends),
             source="synthetic:256x128",
             frames=10,
             warmup=2,

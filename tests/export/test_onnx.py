@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -109,3 +111,17 @@ def test_fp16_export_keeps_sensitive_ops_and_io_in_fp32(tiny_run, tiny_onnx, tmp
     assert all(n.input[0] in casts_to_fp32 for n in kept)
     frame = np.random.default_rng(2).integers(0, 256, (80, 150, 3), dtype=np.uint8)
     assert (Segmenter(path)(frame).labels == Segmenter(tiny_onnx)(frame).labels).mean() > 0.99
+
+
+def test_fp16_with_argmax_and_simplify_is_a_valid_labels_model(tiny_run, tiny_onnx, tmp_path):
+    """--argmax --fp16 and --simplify --fp16 each wrote an invalid graph (the FP16 converter
+    mistyped its casts): labels come out, agreeing with the FP32 logits model's argmax."""
+    import onnxruntime as ort
+
+    rep = export_onnx(tiny_run / "best.pt", tmp_path, simplify=True, argmax=True, fp16=True)
+    assert Path(rep["path"]).name == "model.argmax.fp16.onnx" and rep["output"] == "labels"
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 128)).astype(np.float32)
+    labels = ort.InferenceSession(rep["path"]).run(None, {"input": x})[0]
+    logits = ort.InferenceSession(str(tiny_onnx)).run(None, {"input": x})[0]
+    assert labels.dtype == np.uint8 and labels.shape == (1, 64, 128)
+    assert (labels == logits.argmax(1)).mean() > 0.99  # FP16 may flip near-ties only
