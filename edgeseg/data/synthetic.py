@@ -80,8 +80,8 @@ def _colour(
     return np.clip(np.asarray(base, np.float64) + rng.uniform(-spread, spread, 3), 0, 255)
 
 
-class _Scene:
-    """All random parameters of one street; ``render(t)`` draws it at frame ``t``."""
+class _Layout:
+    """The scene's world: road, pavements, buildings, trees, cars, drawn from ``seed``."""
 
     def __init__(self, seed: int, size_hw: tuple[int, int], travel: float = 0.0) -> None:
         rng = np.random.default_rng(seed)
@@ -215,8 +215,6 @@ class _Scene:
             for car, v in zip(in_lane, sorted(c["v"] for c in in_lane)):
                 car["v"] = v
 
-    # -- parameter helpers -------------------------------------------------------------------
-
     def _skyline(
         self, rng: np.random.Generator
     ) -> list[tuple[float, float, float, np.ndarray, int]]:
@@ -282,7 +280,9 @@ class _Scene:
         col = _colour(rng, (60, 100, 45), 25)
         return ("walk_tree", x, z, trunk_h, radius, col, _colour(rng, (90, 65, 45), 15))
 
-    # -- drawing -----------------------------------------------------------------------------
+
+class _Canvas(_Layout):
+    """Projection of the world to the image, and the drawing of its static parts."""
 
     def _proj(self, x, y, z) -> np.ndarray:
         """World (x right, y up from the ground, z forward) to fixed-point pixel coordinates.
@@ -324,71 +324,6 @@ class _Scene:
     def _ground_quad(self, xa, xb, za, zb) -> np.ndarray:
         za, zb = max(za, self.z_clip), max(zb, self.z_clip)
         return self._proj([xa, xb, xb, xa], 0.0, [za, za, zb, zb])
-
-    def render(self, t: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """Draw frame ``t`` (camera has moved ``t * speed`` metres); returns (RGB image, mask)."""
-        h, w = self.h, self.w
-        period = self.drift[1]
-        self.x_v = float(self.x_v0 + self.drift[0] * np.sin(2 * np.pi * t / period + self.drift[2]))
-        self.y_h = float(self.y_h0 + 0.01 * h * np.sin(2 * np.pi * t / (0.7 * period)))
-        cam_z = t * self.speed
-        img = np.empty((h, w, 3), np.uint8)
-        mask = np.empty((h, w), np.uint8)
-
-        # Sky gradient above the horizon; distant buildings below it (covered by nearer stuff).
-        yh = int(np.clip(np.ceil(self.y_h), 0, h))
-        if yh:
-            rows = np.linspace(0.0, 1.0, yh)[:, None]
-            column = (self.sky_top * (1 - rows) + self.sky_hor * rows).astype(np.uint8)[:, None, :]
-            # cv2 rather than numpy broadcasting: several times faster for 3-channel fills.
-            img[:yh] = cv2.resize(column, (w, yh), interpolation=cv2.INTER_NEAREST)
-        mask[:yh] = SKY
-        if yh < h:
-            cv2.rectangle(img, (0, yh), (w - 1, h - 1), (105, 105, 110), -1)
-        mask[yh:] = BUILDING
-        for x0, x1, height, col, cls in self.skyline:
-            x0s, x1s = x0 + (self.x_v - self.x_v0), x1 + (self.x_v - self.x_v0)
-            y0 = self.y_h - height
-            pts = (
-                np.array([[x0s, y0], [x1s, y0], [x1s, self.y_h + 1], [x0s, self.y_h + 1]]) * _ONE
-            ).astype(np.int32)
-            self._poly(img, mask, pts, col, cls)
-
-        # Ground: sidewalks, road, markings.
-        xl, xr = self.x_left, self.x_right
-        self._poly(
-            img,
-            mask,
-            self._ground_quad(xl - self.sw[0], xr + self.sw[1], 0, _Z_FAR),
-            self.walk_col,
-            SIDEWALK,
-        )
-        self._draw_tiles(img, cam_z)
-        self._poly(img, mask, self._ground_quad(xl, xr, 0, _Z_FAR), self.road_col, ROAD)
-        self._draw_markings(img, mask, cam_z)
-
-        # Facades and tree rows beyond the sidewalks, far to near (painter's algorithm).
-        visible = [o for o in self.side if o[4] - cam_z > self.z_clip and o[3] - cam_z < _Z_SIDE]
-        for obj in sorted(visible, key=lambda o: -o[3]):
-            self._draw_side(img, mask, obj, cam_z)
-
-        # Sidewalk trees and cars are nearer the road than the facades: draw them last, far first.
-        items: list[tuple[float, str, object]] = []
-        for tree in self.walk_trees:
-            z = tree[2] - cam_z
-            if self.z_clip < z < _Z_SIDE:
-                items.append((z, "tree", tree))
-        for car in self.cars:
-            z = car["z"] + car["v"] * t
-            if z > self.z_clip and z < 90:
-                items.append((z, "car", car))
-        for z, kind, obj in sorted(items, key=lambda it: -it[0]):
-            if kind == "tree":
-                self._draw_walk_tree(img, mask, obj, z)
-            else:
-                self._draw_car(img, mask, obj, z)
-
-        return self._finish(img, mask, t), mask
 
     def _draw_tiles(self, img, cam_z) -> None:
         """Paving joints on the sidewalks (image only)."""
@@ -478,6 +413,75 @@ class _Scene:
         pts[..., 0] = (self.x_v * _ONE + x_wall * inv)[:, None, :]
         pts[..., 1] = self.y_h * _ONE + yq[None] * inv[:, None, :]
         cv2.fillPoly(img, list(pts.reshape(-1, 4, 1, 2)), win["col"].tolist(), cv2.LINE_8, _SHIFT)
+
+
+class _Scene(_Canvas):
+    """All random parameters of one street; ``render(t)`` draws it at frame ``t``."""
+
+    def render(self, t: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Draw frame ``t`` (camera has moved ``t * speed`` metres); returns (RGB image, mask)."""
+        h, w = self.h, self.w
+        period = self.drift[1]
+        self.x_v = float(self.x_v0 + self.drift[0] * np.sin(2 * np.pi * t / period + self.drift[2]))
+        self.y_h = float(self.y_h0 + 0.01 * h * np.sin(2 * np.pi * t / (0.7 * period)))
+        cam_z = t * self.speed
+        img = np.empty((h, w, 3), np.uint8)
+        mask = np.empty((h, w), np.uint8)
+
+        # Sky gradient above the horizon; distant buildings below it (covered by nearer stuff).
+        yh = int(np.clip(np.ceil(self.y_h), 0, h))
+        if yh:
+            rows = np.linspace(0.0, 1.0, yh)[:, None]
+            column = (self.sky_top * (1 - rows) + self.sky_hor * rows).astype(np.uint8)[:, None, :]
+            # cv2 rather than numpy broadcasting: several times faster for 3-channel fills.
+            img[:yh] = cv2.resize(column, (w, yh), interpolation=cv2.INTER_NEAREST)
+        mask[:yh] = SKY
+        if yh < h:
+            cv2.rectangle(img, (0, yh), (w - 1, h - 1), (105, 105, 110), -1)
+        mask[yh:] = BUILDING
+        for x0, x1, height, col, cls in self.skyline:
+            x0s, x1s = x0 + (self.x_v - self.x_v0), x1 + (self.x_v - self.x_v0)
+            y0 = self.y_h - height
+            pts = (
+                np.array([[x0s, y0], [x1s, y0], [x1s, self.y_h + 1], [x0s, self.y_h + 1]]) * _ONE
+            ).astype(np.int32)
+            self._poly(img, mask, pts, col, cls)
+
+        # Ground: sidewalks, road, markings.
+        xl, xr = self.x_left, self.x_right
+        self._poly(
+            img,
+            mask,
+            self._ground_quad(xl - self.sw[0], xr + self.sw[1], 0, _Z_FAR),
+            self.walk_col,
+            SIDEWALK,
+        )
+        self._draw_tiles(img, cam_z)
+        self._poly(img, mask, self._ground_quad(xl, xr, 0, _Z_FAR), self.road_col, ROAD)
+        self._draw_markings(img, mask, cam_z)
+
+        # Facades and tree rows beyond the sidewalks, far to near (painter's algorithm).
+        visible = [o for o in self.side if o[4] - cam_z > self.z_clip and o[3] - cam_z < _Z_SIDE]
+        for obj in sorted(visible, key=lambda o: -o[3]):
+            self._draw_side(img, mask, obj, cam_z)
+
+        # Sidewalk trees and cars are nearer the road than the facades: draw them last, far first.
+        items: list[tuple[float, str, object]] = []
+        for tree in self.walk_trees:
+            z = tree[2] - cam_z
+            if self.z_clip < z < _Z_SIDE:
+                items.append((z, "tree", tree))
+        for car in self.cars:
+            z = car["z"] + car["v"] * t
+            if z > self.z_clip and z < 90:
+                items.append((z, "car", car))
+        for z, kind, obj in sorted(items, key=lambda it: -it[0]):
+            if kind == "tree":
+                self._draw_walk_tree(img, mask, obj, z)
+            else:
+                self._draw_car(img, mask, obj, z)
+
+        return self._finish(img, mask, t), mask
 
     def _draw_walk_tree(self, img, mask, tree, z) -> None:
         _, x, _, trunk_h, radius, col, bark = tree
