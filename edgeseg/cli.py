@@ -119,8 +119,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     res = predict(from_args(PredictConfig, a))
     kinds = "labels as class-index PNG" + (", overlays as JPEG" if res["overlay"] else "")
     print(
-        f"{res['images']} images -> {res['out']}/ ({kinds}); {res['backend']} on "
-        f"{res['device']}, {res['kernels']} kernels, {res['ms_per_image']:.1f} ms/image"
+        f"{res['images']} images -> {res['out']}/ ({kinds}); {res['model']}, {res['backend']} "
+        f"on {res['device']}, {res['kernels']} kernels, {res['ms_per_image']:.1f} ms/image"
     )
     return 0
 
@@ -262,8 +262,6 @@ def cmd_stream(a: argparse.Namespace) -> int:
 
     cfg = from_args(StreamConfig, a)
     cfg.check()
-    if cfg.model is None:
-        raise EdgesegError("give a model: --model model.onnx (or a .engine or .pt)")
     signals = _Signals()  # from the start: a signal while a camera opens is not lost
     try:
         seg = Segmenter(cfg.model, **cfg.segmenter_options())
@@ -274,7 +272,8 @@ def cmd_stream(a: argparse.Namespace) -> int:
             pipe.close()
             raise
         what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}, batch {pipe.batch}"
-        print(f"edgeseg stream: {pipe.source_names} -> {seg.model_path} [{what}]", file=sys.stderr)
+        line = f"edgeseg stream: {pipe.source_names} -> {_model_line(seg)} [{what}]"
+        print(line, file=sys.stderr)
         metrics = _serve_metrics(cfg, pipe, seg)
         try:
             return _run_stream(pipe, cfg, signals)
@@ -331,8 +330,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     cfg = from_args(BenchConfig, a)
     if cfg.zoo:
         return _zoo(cfg, progress)
-    if not cfg.models:
-        raise EdgesegError("give one or more models to bench (.pt, .onnx, .engine), or --zoo")
+    if not cfg.models:  # the shipped road model
+        from edgeseg import zoo
+
+        cfg.models = [str(zoo.resolve(None))]
+        progress(f"edgeseg bench: {zoo.DEFAULT} (the shipped road model: {cfg.models[0]})")
     res = run_bench(cfg, progress)
     print_table(res)
     if cfg.plot:
@@ -385,11 +387,45 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from edgeseg import zoo
+
+    cfg = from_args(zoo.ModelsConfig, a)
+    cards = [zoo.card(cfg.name)] if cfg.name else [zoo.card(n) for n in zoo.names()]
+    rows = [
+        [c.name + (" (default)" if c.name == zoo.DEFAULT else ""), c.arch, len(c.classes),
+         f"{c.input_size[0]}x{c.input_size[1]}", c.val_miou, c.size_mb(), c.data, c.licence]
+        for c in cards
+    ]  # fmt: skip
+    columns = ["name", "architecture", "classes", "input", "val mIoU", "MB", "data", "licence"]
+    _table("shipped models (--model NAME, Segmenter('NAME'))", columns, rows, {"MB": ".2f"})
+    for c in cards if cfg.name else []:
+        rows = [[k, v] for k, v in c.per_class_iou.items()]
+        _table(f"{c.name}: val IoU per class", ["class", "IoU"], rows, {"IoU": ".4f"})
+        print(f"trained with: {c.command}\non: {c.machine}, in {c.train_time}")
+        for note in c.notes:
+            print(f"note: {note}")
+    _write_json(cfg.json, [{**asdict(c), "folder": str(c.folder)} for c in cards])
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from edgeseg.demo import run_demo
 
     run_demo(from_args(DemoConfig, a))
     return 0
+
+
+def _model_line(seg) -> str:
+    """Which model runs: a shipped one by its name and what it is, else its file."""
+    from edgeseg import zoo
+
+    if not zoo.is_name(seg.model_name):
+        return seg.model_path
+    c = zoo.card(seg.model_name)
+    return f"{c.name} (shipped {c.arch}, val mIoU {c.val_miou:.3f} on {c.data.split(' (')[0]})"
 
 
 def _stderr():
@@ -445,6 +481,14 @@ def _add_stream(sub) -> None:
     st.set_defaults(func=cmd_stream)
 
 
+def _add_models(sub) -> None:
+    from edgeseg.zoo import ModelsConfig
+
+    m = sub.add_parser("models", help="the models that ship with edgeseg, by name")
+    add_arguments(m, ModelsConfig)
+    m.set_defaults(func=cmd_models)
+
+
 def _add_info_demo(sub) -> None:
     i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
     add_arguments(i, InfoConfig)
@@ -470,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prune,
         _add_bench,
         _add_stream,
+        _add_models,
         _add_info_demo,
     ):
         add(sub)

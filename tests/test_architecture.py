@@ -23,6 +23,7 @@ LAYERS = [
         "core",
         {"errors", "_io", "_lazy", "_config", "_redact", "_table", "spec", "device", "timing"},
     ),
+    ("zoo", {"zoo"}),
     ("models", {"models"}),
     ("data", {"data"}),
     ("runtime", {"runtime"}),

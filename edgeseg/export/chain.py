@@ -14,11 +14,13 @@ succeeded: a failed export leaves the output folder as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeseg import zoo
 from edgeseg.export.config import ExportConfig
 from edgeseg.export.engine import EngineOptions, build_engine
 from edgeseg.export.int8 import calibration_inputs, quantize_int8
@@ -117,6 +119,8 @@ def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[di
 def export_model(cfg: ExportConfig) -> dict[str, Any]:
     """Run the export chain of ``cfg``; returns ``{"files": [one report per file written]}``,
     each describing its own file (path, precision, size, checks)."""
+    # a shipped model's name is its checkpoint (edgeseg export camvid-small --int8 ...)
+    cfg = dataclasses.replace(cfg, checkpoint=str(zoo.resolve(cfg.checkpoint, "checkpoint")))
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from edgeseg import zoo
 from edgeseg._io import atomic_path
 from edgeseg.errors import EdgesegError
 from edgeseg.spec import ModelSpec
@@ -59,8 +59,9 @@ def _plain(v: Any) -> bool:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict, turning every way it can be wrong into one clear message."""
-    path = Path(path)
+    """Load a checkpoint dict (a path, or a shipped model's name: :mod:`edgeseg.zoo`), turning
+    every way it can be wrong into one clear message."""
+    path = zoo.resolve(path, "checkpoint")
     if not path.is_file():
         raise EdgesegError(
             f"checkpoint not found: {path}; pass the path of a .pt written by 'edgeseg train'"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeseg import zoo
 from edgeseg._config import setting
 from edgeseg.errors import EdgesegError
 
@@ -15,13 +16,26 @@ from edgeseg.errors import EdgesegError
 class PredictConfig:
     """Everything ``edgeseg predict`` takes (``model`` and ``inputs`` positional)."""
 
-    model: str = setting(help="a .onnx, .engine or .pt", positional=True)
-    inputs: list[str] = setting(help="image files, folders or quoted globs", positional=True)
+    inputs: list[str] = setting(
+        help="image files, folders or quoted globs (a model file or name first: the model)",
+        positional=True,
+    )
     out: str = setting(help="folder for the label PNGs (and overlays)")
     overlay: bool = setting(False, "also write the overlay as NAME_overlay.jpg")
     alpha: float = setting(0.5, "overlay opacity")
     backend: str = setting("auto", "auto, ort, trt or torch")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    model: str | None = setting(
+        None, "a .onnx, .engine or .pt, or a shipped model", default_text="the shipped road model"
+    )
+
+    def split_model(self) -> None:
+        """``edgeseg predict model.onnx images/`` as before ``--model``: a first argument that
+        is a model file (or a shipped model's name) and not an image is the model."""
+        first = self.inputs[0] if self.inputs else ""
+        model_file = Path(first).suffix.lower() in (".onnx", ".engine", ".plan", ".pt", ".pth")
+        if self.model is None and len(self.inputs) > 1 and (model_file or first in zoo.names()):
+            self.model, self.inputs = first, self.inputs[1:]
 
 
 def output_names(images: list[Path], out: Path) -> list[str]:
@@ -50,6 +64,7 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     from edgeseg._io import atomic_path, find_images
     from edgeseg.runtime.segmenter import Segmenter
 
+    cfg.split_model()
     if not 0.0 <= cfg.alpha <= 1.0:
         raise EdgesegError(f"alpha must be between 0 and 1, got {cfg.alpha}")
     images = find_images(cfg.inputs)
@@ -76,6 +91,7 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
                         f"could not write {out / file}; check the folder is writable"
                     )
     return {
+        "model": seg.model_name,
         "images": len(images),
         "out": str(out),
         "overlay": cfg.overlay,

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg import zoo
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
@@ -28,6 +29,7 @@ class Segmenter:
     """Run a segmentation model on BGR frames.
 
     >>> seg = Segmenter("model.onnx")        # or a .engine / .pt; backend="auto"
+    >>> seg = Segmenter()                    # the shipped road model (edgeseg models lists all)
     >>> res = seg(frame_bgr)                 # res.labels: (H, W) uint8 at frame size
     >>> vis = res.overlay(alpha=0.5)
     >>> results = seg.segment([cam0, cam1])  # several frames, one batched inference
@@ -38,14 +40,15 @@ class Segmenter:
     ``"bilinear"`` (logits resized to frame size first: the accuracy path). In nearest mode an
     ONNX model's trailing logits resize runs in the post-processing kernel instead of ONNX
     Runtime (``fuse_resize=False`` keeps the graph whole); the labels are the model's.
-    On a GPU the whole frame path runs there (:mod:`edgeseg.runtime.gpu_pipeline`); ``cuda_graph``
-    replays it as one CUDA graph, ``precision="fp16"`` runs a ``.pt`` in half precision.
+    On a GPU the whole frame path runs there (:mod:`edgeseg.runtime.gpu_pipeline`);
+    ``cuda_graph`` replays it as one CUDA graph, ``precision="fp16"`` runs a ``.pt`` in half
+    precision.
     ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
 
     def __init__(
         self,
-        model: str | os.PathLike,
+        model: str | os.PathLike | None = None,
         backend: str = "auto",
         device: str = "auto",
         mode: str = "nearest",
@@ -59,8 +62,13 @@ class Segmenter:
         # In nearest mode an ONNX model's trailing logits resize moves into the post-processing
         # kernel, fused with the argmax (docs/kernels.md): same labels, less time.
         backend_options.setdefault("fuse_resize", mode == "nearest")
-        self.backend = load_backend(model, backend, device, precision=precision, **backend_options)
-        self.model_path = str(model)
+        path = zoo.resolve(model, "checkpoint" if backend == "torch" else "onnx")
+        self.backend = load_backend(path, backend, device, precision=precision, **backend_options)
+        self.model_path = str(path)
+        # what the model is called: a shipped model's name (the default one when none is given)
+        self.model_name = self.model_path
+        if zoo.is_name(model):
+            self.model_name = zoo.DEFAULT if model is None else str(model)
         self.spec: ModelSpec = self.backend.spec
         self.mode = mode
         self._gpu = self._gpu_pipeline(cuda_graph) if self.backend.caps.device_buffers else None

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgeseg import zoo
 from edgeseg.errors import EdgesegError, did_you_mean
 from edgeseg.runtime.backends.base import Backend, Capabilities, DeviceIO
 
@@ -55,15 +56,15 @@ def load_backend(
     precision: str | None = None,
     **options: Any,
 ) -> Backend:
-    """Load ``path`` (.onnx, .engine or .pt) with the named backend, or the natural one for its
-    type.
+    """Load ``path`` (.onnx, .engine or .pt, or the name of a shipped model: see
+    :mod:`edgeseg.zoo`) with the named backend, or the natural one for its type.
 
     ``precision``: what to compute in; a ``.pt`` runs fp32 or (on CUDA) fp16, while an ONNX
     file or engine computes in the precision it was exported with (asking for another is an
     error). ``options`` go to the backend that takes them: ONNX Runtime ``threads``, ``spin``,
     ``exact_qdq``, ``fuse_resize``, ``io_binding``; PyTorch ``compile``.
     """
-    path = Path(path)
+    path = zoo.resolve(path, "checkpoint" if backend == "torch" else "onnx")
     kind = _check_path(path, backend)
     if kind == "torch":
         from edgeseg.runtime.backends.torch import TorchBackend
