@@ -131,8 +131,9 @@ def test_predict(tiny_onnx, tmp_path, monkeypatch):
 
     (tmp_path / "img").mkdir()
     cv2.imwrite(str(tmp_path / "img" / "a.png"), render_scene(0, (64, 128))[0])
-    argv = ["predict", str(tiny_onnx), str(tmp_path / "img"), "--out", str(tmp_path / "p"),
-            "--overlay", "--alpha", "0.3", "--backend", "ort", "--device", "cpu"]  # fmt: skip
+    argv = ["predict", "--model", str(tiny_onnx), str(tmp_path / "img"), "--out",
+            str(tmp_path / "p"), "--overlay", "--alpha", "0.3", "--backend", "ort", "--device",
+            "cpu"]  # fmt: skip
     walk(PredictConfig, argv, {}, monkeypatch)
 
 
@@ -156,5 +157,9 @@ def test_info(tmp_path, monkeypatch):
 
 
 def test_demo(tmp_path, monkeypatch):
-    argv = ["demo", "--out", str(tmp_path / "d"), "--seconds", "2"]
-    walk(DemoConfig, argv, {}, monkeypatch)
+    argv = ["demo", "--out", str(tmp_path / "d"), "--model", "camvid-small"]
+    not_walked = {
+        "train": "the other flow (train, export, segment): tests/test_demo.py",
+        "seconds": "--train only: tests/test_demo.py",
+    }
+    walk(DemoConfig, argv, not_walked, monkeypatch)

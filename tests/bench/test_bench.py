@@ -136,7 +136,6 @@ def test_bench_cli_writes_table_json_and_plot(tiny_onnx, tmp_path, capsys):
         (["{onnx}", "--backend", "tensorrtt"], "unknown backend 'tensorrtt'"),
         (["{onnx}", "--source", "nope.mp4"], "bench source not found: nope.mp4"),
         (["--zoo"], "--zoo needs --data"),
-        ([], "give one or more models"),
     ],
 )
 def test_bench_bad_input_is_one_clear_message(tiny_onnx, capsys, args, message):
