@@ -41,7 +41,8 @@ def ort_latency_ms(onnx_path: str | os.PathLike, runs: int = 30) -> float:
 
 
 def measure(checkpoint: str | os.PathLike, data: str | None, device: str = "cpu") -> dict[str, Any]:
-    """Params, GFLOPs at the model's input size, ONNX Runtime CPU latency and val mIoU."""
+    """Params, GFLOPs at the model's input size, ONNX Runtime CPU latency and val mIoU (the
+    checkpoint run with PyTorch on ``device``)."""
     model, spec, _ = load_model(checkpoint, "cpu")
     with tempfile.TemporaryDirectory() as d:
         export_onnx(checkpoint, d)
@@ -105,12 +106,12 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model, spec, ckpt = load_model(cfg.checkpoint, "cpu")
-    before = measure(cfg.checkpoint, cfg.data)
+    before = measure(cfg.checkpoint, cfg.data, cfg.device)
     prune_model(model, cfg.ratio, spec.input_hw, spec.num_classes)
     pruned = {"ratio": cfg.ratio, "from": str(cfg.checkpoint)}
     pruned_spec = replace(spec, source={**spec.source, "pruned": pruned})
     save_checkpoint(out / "pruned.pt", model, pruned_spec, ckpt.get("model_kwargs", {}))
-    right_after = measure(out / "pruned.pt", cfg.data)
+    right_after = measure(out / "pruned.pt", cfg.data, cfg.device)
     train(
         TrainConfig(
             data=cfg.data,
@@ -129,7 +130,7 @@ def prune_checkpoint(cfg: PruneConfig) -> dict[str, Any]:
             **({"workers": cfg.workers} if cfg.workers is not None else {}),
         )
     )
-    after = measure(out / "best.pt", cfg.data)
+    after = measure(out / "best.pt", cfg.data, cfg.device)
     return {
         "before": before,
         "pruned": right_after,

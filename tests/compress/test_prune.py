@@ -30,15 +30,25 @@ def test_pruning_removes_channels_and_keeps_the_model_working(name):
 
 
 @needs_torch_pruning
-def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path):
-    from edgeseg.models.checkpoint import load_model
+def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path, monkeypatch):
+    from edgeseg.compress import prune
+    from edgeseg.models.checkpoint import load_model, read_checkpoint
 
+    scored_on: list[str] = []  # the device of each val mIoU measurement
+    evaluate = prune.evaluate
+
+    def spy(checkpoint, data, split, backend, device, **kw):
+        scored_on.append(device)
+        return evaluate(checkpoint, data, split, backend, device, **kw)
+
+    monkeypatch.setattr(prune, "evaluate", spy)
     cfg = PruneConfig(
         str(tiny_run / "best.pt"),
         0.3,
         "synthetic:8",
         str(tmp_path),
         finetune_epochs=1,
+        device="auto",  # not measure()'s own default ("cpu"): it must come from here
         workers=0,
         quiet=True,
     )
@@ -47,10 +57,36 @@ def test_prune_and_finetune_a_checkpoint(tiny_run, tmp_path):
     assert res["after"]["params"] == res["pruned"]["params"] < res["before"]["params"]
     for k in ("params", "gflops", "ort_cpu_ms", "val_miou"):
         assert k in res["before"] and k in res["after"]
+    # before, right after pruning and after fine-tuning: each scored on the device asked for
+    assert scored_on == ["auto"] * 3
     model, spec, ckpt = load_model(
         tmp_path / "best.pt"
     )  # the pruned structure is rebuilt from the file
     assert "pruned" in ckpt and count_params(model) == res["after"]["params"]
+    # distill (the default): the fine-tuning run's teacher was the unpruned checkpoint
+    run = read_checkpoint(tmp_path / "last.pt")["config"]
+    assert res["distilled"] is True and run["teacher"] == str(tiny_run / "best.pt")
+    assert run["init_from"] == str(tmp_path / "pruned.pt")
+
+
+@needs_torch_pruning
+@pytest.mark.parametrize("distill", [True, False])
+def test_distill_sets_the_fine_tuning_teacher(tiny_run, tmp_path, monkeypatch, distill):
+    """--no-distill fine-tunes on the labels alone; --distill from the unpruned model."""
+    from edgeseg.compress import prune
+
+    runs = []
+    monkeypatch.setattr(prune, "measure", lambda *a, **k: {"gflops": 1.0, "ort_cpu_ms": 1.0})
+    monkeypatch.setattr(prune, "train", runs.append)  # the fine-tuning's TrainConfig, not run
+    cfg = PruneConfig(
+        str(tiny_run / "best.pt"), 0.3, "synthetic:8", str(tmp_path), finetune_epochs=1
+    )
+    cfg.distill = distill
+    res = prune.prune_checkpoint(cfg)
+    (run,) = runs
+    assert res["distilled"] is distill
+    assert run.teacher == (str(tiny_run / "best.pt") if distill else None)
+    assert run.init_from == str(tmp_path / "pruned.pt") and run.epochs == 1
 
 
 def test_bad_ratio(tiny_run, tmp_path):

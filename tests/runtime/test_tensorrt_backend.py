@@ -195,12 +195,22 @@ def test_fault5_a_pipeline_driven_from_another_thread_makes_its_context_current(
     """The stream's inference thread is not the thread that loaded the engine."""
     seg = Segmenter(_engine(tiny_onnx, tmp_path))
     got: list = []
-    t = threading.Thread(target=lambda: got.append(seg(frame, 0.5)))
+    worker: list[int] = []
+
+    def segment() -> None:
+        worker.append(threading.get_ident())
+        got.append(seg(frame, 0.5))
+
+    t = threading.Thread(target=segment)
     t.start()
     t.join()
-    assert got and got[0].labels.shape == frame.shape[:2]
-    errors = [n for n, _ in gpu.calls if n.startswith("cu")]
-    assert errors  # calls happened on the new thread, and none failed (they would have raised)
+    assert got and got[0].labels.shape == frame.shape[:2]  # none failed: they would have raised
+    on_worker = [n for n, thread in gpu.calls if thread == worker[0]]
+    # the frame's work ran on the worker thread, once that thread had bound the context
+    assert "cuLaunchKernel" in on_worker and "cuMemcpyDtoHAsync" in on_worker, on_worker
+    binding = ("cuCtxGetCurrent", "cuCtxSetCurrent")
+    first_work = next(i for i, name in enumerate(on_worker) if name not in binding)
+    assert "cuCtxSetCurrent" in on_worker[:first_work], on_worker
 
 
 def test_fault5_the_fake_does_refuse_a_thread_without_a_context(gpu):

@@ -13,8 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeseg.errors import EdgesegError
 from edgeseg.streaming.metrics import MetricsServer
-from edgeseg.streaming.stats import LATENCY_BOUNDS, Buckets, StreamStats
+from edgeseg.streaming.stats import FPS_WINDOW, LATENCY_BOUNDS, Buckets, StreamStats
 from edgeseg.testing import free_port
+
+WAIT_S = 60  # the most a test waits for the stream to get going: a hang fails instead
 
 
 def _scrape(url: str) -> dict[str, list]:
@@ -29,9 +31,29 @@ def _value(samples, name: str, **labels) -> float:
     raise KeyError(f"{name} {labels}")
 
 
-def _scrape_mid_stream(tiny_onnx, sources: list[str]) -> tuple[dict, str]:
+def _bounds(samples, name: str, **labels) -> tuple[float, float]:
+    """The least and the most the observations of histogram ``name`` can add up to, from its
+    cumulative buckets (each observation is above the bucket below and at most its ``le``)."""
+    buckets = sorted(
+        (float(s.labels["le"]), s.value)
+        for s in samples
+        if s.name == f"{name}_bucket" and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+    lo = hi = below = 0.0
+    counted = 0.0
+    for le, cumulative in buckets:
+        n = cumulative - counted
+        if n:
+            lo, hi = lo + n * below, hi + n * le
+        below, counted = le, cumulative
+    return lo, hi
+
+
+def _scrape_mid_stream(tiny_onnx, sources: list[str]):
+    """Two scrapes of a running stream, ``FPS_WINDOW`` seconds apart: ``(first, second, (the
+    least, the most) seconds between the two snapshots)``."""
     port = free_port()
-    args = ["stream", "--model", tiny_onnx, "--metrics-port", port, "--duration", "30"]
+    args = ["stream", "--model", tiny_onnx, "--metrics-port", port, "--duration", "60"]
     for s in sources:
         args += ["--source", s]
     proc = subprocess.Popen(
@@ -42,7 +64,7 @@ def _scrape_mid_stream(tiny_onnx, sources: list[str]) -> tuple[dict, str]:
     )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        deadline, metrics = time.monotonic() + 60, None
+        deadline, metrics = time.monotonic() + WAIT_S, None
         while time.monotonic() < deadline:
             try:
                 metrics = _scrape(url)
@@ -52,23 +74,26 @@ def _scrape_mid_stream(tiny_onnx, sources: list[str]) -> tuple[dict, str]:
                 pass
             time.sleep(0.3)
         assert metrics is not None, "the metrics endpoint never answered"
-        first = _value(metrics["edgeseg_frames_in"], "edgeseg_frames_in_total")
-        time.sleep(1.0)
-        later = _scrape(url)
-        assert _value(later["edgeseg_frames_in"], "edgeseg_frames_in_total") > first
-        return later, url
+        before_first = time.monotonic()
+        first = _scrape(url)
+        after_first = time.monotonic()
+        time.sleep(max(0.0, FPS_WINDOW - (after_first - before_first)))
+        before_second = time.monotonic()
+        second = _scrape(url)
+        after_second = time.monotonic()
+        return first, second, (before_second - after_first, after_second - before_first)
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=WAIT_S)
         assert proc.returncode == 0, err
 
 
 def test_a_scrape_mid_stream_finds_every_metric_with_sane_values(tiny_onnx):
     sources = ["synthetic:160x96@25", "synthetic:128x64@10"]
-    m, url = _scrape_mid_stream(tiny_onnx, sources)
+    a, m, (least, most) = _scrape_mid_stream(tiny_onnx, sources)
     names = [f"synthetic:{s.split(':')[1]}" for s in sources]
     common = {"model": "model.onnx", "backend": "ort"}
-    for source, fps in zip(names, (25, 10)):
+    for source in names:
         labels = {**common, "source": source}
         frames_in = _value(m["edgeseg_frames_in"], "edgeseg_frames_in_total", **labels)
         out = _value(m["edgeseg_frames_out"], "edgeseg_frames_out_total", **labels)
@@ -76,19 +101,29 @@ def test_a_scrape_mid_stream_finds_every_metric_with_sane_values(tiny_onnx):
         assert frames_in > 0 and 0 < out <= frames_in and dropped >= 0
         assert _value(m["edgeseg_reconnects"], "edgeseg_reconnects_total", **labels) == 0
         assert _value(m["edgeseg_outage_seconds"], "edgeseg_outage_seconds_total", **labels) == 0
-        assert 0.6 * fps < _value(m["edgeseg_fps"], "edgeseg_fps", **labels) < 1.4 * fps
+        # frames were read between the scrapes: the newest is younger than the time between them
+        assert frames_in > _value(a["edgeseg_frames_in"], "edgeseg_frames_in_total", **labels)
         age = _value(m["edgeseg_newest_frame_age_seconds"], "edgeseg_newest_frame_age_seconds")
-        assert 0 <= age < 1.0
+        assert 0 <= age <= most
+        # the gauge (outputs a second over the last FPS_WINDOW s) against the outputs counted
+        # between the two scrapes, FPS_WINDOW s apart
+        more = out - _value(a["edgeseg_frames_out"], "edgeseg_frames_out_total", **labels)
+        fps = _value(m["edgeseg_fps"], "edgeseg_fps", **labels)
+        assert more / most * 0.8 - 1 <= fps <= more / least * 1.2 + 1, (fps, more, least, most)
         assert _value(m["edgeseg_source_up"], "edgeseg_source_up", **labels) == 1
         count = _value(m["edgeseg_latency_seconds"], "edgeseg_latency_seconds_count", **labels)
         assert count == out
         inf = _value(m["edgeseg_latency_seconds"], "edgeseg_latency_seconds_bucket", le="+Inf")
         assert inf > 0
         total = _value(m["edgeseg_latency_seconds"], "edgeseg_latency_seconds_sum", **labels)
-        assert 0 < total / count < 0.5  # a mean latency under half a second
+        lo, hi = _bounds(m["edgeseg_latency_seconds"], "edgeseg_latency_seconds", **labels)
+        assert 0 < total and lo <= total <= hi  # the sum and the buckets count the same seconds
     for stage in ("decode", "pre", "infer", "post", "sink"):
         n = _value(m["edgeseg_stage_seconds"], "edgeseg_stage_seconds_count", stage=stage)
         assert n > 0, stage
+        total = _value(m["edgeseg_stage_seconds"], "edgeseg_stage_seconds_sum", stage=stage)
+        lo, hi = _bounds(m["edgeseg_stage_seconds"], "edgeseg_stage_seconds", stage=stage)
+        assert lo <= total <= hi, stage
     assert _value(m["process_resident_memory_bytes"], "process_resident_memory_bytes") > 1e7
     assert _value(m["process_open_fds"], "process_open_fds") > 3
 

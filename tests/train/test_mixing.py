@@ -55,19 +55,30 @@ def test_a_planted_shift_fails_the_alignment_check():
 
 
 def test_classmix_moves_whole_classes():
-    img, mask = _batch(3)
+    img, mask = _batch(3)  # every mask holds classes 0-4 and void
     mixed, ((out, _),) = mix_batch(
-        img, mask, "classmix", 1.0, VOID, torch.Generator().manual_seed(2)
+        img, mask, "classmix", 1.0, VOID, torch.Generator().manual_seed(4)
     )
     came_from = mixed[:, 1].long()
+    partners = []
     for i in range(4):
         pasted = came_from[i] != i
-        if not pasted.any():
-            continue
-        j = int(came_from[i][pasted][0])
+        # with this seed every image is paired with another, and pixels of it arrive
+        assert pasted.any(), f"nothing was pasted into image {i}"
+        sources = came_from[i][pasted].unique().tolist()
+        assert len(sources) == 1, f"image {i} got pixels from images {sources}"
+        j = sources[0]
+        partners.append(j)
         classes = out[i][pasted].unique()
-        assert VOID not in classes.tolist()
-        assert torch.equal(pasted, torch.isin(mask[j], classes))  # every pixel of those classes
+        # half the partner's 5 classes (rounded up), never void; every pixel of those classes
+        assert VOID not in classes.tolist() and len(classes) == 3
+        assert torch.equal(pasted, torch.isin(mask[j], classes))
+        # pasted pixels are the partner's, image and label; the others are left as they were
+        assert torch.equal(mixed[i][:, pasted], img[j][:, pasted])
+        assert torch.equal(out[i][pasted], mask[j][pasted])
+        assert torch.equal(mixed[i][:, ~pasted], img[i][:, ~pasted])
+        assert torch.equal(out[i][~pasted], mask[i][~pasted])
+    assert sorted(partners) == [0, 1, 2, 3]  # the batch mixed with a shuffled copy of itself
 
 
 def test_mixup_blends_images_and_weights_both_masks():

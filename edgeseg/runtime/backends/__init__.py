@@ -62,10 +62,17 @@ def load_backend(
     ``precision``: what to compute in; a ``.pt`` runs fp32 or (on CUDA) fp16, while an ONNX
     file or engine computes in the precision it was exported with (asking for another is an
     error). ``options`` go to the backend that takes them: ONNX Runtime ``threads``, ``spin``,
-    ``exact_qdq``, ``fuse_resize``, ``io_binding``; PyTorch ``compile``.
+    ``exact_qdq``, ``fuse_resize``, ``io_binding``; PyTorch ``compile`` (an error for the
+    others: an ONNX file or engine was compiled at export).
     """
     path = zoo.resolve(path, "checkpoint" if backend == "torch" else "onnx")
     kind = _check_path(path, backend)
+    if options.get("compile") and kind != "torch":
+        runner = "ONNX Runtime" if kind == "ort" else "TensorRT"
+        raise EdgesegError(
+            f"--compile (torch.compile) needs a .pt checkpoint; {path.name} runs on {runner} as "
+            "it was exported: drop --compile, or give the .pt"
+        )
     if kind == "torch":
         from edgeseg.runtime.backends.torch import TorchBackend
 
