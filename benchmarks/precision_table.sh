@@ -5,21 +5,24 @@
 # Usage: benchmarks/precision_table.sh CKPT [OUT]      (~15 min on a 2-core CPU)
 #        QAT_EPOCHS=0 benchmarks/precision_table.sh ...  skips the QAT rows
 # Environment: CAMVID (dataset folder, default ../shared/data/camvid), QAT_EPOCHS (default 3),
-# BENCH_FRAMES (frames `edgeseg bench` times, default 200).
+# BENCH_FRAMES (frames `edgeseg bench` times, default 200), MAX_DROP (the INT8 exports' --max-drop,
+# default none: plain post-training INT8, the table's subject; a number makes each row the file the
+# guarantee would ship, with its kept layers).
 set -euo pipefail
 CKPT=${1:?usage: benchmarks/precision_table.sh CKPT [OUT]}
 OUT=${2:-runs/precision}
 DATA=camvid:${CAMVID:-../shared/data/camvid}
 QAT_EPOCHS=${QAT_EPOCHS:-3}
 BENCH_FRAMES=${BENCH_FRAMES:-200}
+MAX_DROP=${MAX_DROP:-none}
 mkdir -p "$OUT"
 edgeseg export "$CKPT" --out "$OUT" --json "$OUT/export_fp32.json"                    # model.onnx
 edgeseg export "$CKPT" --out "$OUT" --fp16 --json "$OUT/export_fp16.json"             # model.fp16.onnx
 for t in trt cpu; do                                                                     # model.int8-T.onnx
-  edgeseg export "$CKPT" --out "$OUT" --int8 --calib "$DATA" --target "$t" --json "$OUT/export_int8_$t.json"
+  edgeseg export "$CKPT" --out "$OUT" --int8 --calib "$DATA" --target "$t" --max-drop "$MAX_DROP" --json "$OUT/export_int8_$t.json"
   if [ "$QAT_EPOCHS" -gt 0 ]; then
     edgeseg export "$CKPT" --out "$OUT" --qat --data "$DATA" --epochs "$QAT_EPOCHS" --target "$t" \
-      --device cpu --json "$OUT/export_qat_$t.json"                                      # model.int8-qat-T.onnx
+      --max-drop "$MAX_DROP" --device cpu --json "$OUT/export_qat_$t.json"                                      # model.int8-qat-T.onnx
   fi
 done
 QAT=(); [ "$QAT_EPOCHS" -gt 0 ] && QAT=(model.int8-qat-trt model.int8-qat-cpu)

@@ -105,12 +105,37 @@ def cmd_export(a: argparse.Namespace) -> int:
     formats = {"size MB": ".3f", "max |diff|": ".2e", "label agreement": ".4f"}
     _table(f"export {cfg.checkpoint} -> {res['out']}", columns, rows, formats)
     for f in res["files"]:
-        if f.get("kept_fp32"):
-            print(f"{Path(f['path']).name}: kept in FP32: {', '.join(f['kept_fp32'])}")
-        if f.get("agreement_note"):
-            print(f"{Path(f['path']).name}: {f['agreement_note']}")
+        _int8_lines(f)
     _write_json(cfg.json, res)
     return 0
+
+
+def _int8_lines(f: dict[str, Any]) -> None:
+    """An INT8 file's calibration, accuracy against FP32 per class, and the layers kept."""
+    name = Path(f["path"]).name
+    if f.get("calibration"):
+        print(f"{name}: calibration: {f['calibration']}")
+    acc = f.get("accuracy")
+    if acc:
+        rows = [[c, v["fp32"], v["int8"], v["change_points"]] for c, v in acc["per_class"].items()]
+        rows.append(["mIoU", acc["fp32_miou"], acc["int8_miou"], -acc["drop_points"]])
+        tries = ", ".join(f"{r['kept']} kept: -{r['drop_points']:.2f}" for r in acc["rounds"])
+        title = (
+            f"{name}: INT8 against FP32 on {acc['held_out_images']} held-out images (val): "
+            f"mIoU -{acc['drop_points']:.2f} points, within the budget of {acc['max_drop']:g} "
+            f"(layers kept in float, mIoU points: {tries})"
+        )
+        formats = {"FP32 IoU": ".4f", "INT8 IoU": ".4f", "change (points)": "+.2f"}
+        _table(title, ["class", "FP32 IoU", "INT8 IoU", "change (points)"], rows, formats)
+        losing = acc["classes_losing_over_3_points"]
+        if losing:
+            print(f"{name}: classes losing over 3 points: {', '.join(losing)}")
+    precision = f.get("kept_precision", "float").upper()
+    for layer in f.get("kept", []):
+        why = f.get("kept_sqnr_db", {}).get(layer)
+        print(f"{name}: kept in {precision}: {layer}" + (f" (output SQNR {why} dB)" if why else ""))
+    if f.get("agreement_note"):
+        print(f"{name}: {f['agreement_note']}")
 
 
 def cmd_predict(a: argparse.Namespace) -> int:

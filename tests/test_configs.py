@@ -96,7 +96,8 @@ def test_export(tiny_run, tmp_path, monkeypatch):
     argv = ["export", str(tiny_run / "best.pt"), "--out", str(tmp_path / "x"), "--input-size",
             "64x96", "--simplify", "--argmax", "--fp16", "--int8", "--calib", "synthetic:4",
             "--calib-count", "2", "--calib-method", "percentile", "--target", "cpu",
-            "--keep-fp32", "1", "--qat", "--data", "synthetic:4", "--epochs", "1",
+            "--keep-fp32", "1", "--max-drop", "100", "--max-kept", "2", "--qat", "--data",
+            "synthetic:4", "--epochs", "1",
             "--device", "cpu", "--json", str(tmp_path / "x.json")]  # fmt: skip
     not_walked = {
         "trt": "needs TensorRT: tests/runtime/test_tensorrt_backend.py (fake TensorRT 11)",

@@ -150,12 +150,12 @@ class Artifacts:
             raise Skip("INT8 needs calibration frames: pass --calib SPEC|DIR|VIDEO")
         target = "trt" if trt else "cpu"
         self.say(
-            f"no INT8 file beside {model.name}: quantizing one on 64 frames of {calib} (export "
-            f"your own with 'edgeseg export --int8' to measure it instead)"
+            f"no INT8 file beside {model.name}: quantizing one on 64 frames of {calib} for its "
+            f"speed, its accuracy unchecked (export your own with 'edgeseg export --int8' to "
+            f"measure that instead)"
         )
-        return self._export(
-            model, key, fp32, int8=True, calib=calib, calib_count=64, target=target, trt=trt
-        )
+        settings = {"calib": calib, "calib_count": 64, "target": target, "trt": trt}
+        return self._export(model, key, fp32, int8=True, max_drop=None, **settings)
 
 
 # ---------------------------------------------------------------------------- in the child process

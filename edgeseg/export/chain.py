@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg import zoo
+from edgeseg.errors import EdgesegError
+from edgeseg.export import accuracy
 from edgeseg.export.config import ExportConfig
 from edgeseg.export.engine import EngineOptions, build_engine
-from edgeseg.export.int8 import calibration_inputs, quantize_int8
+from edgeseg.export.int8 import Int8Export, calibration_inputs
 from edgeseg.export.names import QAT_CHECKPOINT, engine_name, onnx_name
 from edgeseg.export.onnx import export_onnx
 from edgeseg.runtime.engine_files import sidecar_path
@@ -66,9 +68,9 @@ def int8_agreement(int8_path: Path, reference: str, calib: str) -> dict[str, Any
     if reference.endswith(".pt"):
         from edgeseg.runtime.backends.torch import TorchBackend
 
-        ref, against = TorchBackend(reference, "cpu"), "PyTorch"
+        ref, against = TorchBackend(reference, "cpu"), f"{Path(reference).name} in PyTorch"
     else:
-        ref, against = OnnxRuntimeBackend(reference, "cpu"), "the FP32 ONNX"
+        ref, against = OnnxRuntimeBackend(reference, "cpu"), f"the FP32 {Path(reference).name}"
     agree, diff = [], 0.0
     for x in calibration_inputs(calib, int8.spec, AGREEMENT_FRAMES):
         a, b = int8.infer(x), ref.infer(x)
@@ -89,27 +91,75 @@ def int8_agreement(int8_path: Path, reference: str, calib: str) -> dict[str, Any
     return report
 
 
+def training_data(cfg: ExportConfig) -> str:
+    """The dataset INT8 calibrates on (by default) and is checked against: ``--data``, else the
+    one the checkpoint records having been trained on, when it is on this machine."""
+    if cfg.data:
+        return cfg.data
+    if cfg.from_onnx:
+        from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+        recorded = read_onnx_spec(cfg.checkpoint).source.get("dataset")
+    else:
+        from edgeseg.models.checkpoint import read_checkpoint
+
+        recorded = read_checkpoint(cfg.checkpoint)["spec"].get("source", {}).get("dataset")
+    if not recorded:
+        raise EdgesegError(
+            f"{cfg.checkpoint} records no training data to calibrate on: give --calib "
+            "SPEC|DIR|VIDEO (and --data SPEC for the held-out check, or --max-drop none)"
+        )
+    scheme, _, where = recorded.partition(":")
+    if scheme != "synthetic" and where and not Path(where).exists():
+        raise EdgesegError(
+            f"INT8 calibrates on the data {cfg.checkpoint} was trained on, {recorded}, but "
+            f"{where} is not on this machine: give --calib SPEC|DIR|VIDEO and --data SPEC"
+        )
+    return recorded
+
+
+def _quantized(cfg: ExportConfig, fp32_onnx: str, out: Path, data: str | None) -> dict[str, Any]:
+    """The INT8 file of ``fp32_onnx``: within the --max-drop budget (with its accuracy report),
+    or with --keep-fp32 layers in float when there is no budget."""
+    job = Int8Export(fp32_onnx, cfg.calib or data, cfg.calib_count, (cfg.calib_method, cfg.target))
+    try:
+        if cfg.max_drop is None:
+            return job.write(out, job.ranked()[: cfg.keep_fp32] if cfg.keep_fp32 else [])
+        fp32 = accuracy.measure(fp32_onnx, data, cfg.target, int8=False)
+        checked = accuracy.within_budget(job, out, fp32, cfg, data)
+        return {**checked.pop("file"), "accuracy": checked}
+    finally:
+        job.close()
+
+
+def _agreement(q: dict[str, Any], reference: str, calib: str) -> dict[str, Any]:
+    """Label agreement with ``reference``; its warning only when no mIoU check ran (the check's
+    per-class table says more than agreement on a handful of frames)."""
+    check = int8_agreement(Path(q["path"]), reference, calib)
+    if "accuracy" in q:
+        check.pop("agreement_note", None)
+    return check
+
+
 def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[dict[str, Any]]:
     """QAT (when asked) and the INT8 Q/DQ export, each INT8 file checked against the FP32 model
-    it came from."""
+    it came from: its mIoU on held-out frames (--max-drop) and its labels on calibration frames."""
     from edgeseg.export.qat import qat_finetune
 
-    calib = cfg.calib or cfg.data
-    args = (calib, cfg.calib_count, cfg.calib_method, cfg.target, cfg.keep_fp32)
-    reference = cfg.checkpoint
+    data = cfg.data  # export_model resolved it when it is needed
+    calib = cfg.calib or data
     if not cfg.qat:
-        q = quantize_int8(base, stage / onnx_name("int8", target=cfg.target), *args)
-        check = int8_agreement(Path(q["path"]), reference, calib)
-        return [{**q, "precision": "int8", **check}]
-    qat = qat_finetune(
-        cfg.checkpoint, cfg.data, stage / QAT_CHECKPOINT, cfg.epochs, cfg.target, device=cfg.device
-    )
+        q = _quantized(cfg, base, stage / onnx_name("int8", target=cfg.target), data)
+        return [{**q, "precision": "int8", **_agreement(q, cfg.checkpoint, calib)}]
+    qat = qat_finetune(cfg.checkpoint, data, stage / QAT_CHECKPOINT, cfg.epochs, cfg.target,
+                       device=cfg.device)  # fmt: skip
     qat_onnx = export_onnx(
         qat["checkpoint"], work, input_size=cfg.input_size, simplify=cfg.simplify
     )
     name = onnx_name("int8", target=cfg.target, qat=True)
-    q = quantize_int8(qat_onnx["path"], stage / name, *args)
-    check = int8_agreement(Path(q["path"]), qat["checkpoint"], calib)
+    q = _quantized(cfg, qat_onnx["path"], stage / name, data)
+    # against the QAT-tuned weights it was made from (the pre-QAT ones differ by design)
+    check = _agreement(q, qat["checkpoint"], calib)
     return [
         {"path": qat["checkpoint"], "kind": "checkpoint", **qat},
         {**q, "precision": "int8", **check},
@@ -122,6 +172,12 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
     # a shipped model's name is its checkpoint (edgeseg export camvid-small --int8 ...)
     cfg = dataclasses.replace(cfg, checkpoint=str(zoo.resolve(cfg.checkpoint, "checkpoint")))
     cfg.check()
+    quantized = cfg.int8 or cfg.qat
+    if cfg.qat or quantized and (cfg.max_drop is not None or not cfg.calib):
+        # before anything is written: the data calibration, QAT and the check need is here
+        cfg = dataclasses.replace(cfg, data=training_data(cfg))
+        if cfg.max_drop is not None:
+            accuracy.held_out(cfg.data)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgeseg-export-", dir=out) as tmp:
@@ -129,7 +185,7 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
         stage.mkdir()
         work.mkdir()
         files, base = _onnx_steps(cfg, stage)
-        if cfg.int8 or cfg.qat:
+        if quantized:
             files += _int8_step(cfg, stage, base, work)
         if cfg.trt:
             onnx = next((f["path"] for f in reversed(files) if f["path"].endswith(".onnx")), base)

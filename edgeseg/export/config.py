@@ -16,6 +16,11 @@ METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("trt", "cpu")
 
 
+def parse_drop(text: str) -> float | None:
+    """``--max-drop``: points of mIoU, or ``none``."""
+    return None if text.lower() == "none" else float(text)
+
+
 @dataclass
 class ExportConfig:
     """Everything ``edgeseg export`` takes (each field is a flag: ``calib_count`` ->
@@ -39,7 +44,9 @@ class ExportConfig:
         False, "also write model.int8-TARGET.onnx: post-training INT8 quantization (Q/DQ)"
     )
     calib: str | None = setting(
-        None, "calibration frames: a dataset spec, image folder or video", metavar="SPEC|DIR|VIDEO"
+        None,
+        "calibration frames: a dataset spec, image folder or video (default: --data's train split)",
+        metavar="SPEC|DIR|VIDEO",
     )
     calib_count: int = setting(128, "calibration frames to use", metavar="N")
     calib_method: str = setting("minmax", "INT8 calibration", choices=METHODS)
@@ -51,13 +58,27 @@ class ExportConfig:
     keep_fp32: int = setting(
         0, "keep the K convolutions most sensitive to quantization in float", metavar="K"
     )
+    max_drop: float | None = setting(
+        1.0,
+        "INT8 loses at most this many mIoU points against FP32 on held-out frames (the val "
+        "split): the most sensitive layers go back to float until it holds, or the export "
+        "fails and writes nothing (none: no check)",
+        metavar="POINTS|none",
+        parse=parse_drop,
+    )
+    max_kept: int = setting(
+        8, "--max-drop: the most layers kept in float before the export gives up", metavar="N"
+    )
     qat: bool = setting(
         False,
         "quantization-aware fine-tuning first, then the INT8 export: writes qat.pt and "
         "model.int8-qat-TARGET.onnx; needs data and epochs",
     )
     data: str | None = setting(
-        None, "QAT training data (also the calibration set by default)", metavar="SPEC"
+        None,
+        "the training data: QAT trains on it, INT8 calibrates on its train split and is checked "
+        "on its val split (default: the dataset the checkpoint records, when it is here)",
+        metavar="SPEC",
     )
     epochs: int | None = setting(None, "QAT fine-tuning epochs")
     device: str = setting("auto", "QAT training device")
@@ -97,12 +118,12 @@ class ExportConfig:
             raise EdgesegError(
                 "qat needs data (the training set, e.g. camvid:PATH) and epochs (e.g. 3)"
             )
-        if self.int8 and not (self.calib or self.data):
-            raise EdgesegError(
-                "int8 needs calib: real frames to calibrate on (a dataset spec, folder or video)"
-            )
         if self.calib_count < 1 or self.keep_fp32 < 0:
             raise EdgesegError("calib_count must be at least 1 and keep_fp32 at least 0")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise EdgesegError(f"max_drop must be at least 0 points (or none), got {self.max_drop}")
+        if self.max_kept < self.keep_fp32:
+            raise EdgesegError(f"max_kept ({self.max_kept}) is below keep_fp32 ({self.keep_fp32})")
         EngineOptions.parse_dynamic(self.dynamic, self.workspace)
         if self.trt:
             require("tensorrt")

@@ -11,8 +11,10 @@ which TensorRT 10 and 11 and ONNX Runtime all read. Two flavours (``target``):
   them exact on x86 CPUs without VNNI, convolutions only.
 
 A sensitivity pass ranks convolutions by the signal-to-quantization-noise ratio of their output
-(quantized alone, on the calibration frames) and keeps the worst ``keep_fp32`` of them in float;
-the report names them.
+with the whole model quantized (:func:`layer_sensitivity`), and the most sensitive are kept out of
+INT8: in FP16 for ``trt`` (Cast islands in the Q/DQ graph: a strongly typed TensorRT network runs
+the precision the ONNX states, and FP16 keeps what these layers need at half FP32's cost), in FP32
+for ``cpu`` (ONNX Runtime's x86 kernels have no faster FP16 convolution). The report names them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from edgeseg.export.config import METHODS, TARGETS
 from edgeseg.spec import METADATA_KEY, ModelSpec
 
 
+def _is_dataset(source: str) -> bool:
+    """A dataset spec (``camvid:PATH``, ``synthetic:N``), not a folder, glob or video."""
+    return ":" in source and not Path(source).exists() or source.startswith("synthetic")
+
+
 def calibration_inputs(source: str, spec: ModelSpec, count: int = 128) -> list[np.ndarray]:
     """``count`` preprocessed (1, 3, H, W) inputs from a dataset spec (its train split), an image
     folder or glob, or a video; spread evenly over the source."""
@@ -39,8 +46,7 @@ def calibration_inputs(source: str, spec: ModelSpec, count: int = 128) -> list[n
     if count < 1:
         raise EdgesegError("--calib-count must be at least 1")
     frames: list[np.ndarray] = []
-    path = Path(source)
-    if ":" in source and not path.exists() or source.startswith("synthetic"):
+    if _is_dataset(source):
         from edgeseg.data import build_dataset
 
         ds = build_dataset(source, "train")
@@ -132,12 +138,22 @@ def _preprocess(fp32: Path, out: Path) -> Path:
 
 
 def _quantize(
-    fp32: Path, out: Path, inputs: list[np.ndarray], method: str, target: str, exclude: list[str]
+    fp32: Path,
+    out: Path,
+    inputs: list[np.ndarray],
+    settings: tuple[str, str],
+    exclude: list[str],
+    cache: Path | None = None,
 ) -> None:
+    """quantize_static with ``settings`` (method, target); ``cache``: a calibration cache file
+    ONNX Runtime reads the activation ranges from when it exists, and writes them to when not
+    (ONNX Runtime 1.23 and newer; older ones calibrate every time)."""
+    import inspect
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, quantize_static
 
+    method, target = settings
     logging.getLogger().setLevel(
         max(logging.getLogger().level, logging.ERROR)
     )  # its pre-process nags
@@ -146,10 +162,15 @@ def _quantize(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[method]
-    settings = _settings(target)
-    extra = dict(settings.pop("extra_options"))
+    options = _settings(target)
+    extra = dict(options.pop("extra_options"))
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
+    if (
+        cache is not None
+        and "calibration_cache_path" in inspect.signature(quantize_static).parameters
+    ):
+        options["calibration_cache_path"] = str(cache)
     quantize_static(
         str(fp32),
         str(out),
@@ -157,12 +178,80 @@ def _quantize(
         calibrate_method=cal,
         nodes_to_exclude=exclude or None,
         extra_options=extra,
-        **settings,
+        **options,
     )
 
 
+KEPT_PRECISION = {"trt": "fp16", "cpu": "fp32"}
+
+
+def fp16_islands(proto, kept: list[str]) -> None:
+    """Run the ``kept`` convolutions of a Q/DQ graph in FP16: their weights and bias stored FP16,
+    a Cast to FP16 before each and back to FP32 after, so the tensors around them keep their
+    types and Q/DQ nodes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Conv" or node.name not in kept:
+            nodes.append(node)
+            continue
+        for j, name in enumerate(node.input[1:], start=1):
+            if name not in inits:
+                raise EdgesegError(f"{node.name}: weights {name} are not constant; cannot keep it")
+            half = numpy_helper.from_array(
+                numpy_helper.to_array(inits[name]).astype(np.float16), f"{name}/fp16"
+            )
+            graph.initializer.append(half)
+            node.input[j] = half.name
+        x, y = node.input[0], node.output[0]
+        node.input[0], node.output[0] = f"{node.name}/x_fp16", f"{node.name}/y_fp16"
+        nodes += [
+            helper.make_node("Cast", [x], [node.input[0]], f"{node.name}/to_fp16",
+                             to=TensorProto.FLOAT16),
+            node,
+            helper.make_node("Cast", [node.output[0]], [y], f"{node.name}/to_fp32",
+                             to=TensorProto.FLOAT),
+        ]  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
+def calibration_key(fp32: Path, inputs: list[np.ndarray], method: str) -> str:
+    """What calibrated ranges depend on: the model's weights, the frames, the method."""
+    import hashlib
+
+    import onnx
+
+    h = hashlib.sha256()
+    for init in sorted(load_weights(fp32), key=lambda t: t.name):
+        h.update(init.name.encode() + onnx.numpy_helper.to_array(init).tobytes())
+    for x in inputs:
+        h.update(np.ascontiguousarray(x).tobytes())
+    h.update(method.encode())
+    return h.hexdigest()[:32]
+
+
+def load_weights(path: Path) -> list:
+    import onnx
+
+    return list(onnx.load(str(path)).graph.initializer)
+
+
+def calibration_cache_dir() -> Path:
+    """Where calibrated activation ranges are kept between exports."""
+    root = Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
+    return root / "calibration"
+
+
 def layer_sensitivity(
-    fp32: Path, inputs: list[np.ndarray], method: str, target: str
+    fp32: Path, inputs: list[np.ndarray], method: str, target: str, cache: Path | None = None
 ) -> dict[str, float]:
     """Conv node -> SQNR (dB) of its output when the whole model is quantized (local error: the
     tensor before quantization against after), lowest = most sensitive."""
@@ -171,7 +260,7 @@ def layer_sensitivity(
 
     with tempfile.TemporaryDirectory() as d:
         q = Path(d) / "q.onnx"
-        _quantize(fp32, q, inputs, method, target, [])
+        _quantize(fp32, q, inputs, (method, target), [], cache)
         sample = inputs[: min(16, len(inputs))]
         acts = []
         for model in (q, fp32):
@@ -189,6 +278,106 @@ def layer_sensitivity(
     }
 
 
+class Int8Export:
+    """One FP32 ONNX on its way to INT8: calibration frames, cached activation ranges, layer
+    sensitivity, and the Q/DQ files written from them (several, while a budget is searched)."""
+
+    def __init__(
+        self, fp32_path: str | os.PathLike, calib: str, count: int, settings: tuple[str, str]
+    ) -> None:
+        from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+        self.method, self.target = settings
+        if self.method not in METHODS:
+            raise EdgesegError(
+                f"unknown --calib-method '{self.method}'{did_you_mean(self.method, METHODS)}; "
+                f"choose one of: {', '.join(METHODS)}"
+            )
+        if self.target not in TARGETS:
+            raise EdgesegError(
+                f"unknown --target '{self.target}'; choose trt (TensorRT) or cpu (ONNX Runtime CPU)"
+            )
+        self.fp32, self.calib = Path(fp32_path), calib
+        self.spec = read_onnx_spec(self.fp32)
+        self.inputs = calibration_inputs(calib, self.spec, count)
+        # Not the target: both flavours calibrate the same tensors (the inputs of the ops they
+        # quantize) to the same raw ranges, and apply their symmetry afterwards.
+        tensors = ",".join(_settings(self.target)["op_types_to_quantize"])
+        key = calibration_key(self.fp32, self.inputs, f"{self.method} {tensors}")
+        self.cache = calibration_cache_dir() / f"{key}.json"
+        self.cache_reused = self.cache.is_file()
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgeseg-int8-")
+        self.src = _preprocess(self.fp32, Path(self._tmp.name) / "pre.onnx")
+        self._sens: dict[str, float] | None = None
+
+    @property
+    def calibration(self) -> str:
+        """What the report says about the calibration: computed, or reused from the cache."""
+        how = "reused from the cache" if self.cache_reused else "computed and cached"
+        split = "'s train split" if _is_dataset(self.calib) else ""
+        return (
+            f"{len(self.inputs)} frames of {self.calib}{split}, {self.method}: ranges {how} "
+            f"({self.cache})"
+        )
+
+    def sensitivity(self) -> dict[str, float]:
+        """Conv node -> output SQNR (dB), computed once."""
+        if self._sens is None:
+            self._sens = layer_sensitivity(
+                self.src, self.inputs, self.method, self.target, self.cache
+            )
+        return self._sens
+
+    def ranked(self) -> list[str]:
+        """Convolutions, most sensitive (lowest SQNR) first."""
+        sens = self.sensitivity()
+        return sorted(sens, key=sens.get)
+
+    def write(self, out_path: str | os.PathLike, kept: list[str]) -> dict[str, Any]:
+        """The Q/DQ ONNX with ``kept`` convolutions out of INT8, its ModelSpec recording how it was
+        made; returns the report."""
+        import onnx
+
+        out_path = Path(out_path)
+        with atomic_path(out_path) as tmp:
+            _quantize(
+                self.src, Path(tmp), self.inputs, (self.method, self.target), kept, self.cache
+            )
+            proto = onnx.load(str(tmp))
+            if kept and KEPT_PRECISION[self.target] == "fp16":
+                fp16_islands(proto, kept)
+            int8 = {
+                "target": self.target,
+                "method": self.method,
+                "calib": self.calib,
+                "calib_count": len(self.inputs),
+                "kept": kept,
+                "kept_precision": KEPT_PRECISION[self.target],
+            }
+            q_spec = replace(self.spec, precision="int8", source={**self.spec.source, "int8": int8})
+            del proto.metadata_props[:]
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = METADATA_KEY, q_spec.to_json()
+            onnx.save(proto, str(tmp))
+        sens = self._sens or {}
+        return {
+            "path": str(out_path),
+            "target": self.target,
+            "method": self.method,
+            "calib_frames": len(self.inputs),
+            "calibration": self.calibration,
+            "convs": len(_conv_nodes(self.fp32)),
+            "kept": kept,
+            "kept_precision": KEPT_PRECISION[self.target],
+            "kept_sqnr_db": {k: round(sens[k], 2) for k in kept if k in sens},
+            "size_mb": round(out_path.stat().st_size / 2**20, 3),
+        }
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
 def quantize_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -198,58 +387,10 @@ def quantize_int8(
     target: str = "trt",
     keep_fp32: int = 0,
 ) -> dict[str, Any]:
-    """Q/DQ INT8 ONNX from an FP32 ONNX and calibration frames; returns the report."""
-    import onnx
-
-    from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
-
-    if method not in METHODS:
-        raise EdgesegError(
-            f"unknown --calib-method '{method}'{did_you_mean(method, METHODS)}; "
-            f"choose one of: {', '.join(METHODS)}"
-        )
-    if target not in TARGETS:
-        raise EdgesegError(
-            f"unknown --target '{target}'; choose trt (TensorRT) or cpu (ONNX Runtime CPU)"
-        )
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    spec = read_onnx_spec(fp32_path)
-    inputs = calibration_inputs(calib, spec, count)
-    kept: list[str] = []
-    sens: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as d, atomic_path(out_path) as tmp:
-        src = _preprocess(fp32_path, Path(d) / "pre.onnx")
-        if keep_fp32 > 0:
-            sens = layer_sensitivity(src, inputs, method, target)
-            kept = sorted(sens, key=sens.get)[:keep_fp32]
-        _quantize(src, Path(tmp), inputs, method, target, kept)
-        proto = onnx.load(str(tmp))
-        q_spec = replace(
-            spec,
-            precision="int8",
-            source={
-                **spec.source,
-                "int8": {
-                    "target": target,
-                    "method": method,
-                    "calib": calib,
-                    "calib_count": len(inputs),
-                    "kept_fp32": kept,
-                },
-            },
-        )
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, q_spec.to_json()
-        onnx.save(proto, str(tmp))
-    convs = _conv_nodes(fp32_path)
-    return {
-        "path": str(out_path),
-        "target": target,
-        "method": method,
-        "calib_frames": len(inputs),
-        "convs": len(convs),
-        "kept_fp32": kept,
-        "kept_sqnr_db": {k: round(sens[k], 2) for k in kept},
-        "size_mb": round(out_path.stat().st_size / 2**20, 3),
-    }
+    """Q/DQ INT8 ONNX from an FP32 ONNX and calibration frames, the ``keep_fp32`` most sensitive
+    convolutions kept in float; returns the report."""
+    job = Int8Export(fp32_path, calib, count, (method, target))
+    try:
+        return job.write(out_path, job.ranked()[:keep_fp32] if keep_fp32 > 0 else [])
+    finally:
+        job.close()

@@ -33,7 +33,7 @@ def test_trt_flavour_is_symmetric_per_channel_and_quantizes_every_conv_but_the_k
     ]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
     prod = _producers(g)
-    kept = set(rep["kept_fp32"])
+    kept = set(rep["kept"])
     assert len(kept) == 2
     for conv in (n for n in g.node if n.op_type == "Conv"):
         x, w = (prod.get(conv.input[0]), prod.get(conv.input[1]))
@@ -49,7 +49,7 @@ def test_trt_flavour_is_symmetric_per_channel_and_quantizes_every_conv_but_the_k
             out_channels = inits[w.input[0]].shape[0]
             assert scale.shape == (out_channels,), "weights must be quantized per output channel"
     spec = read_onnx_spec(path)
-    assert spec.precision == "int8" and spec.source["int8"]["kept_fp32"] == rep["kept_fp32"]
+    assert spec.precision == "int8" and spec.source["int8"]["kept"] == rep["kept"]
 
 
 def test_int8_model_runs_and_tracks_fp32(int8_trt, tiny_onnx):
@@ -108,12 +108,61 @@ def test_bad_options(tiny_onnx, tmp_path, kw, msg):
         quantize_int8(tiny_onnx, tmp_path / "x.onnx", "synthetic:2", **kw)
 
 
-def test_exact_qdq_eval_runs_the_nodes_as_written(int8_trt):
+def _cpu_session(path, optimized: bool):
+    """An ONNX Runtime CPU session built here, with all graph optimizations or none."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimized else level.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def test_exact_qdq_runs_the_qdq_nodes_as_written(int8_trt):
     from edgeseg.runtime.backends import load_backend
+
+    path = int8_trt[0]
+    x = np.random.default_rng(0).standard_normal((1, 3, *read_onnx_spec(path).input_hw))
+    x = x.astype(np.float32)
+    as_written = _cpu_session(path, optimized=False).run(None, {"input": x})[0]
+    fused = _cpu_session(path, optimized=True).run(None, {"input": x})[0]
+    # Optimized, ONNX Runtime fuses the Q/DQ pairs into integer kernels (QLinearConv) whose
+    # rounding differs from dequantize -> float Conv: the two ways of running are told apart.
+    assert np.abs(as_written - fused).max() > 1e-2
+    exact = load_backend(path, "ort", "cpu", exact_qdq=True).infer(x)
+    default = load_backend(path, "ort", "cpu").infer(x)
+    np.testing.assert_allclose(exact, as_written, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(default, fused, rtol=0, atol=1e-5)
+
+
+def test_exact_qdq_eval_scores_the_graph_as_written(int8_trt):
+    """``edgeseg eval --exact-qdq`` scores the predictions of the unoptimized graph."""
+    from edgeseg.data import build_dataset
+    from edgeseg.runtime import kernels
     from edgeseg.train.evaluate import evaluate
 
-    be = load_backend(int8_trt[0], "ort", "cpu", exact_qdq=True)
-    x = np.random.default_rng(0).standard_normal((1, 3, *be.spec.input_hw)).astype(np.float32)
-    assert be.infer(x).shape[1] == be.spec.num_classes
-    res = evaluate(int8_trt[0], "synthetic:4", limit=2, exact_qdq=True)
-    assert res["exact_qdq"] is True and 0.0 <= res["miou"] <= 1.0
+    path, data, n = int8_trt[0], "synthetic:8", 2
+    spec = read_onnx_spec(path)
+    dataset = build_dataset(data, "val")
+
+    def pixel_acc(session) -> float:  # accuracy computed here, from a session built here
+        hits = total = 0
+        for i in range(n):
+            img_rgb, mask = dataset[i]
+            frame = np.ascontiguousarray(img_rgb[..., ::-1])
+            x = kernels.preprocess(frame, spec.input_hw, spec.input.mean, spec.input.std)
+            logits = session.run(None, {"input": x})[0]
+            pred = kernels.postprocess(logits, mask.shape[:2], mode="bilinear")
+            keep = mask < spec.num_classes
+            hits += int((pred[keep] == mask[keep]).sum())
+            total += int(keep.sum())
+        return hits / total
+
+    as_written = pixel_acc(_cpu_session(path, optimized=False))
+    fused = pixel_acc(_cpu_session(path, optimized=True))
+    assert as_written != pytest.approx(fused, abs=1e-3)  # the two are told apart on these frames
+    exact = evaluate(path, data, device="cpu", limit=n, exact_qdq=True)
+    default = evaluate(path, data, device="cpu", limit=n)
+    assert exact["exact_qdq"] is True and default["exact_qdq"] is False
+    assert exact["pixel_acc"] == pytest.approx(as_written, abs=1e-9)
+    assert default["pixel_acc"] == pytest.approx(fused, abs=1e-9)

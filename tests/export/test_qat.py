@@ -81,7 +81,18 @@ def test_fake_quant_uses_the_grids_onnx_runtime_writes(target, lo, hi, w_max):
     torch.testing.assert_close(qw, qw.round())  # weights land on the integer grid
 
 
-def test_export_qat_trains_and_writes_a_qdq_onnx(tiny_run, tmp_path):
+def test_export_qat_trains_and_writes_a_qdq_onnx(tiny_run, tmp_path, monkeypatch):
+    from edgeseg.export import qat as qat_module
+    from edgeseg.runtime.backends.onnxruntime import read_onnx_spec
+
+    asked: list[str] = []  # the device QAT was asked to train on (--device)
+    resolve = qat_module.resolve_device
+
+    def resolve_device(device):
+        asked.append(device)
+        return resolve(device)
+
+    monkeypatch.setattr(qat_module, "resolve_device", resolve_device)
     out = tmp_path / "qat"
     rc = main(
         [
@@ -118,6 +129,10 @@ def test_export_qat_trains_and_writes_a_qdq_onnx(tiny_run, tmp_path):
     zps = [inits[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
     assert (out / "model.onnx").is_file()  # the FP32 export of the original checkpoint stays
+    assert asked == ["cpu"]  # --device reached the fine-tuning, not the default "auto"
+    # --calib-count: 4 calibration frames, not the default 128 (synthetic:8 has more than 4)
+    int8 = read_onnx_spec(out / "model.int8-qat-trt.onnx").source["int8"]
+    assert int8["calib"] == "synthetic:8" and int8["calib_count"] == 4
 
 
 def test_qat_without_data_is_one_clear_message(tiny_run, tmp_path, capsys):
