@@ -2,6 +2,7 @@
 
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime import Segmenter, SegResult
+from edgeseg.runtime import engine_files as _engine_files
 from edgeseg.spec import ModelSpec
 from edgeseg.streaming import StreamConfig, StreamPipeline, stream
 
@@ -17,6 +18,18 @@ __all__ = [
     "list_models",
     "stream",
 ]
+
+
+def _rebuild_engine(*args, **kwargs) -> dict:
+    """:func:`edgeseg.export.engine.rebuild_engine`, imported when an engine needs it."""
+    from edgeseg.export.engine import rebuild_engine
+
+    return rebuild_engine(*args, **kwargs)
+
+
+# The TensorRT backend rebuilds a foreign engine through this; the builder lives in the export
+# layer, which the runtime never imports.
+_engine_files.REBUILD = _rebuild_engine
 
 
 def __getattr__(name: str):

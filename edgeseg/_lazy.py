@@ -36,6 +36,9 @@ OPTIONAL: dict[str, str] = {
     "timm": "timm encoders need timm: pip install timm (or pip install 'edgeseg[timm]')",
     # A dependency of edgeseg, but images made for inference (a GPU machine's) may lack it.
     "torch_pruning": "edgeseg prune needs torch-pruning: pip install 'torch-pruning>=1.4'",
+    # nvidia-ml-py's module: edgeseg bench --power on an NVIDIA GPU other than a Jetson's.
+    "pynvml": "GPU power needs NVML's Python binding: pip install nvidia-ml-py "
+    "(or pip install 'edgeseg[power]')",
 }
 
 

@@ -19,7 +19,7 @@ from edgeseg.bench.config import BenchConfig, InfoConfig
 from edgeseg.compress.config import PruneConfig
 from edgeseg.demo import DemoConfig
 from edgeseg.errors import EdgesegError
-from edgeseg.export.config import ExportConfig
+from edgeseg.export.config import CheckConfig, ExportConfig
 from edgeseg.runtime.predict import PredictConfig
 from edgeseg.streaming.config import StreamConfig
 from edgeseg.train.config import EvalConfig, TrainConfig
@@ -160,6 +160,9 @@ def _stream_sinks(cfg: StreamConfig, pipe, seg) -> None:
         pipe.sinks.append(VideoSink(cfg.record, fps, segment_s=segment, several=several))
     if cfg.save_masks:
         pipe.sinks.append(MaskSink(cfg.save_masks, several, cfg.save_masks_max))
+    if cfg.save_confidence:
+        confidence = MaskSink(cfg.save_confidence, several, cfg.save_masks_max, "confidence")
+        pipe.sinks.append(confidence)
     if cfg.display:
         pipe.sinks.append(DisplaySink(seg.spec.classes, seg.spec.palette, pipe.stats))
 
@@ -412,6 +415,57 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _dla_reports(cfg) -> list:
+    """The DLA pre-flight of what ``edgeseg check`` names: a file, a shipped model, an
+    architecture, or every architecture."""
+    from edgeseg import zoo
+    from edgeseg.export.dla import check_architecture, check_onnx
+    from edgeseg.models import list_models
+
+    arch = {"num_classes": cfg.num_classes, "input_size": cfg.input_size}
+    if cfg.model == "all":
+        return [check_architecture(n, **arch, model_kwargs=cfg.model_kwargs) for n in list_models()]
+    if cfg.model in list_models():
+        return [check_architecture(cfg.model, **arch, model_kwargs=cfg.model_kwargs)]
+    return [check_onnx(zoo.resolve(cfg.model, "onnx"))]  # a path stays itself; a name: its ONNX
+
+
+def _print_dla(reports: list) -> None:
+    """One table of the layers falling back per model (a summary row each for several)."""
+    from edgeseg.export.dla import DOCS_URL, DOCS_VERSION
+
+    if len(reports) > 1:
+        rows = [
+            [r.model, r.layers, len(r.fallback_nodes),
+             ", ".join(f"{k} ({n})" for k, n in r.reasons().most_common(4)) or "DLA-clean"]
+            for r in reports
+        ]  # fmt: skip
+        _table("DLA pre-flight (FP16)", ["model", "layers", "fall back", "main reasons"], rows)
+    for r in reports if len(reports) == 1 else []:
+        if r.precision_error:
+            print(f"{r.model}: {r.precision_error}")
+        rows = [[f.node, f.op, f.layer, f.reason, f.fix] for f in r.findings]
+        if rows:
+            title = f"{r.model}: {len(r.fallback_nodes)} of {r.layers} layers fall back to the GPU"
+            _table(title, ["node", "op", "TensorRT layer", "reason", "fix"], rows)
+        for note in r.notes:
+            print(f"{r.model}: note: {note}")
+    for r in reports:
+        if r.clean:
+            print(f"{r.model}: DLA-clean: all {r.layers} layers run on the DLA ({r.precision})")
+    print(f"rules: DLA Supported Layers and Restrictions, {DOCS_VERSION}: {DOCS_URL}")
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    cfg = from_args(CheckConfig, a)
+    if not cfg.dla:
+        raise EdgesegError("say what to check: --dla (the DLA pre-flight)")
+    reports = _dla_reports(cfg)
+    _print_dla(reports)
+    _write_json(cfg.json, {"dla": [r.to_dict() for r in reports]})
+    return 0
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -514,6 +568,12 @@ def _add_models(sub) -> None:
     m.set_defaults(func=cmd_models)
 
 
+def _add_check(sub) -> None:
+    c = sub.add_parser("check", help="pre-flight a model for a target: --dla (TensorRT's DLA)")
+    add_arguments(c, CheckConfig)
+    c.set_defaults(func=cmd_check)
+
+
 def _add_info_demo(sub) -> None:
     i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
     add_arguments(i, InfoConfig)
@@ -540,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         _add_stream,
         _add_models,
+        _add_check,
         _add_info_demo,
     ):
         add(sub)

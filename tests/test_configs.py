@@ -18,7 +18,7 @@ from edgeseg.bench.config import BenchConfig, InfoConfig
 from edgeseg.compress.config import PruneConfig
 from edgeseg.data.synthetic import write_clip
 from edgeseg.demo import DemoConfig
-from edgeseg.export.config import ExportConfig
+from edgeseg.export.config import CheckConfig, ExportConfig
 from edgeseg.runtime.predict import PredictConfig
 from edgeseg.train.config import EvalConfig, TrainConfig
 
@@ -104,6 +104,8 @@ def test_export(tiny_run, tmp_path, monkeypatch):
         "timing_cache": "--trt only: tests/runtime/test_tensorrt_backend.py",
         "workspace": "--trt only: tests/runtime/test_tensorrt_backend.py",
         "dynamic": "--trt only: tests/runtime/test_tensorrt_backend.py",
+        "dla": "--trt only: tests/export/test_dla.py (refusals, pre-flight, builder settings)",
+        "gpu_fallback": "--dla only: tests/export/test_dla.py",
     }
     walk(ExportConfig, argv, not_walked, monkeypatch)
 
@@ -121,7 +123,7 @@ def test_prune(tiny_run, tmp_path, monkeypatch):
 def test_eval(tiny_onnx, tmp_path, monkeypatch):
     argv = ["eval", str(tiny_onnx), "--data", "synthetic:8", "--split", "train", "--backend",
             "ort", "--device", "cpu", "--hd95", "--limit", "2", "--tta", "flip", "--exact-qdq",
-            "--json", str(tmp_path / "e.json")]  # fmt: skip
+            "--no-rebuild", "--json", str(tmp_path / "e.json")]  # fmt: skip
     walk(EvalConfig, argv, {}, monkeypatch)
 
 
@@ -134,7 +136,7 @@ def test_predict(tiny_onnx, tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "img" / "a.png"), render_scene(0, (64, 128))[0])
     argv = ["predict", "--model", str(tiny_onnx), str(tmp_path / "img"), "--out",
             str(tmp_path / "p"), "--overlay", "--alpha", "0.3", "--backend", "ort", "--device",
-            "cpu"]  # fmt: skip
+            "cpu", "--no-rebuild"]  # fmt: skip
     walk(PredictConfig, argv, {}, monkeypatch)
 
 
@@ -142,7 +144,8 @@ def test_bench(tiny_onnx, tmp_path, monkeypatch):
     argv = ["bench", str(tiny_onnx), "--backend", "ort", "--precision", "fp32", "--source",
             "synthetic:128x64", "--frames", "3", "--warmup", "1", "--device", "cpu", "--calib",
             "synthetic:4", "--no-baselines", "--no-isolate", "--cuda-graph", "--compile",
-            "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")]  # fmt: skip
+            "--no-rebuild", "--power", "--json", str(tmp_path / "b.json"), "--plot",
+            str(tmp_path / "b.png")]  # fmt: skip
     not_walked = {
         "zoo": "the other mode (every architecture): tests/bench/test_bench.py",
         "data": "--zoo only: tests/bench/test_bench.py",
@@ -164,3 +167,10 @@ def test_demo(tmp_path, monkeypatch):
         "seconds": "--train only: tests/test_demo.py",
     }
     walk(DemoConfig, argv, not_walked, monkeypatch)
+
+
+def test_check(monkeypatch, tmp_path):
+    argv = ["check", "mbv3_unet_small_minimal", "--dla", "--num-classes", "3", "--input-size",
+            "64x96", "--model-kwargs", '{"dropout": 0.0}', "--json",
+            str(tmp_path / "c.json")]  # fmt: skip
+    walk(CheckConfig, argv, {}, monkeypatch)

@@ -96,9 +96,11 @@ Overlay make_overlay(const py::object& frame, const py::object& overlay_out, con
 
 // scores: (1, C, h, w) float32/float16 logits, or (1, h, w) integer labels (dtype code given).
 // upsample > 1 (nearest mode, logits only): the scores are the model's logits before its trailing
-// x``upsample`` bilinear resize, which happens here, fused with the argmax.
+// x``upsample`` bilinear resize, which happens here, fused with the argmax. ``conf_out`` (None or
+// uint8 (H, W), logits only) receives the top class's probability where the argmax is taken.
 void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool bilinear, const py::object& frame,
-                 const py::object& overlay_out, const py::object& lut_bgr, double alpha, int upsample) {
+                 const py::object& overlay_out, const py::object& lut_bgr, double alpha, int upsample,
+                 const py::object& conf_out) {
     require_c_contiguous(scores, "scores");
     require_c_contiguous(labels_out, "out");
     require(labels_out.ndim() == 2 && labels_out.itemsize() == 1, "out must be uint8 (H, W)");
@@ -113,34 +115,48 @@ void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool
     static const int item[] = {4, 2, 1, 4, 8};
     require(dtype >= 0 && dtype <= 4 && scores.itemsize() == item[dtype], "scores dtype code does not match");
     Overlay ov = make_overlay(frame, overlay_out, lut_bgr, alpha, H, W);
+    u8* conf = nullptr;
+    if (!conf_out.is_none()) {
+        py::array c = conf_out.cast<py::array>();
+        require(logits, "confidence needs logits, not labels");
+        require(c.ndim() == 2 && c.shape(0) == H && c.shape(1) == W && c.itemsize() == 1,
+                "conf_out must be uint8 (H, W) like the labels");
+        require_c_contiguous(c, "conf_out");
+        conf = static_cast<u8*>(mptr(c));
+    }
     const void* s = cptr(scores);
     u8* lab = static_cast<u8*>(mptr(labels_out));
 
     py::gil_scoped_release nogil;
     if (bilinear && logits) {
-        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, lab, H, W);
-        else bilinear_labels(static_cast<const u16*>(s), C, h, w, lab, H, W);
+        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, lab, H, W, conf);
+        else bilinear_labels(static_cast<const u16*>(s), C, h, w, lab, H, W, conf);
         if (ov.out) blend_only(lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
         return;
     }
-    thread_local std::vector<u8> small;
+    thread_local std::vector<u8> small, small_conf;
+    u8* sc = nullptr;  // the confidence where the argmax is taken, before the nearest upsample
     if (upsample > 1) {
         const int hu = h * upsample, wu = w * upsample;
         small.resize((size_t)hu * wu);
-        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, small.data(), hu, wu);
-        else bilinear_labels(static_cast<const u16*>(s), C, h, w, small.data(), hu, wu);
-        upsample_and_blend(small.data(), hu, wu, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
+        if (conf) small_conf.resize((size_t)hu * wu), sc = small_conf.data();
+        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, small.data(), hu, wu, sc);
+        else bilinear_labels(static_cast<const u16*>(s), C, h, w, small.data(), hu, wu, sc);
+        upsample_and_blend(small.data(), hu, wu, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q,
+                           sc, conf);
         return;
     }
     small.resize((size_t)h * w);
+    if (conf) small_conf.resize((size_t)h * w), sc = small_conf.data();
     switch (dtype) {
-        case F32: argmax_rows(static_cast<const float*>(s), C, h, w, small.data()); break;
-        case F16: argmax_rows(static_cast<const u16*>(s), C, h, w, small.data()); break;
+        case F32: argmax_rows(static_cast<const float*>(s), C, h, w, small.data(), sc); break;
+        case F16: argmax_rows(static_cast<const u16*>(s), C, h, w, small.data(), sc); break;
         case U8: std::memcpy(small.data(), s, (size_t)h * w); break;
         case I32: cast_labels(static_cast<const int32_t*>(s), (i64)h * w, small.data()); break;
         default: cast_labels(static_cast<const int64_t*>(s), (i64)h * w, small.data()); break;
     }
-    upsample_and_blend(small.data(), h, w, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
+    upsample_and_blend(small.data(), h, w, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q, sc,
+                       conf);
 }
 
 // state <- state * keep + scores * (1 - keep), or state <- scores when more than ``limit`` pixels
@@ -204,7 +220,8 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("preprocess", &preprocess, py::arg("frame"), py::arg("out"), py::arg("out_dtype"), py::arg("mean"),
           py::arg("inv_std"));
     m.def("postprocess", &postprocess, py::arg("scores"), py::arg("dtype"), py::arg("out"), py::arg("bilinear"),
-          py::arg("frame"), py::arg("overlay_out"), py::arg("lut_bgr"), py::arg("alpha"), py::arg("upsample") = 1);
+          py::arg("frame"), py::arg("overlay_out"), py::arg("lut_bgr"), py::arg("alpha"), py::arg("upsample") = 1,
+          py::arg("conf_out") = py::none());
     m.def("smooth", &smooth, py::arg("scores"), py::arg("dtype"), py::arg("state"), py::arg("keep"),
           py::arg("limit"));
     m.def("overlay", &overlay, py::arg("labels"), py::arg("frame"), py::arg("out"), py::arg("lut_bgr"),

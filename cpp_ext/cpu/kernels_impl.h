@@ -111,10 +111,30 @@ inline fvec loadv(const float* p) {
     return v;
 }
 
+// pixel_ops.h exp_nonpositive, a vector of lanes at a time (the same operations in the same order).
+inline fvec exp_nonpositive_v(fvec x) {
+    const fvec floor_x = fvec{} - 87.0f;
+    x = x < floor_x ? floor_x : x;
+    const ivec k = __builtin_convertvector(x * ES_EXP_LOG2E - 0.5f, ivec);
+    const fvec kf = __builtin_convertvector(k, fvec);
+    const fvec r = (x - kf * ES_EXP_LN2_HI) - kf * ES_EXP_LN2_LO;
+    fvec p = fvec{} + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const ivec bits = (k + 127) << 23;
+    fvec scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 // ``value(c, half)``: class c of lanes [kLanes * half, kLanes * (half + 1)). Lane l's label goes
-// to ``out[l * stride]``.
+// to ``out[l * stride]``, and with ``conf`` its confidence (pixel_ops.h confidence_u8) to
+// ``conf[l * stride]``: a second pass over the classes, whose values are still in cache.
 template <typename F>
-inline void argmax_block(int C, F value, u8* out, i64 stride) {
+inline void argmax_block(int C, F value, u8* out, i64 stride, u8* conf = nullptr) {
     fvec b0 = value(0, 0), b1 = value(0, 1);
     ivec a0 = {}, a1 = {};
     for (int c = 1; c < C; ++c) {
@@ -130,23 +150,38 @@ inline void argmax_block(int C, F value, u8* out, i64 stride) {
         out[l * stride] = (u8)a0[l];
         out[(l + kLanes) * stride] = (u8)a1[l];
     }
+    if (conf == nullptr) return;
+    fvec s0 = {}, s1 = {};
+    for (int c = 0; c < C; ++c) {
+        s0 += exp_nonpositive_v(value(c, 0) - b0);
+        s1 += exp_nonpositive_v(value(c, 1) - b1);
+    }
+    for (int l = 0; l < kLanes; ++l) {
+        conf[l * stride] = confidence_u8(s0[l]);
+        conf[(l + kLanes) * stride] = confidence_u8(s1[l]);
+    }
 }
 
 // Argmax of (C, h, w) scores into (h, w) labels, a block of pixels of a row at a time (float logits;
-// float16 ones go pixel by pixel).
+// float16 ones go pixel by pixel); with ``conf``, each pixel's confidence too.
 template <typename T>
-void argmax_rows(const T* s, int C, int h, int w, u8* labels) {
+void argmax_rows(const T* s, int C, int h, int w, u8* labels, u8* conf = nullptr) {
     const i64 plane = (i64)h * w;
 #pragma omp parallel for schedule(static) num_threads(num_threads_for(plane * C))
     for (int y = 0; y < h; ++y) {
         const T* row = s + (i64)y * w;
         u8* l = labels + (i64)y * w;
+        u8* cf = conf ? conf + (i64)y * w : nullptr;
         int x = 0;
         if constexpr (sizeof(T) == sizeof(float)) {
             for (; x + kBlock <= w; x += kBlock)
-                argmax_block(C, [&](int c, int half) { return loadv(row + (i64)c * plane + x + kLanes * half); }, l + x, 1);
+                argmax_block(C, [&](int c, int half) { return loadv(row + (i64)c * plane + x + kLanes * half); }, l + x, 1,
+                             cf ? cf + x : nullptr);
         }
-        for (; x < w; ++x) l[x] = (u8)argmax_classes(row + x, C, plane);
+        for (; x < w; ++x) {
+            l[x] = (u8)argmax_classes(row + x, C, plane);
+            if (cf) cf[x] = confidence_classes(row + x, C, plane);
+        }
     }
 }
 
@@ -167,11 +202,13 @@ inline void blend_row(const u8* frame, const u16* krow, int W, u16 keep_q, u8* o
     for (int j = 0; j < W * 3; ++j) out[j] = blend_q(frame[j], keep_q, krow[j]);
 }
 
-// Labels at model size -> labels at frame size (nearest), and the overlay in the same pass.
+// Labels at model size -> labels at frame size (nearest), and the overlay in the same pass; with
+// ``conf_small``, the confidence at model size goes to ``conf`` at frame size the same way.
 // Output rows that sample the same model row share its upsampled labels and colour terms, so
 // those are built once; the blend itself is a straight 16-bit loop over the row's bytes.
 void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
-                        i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q) {
+                        i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q,
+                        const u8* conf_small = nullptr, u8* conf = nullptr) {
     thread_local std::vector<int> ty, tx;
     nearest_taps(ty, h, H);
     nearest_taps(tx, w, W);
@@ -179,9 +216,10 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
     const int* txp = tx.data();
 #pragma omp parallel num_threads(num_threads_for((i64)H * W))
     {
-        thread_local std::vector<u8> lrow;
+        thread_local std::vector<u8> lrow, crow;
         thread_local std::vector<u16> krow;
         lrow.resize(W);
+        if (conf) crow.resize(W);
         krow.resize((size_t)W * 3 + 1);  // +1: the 8-byte stores below overrun by one lane
         int last = -1;
 #pragma omp for schedule(static)
@@ -193,8 +231,13 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
                 u8* lr = lrow.data();
                 for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
                 if (overlay != nullptr) colour_row(lr, W, colour_q, krow.data());
+                if (conf) {
+                    const u8* csrc = conf_small + (i64)last * w;
+                    for (int x = 0; x < W; ++x) crow[x] = csrc[txp[x]];
+                }
             }
             std::memcpy(l, lrow.data(), W);
+            if (conf) std::memcpy(conf + (i64)y * W, crow.data(), W);
             if (overlay != nullptr)
                 blend_row(frame + (i64)y * frame_pitch, krow.data(), W, keep_q, overlay + (i64)y * W * 3);
         }
@@ -248,7 +291,7 @@ static void phase_taps(std::vector<PhaseTaps>& phases, int& k, int& n, int w_in,
 }
 
 template <typename T>
-void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) {
+void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W, u8* conf = nullptr) {
     thread_local std::vector<LinearTap> ty;
     linear_taps(ty, h, H);
     const LinearTap* typ = ty.data();
@@ -273,6 +316,7 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) 
                 for (int x = 0; x < w; ++x) rc[x] = load_float(top, x) * (1.0f - wy) + load_float(bot, x) * wy;
             }
             u8* l = labels + (i64)y * W;
+            u8* cf = conf ? conf + (i64)y * W : nullptr;
             for (int j = 0; j < k; ++j) {
                 const PhaseTaps& p = ph[j];
                 const int* i0 = p.i0.data();
@@ -287,6 +331,13 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) 
                         argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, best, arg);
                     }
                     l[(i64)k * i + j] = (u8)arg;
+                    if (cf == nullptr) return;
+                    float sum = 0.0f;
+                    for (int c = 0; c < C; ++c) {
+                        const float* rc = r + (i64)c * w;
+                        sum += exp_nonpositive(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i] - best);
+                    }
+                    cf[(i64)k * i + j] = confidence_u8(sum);
                 };
                 int i = 0;
                 for (; i < p.lo; ++i) gathered(i);
@@ -298,7 +349,7 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W) 
                     argmax_block(C, [&](int c, int half) {
                         const float* rc = r0 + (i64)c * w + kLanes * half;
                         return half ? loadv(rc) * k1 + loadv(rc + 1) * w1 : loadv(rc) * k0 + loadv(rc + 1) * w0;
-                    }, l + (i64)k * i + j, k);
+                    }, l + (i64)k * i + j, k, cf ? cf + (i64)k * i + j : nullptr);
                 }
                 for (; i < n; ++i) gathered(i);
             }

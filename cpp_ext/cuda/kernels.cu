@@ -45,6 +45,30 @@ __device__ void bilinear_argmax_px(const T* __restrict__ scores, int C, int h, i
     labels[(i64)y * W + x] = (u8)bilinear_argmax(scores, C, (i64)h * w, w, linear_tap(y, h, H), linear_tap(x, w, W));
 }
 
+// The argmax and, in the same thread, the confidence of the same pixel (pixel_ops.h).
+template <typename T>
+__device__ void argmax_conf_px(const T* __restrict__ scores, int C, int h, int w, u8* __restrict__ labels,
+                               u8* __restrict__ conf) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= w || y >= h) return;
+    const i64 i = (i64)y * w + x, plane = (i64)h * w;
+    labels[i] = (u8)argmax_classes(scores + i, C, plane);
+    conf[i] = confidence_classes(scores + i, C, plane);
+}
+
+template <typename T>
+__device__ void bilinear_argmax_conf_px(const T* __restrict__ scores, int C, int h, int w, u8* __restrict__ labels,
+                                        u8* __restrict__ conf, int H, int W) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= W || y >= H) return;
+    const LinearTap ty = linear_tap(y, h, H), tx = linear_tap(x, w, W);
+    const i64 i = (i64)y * W + x, plane = (i64)h * w;
+    labels[i] = (u8)bilinear_argmax(scores, C, plane, w, ty, tx);
+    conf[i] = bilinear_confidence(scores, C, plane, w, ty, tx);
+}
+
 template <typename T>
 __device__ void ema_votes_px(const T* __restrict__ x, const float* __restrict__ ema, int C, i64 n, u32* count) {
     const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -91,6 +115,16 @@ __global__ void argmax_f16(const u16* scores, int C, int h, int w, u8* labels) {
     argmax_px(scores, C, h, w, labels);
 }
 
+// The same, with each pixel's confidence (round(255 x the top class's softmax probability)) into
+// ``conf`` beside the labels.
+__global__ void argmax_conf_f32(const float* scores, int C, int h, int w, u8* labels, u8* conf) {
+    argmax_conf_px(scores, C, h, w, labels, conf);
+}
+
+__global__ void argmax_conf_f16(const u16* scores, int C, int h, int w, u8* labels, u8* conf) {
+    argmax_conf_px(scores, C, h, w, labels, conf);
+}
+
 // Integer labels from an in-graph ArgMax (int64 or int32) -> uint8, wrapping like NumPy.
 __global__ void labels_from_i64(const i64* src, i64 n, u8* labels) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -109,6 +143,16 @@ __global__ void bilinear_argmax_f32(const float* scores, int C, int h, int w, u8
 
 __global__ void bilinear_argmax_f16(const u16* scores, int C, int h, int w, u8* labels, int H, int W) {
     bilinear_argmax_px(scores, C, h, w, labels, H, W);
+}
+
+__global__ void bilinear_argmax_conf_f32(const float* scores, int C, int h, int w, u8* labels, u8* conf, int H,
+                                         int W) {
+    bilinear_argmax_conf_px(scores, C, h, w, labels, conf, H, W);
+}
+
+__global__ void bilinear_argmax_conf_f16(const u16* scores, int C, int h, int w, u8* labels, u8* conf, int H,
+                                         int W) {
+    bilinear_argmax_conf_px(scores, C, h, w, labels, conf, H, W);
 }
 
 // (h, w) labels -> (H, W) labels (nearest) and, when ``overlay`` is not null, the palette blend

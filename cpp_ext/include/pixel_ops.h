@@ -195,6 +195,71 @@ ES_HD int bilinear_argmax(const T* p, int C, i64 plane, int w, LinearTap ty, Lin
     return arg;
 }
 
+// ---------------------------------------------------------------------------------- confidence
+
+// exp(x) for x <= 0, from float multiplies and adds only, so that the CPU, CUDA and NumPy agree
+// bit for bit (library expf differs between them in the last place). x = k ln2 + r, |r| <= ln2/2,
+// exp(r) by a degree-5 polynomial (relative error below 3e-6, far under the 1/255 that the
+// uint8 confidence resolves), times 2^k built in the exponent bits. Below -87 it is 2^-126 times
+// the polynomial (not 0): a class 87 logits behind the best adds nothing visible either way.
+#define ES_EXP_LOG2E 1.44269504f
+#define ES_EXP_LN2_HI 0.693145752f
+#define ES_EXP_LN2_LO 1.42860677e-06f
+ES_HD float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const int k = (int)(x * ES_EXP_LOG2E - 0.5f);  // x <= 0: truncation rounds half away from 0
+    const float kf = (float)k;
+    const float r = (x - kf * ES_EXP_LN2_HI) - kf * ES_EXP_LN2_LO;
+    float p = 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * bits_as_float((u32)(k + 127) << 23);
+}
+
+// The top class's softmax probability as uint8, round(255 / sum) with sum = the exp of every
+// class's score minus the best (the best's own term is exactly 1, so sum >= 1).
+ES_HD u8 confidence_u8(float sum) { return (u8)(int)(255.0f / sum + 0.5f); }
+
+// Confidence of one pixel from ``C`` class scores ``stride`` elements apart: the max, then the
+// sum in class order (the order NumPy's reference adds in).
+template <typename T>
+ES_HD u8 confidence_classes(const T* p, int C, i64 stride) {
+    float best = load_float(p, 0);
+    for (int c = 1; c < C; ++c) {
+        const float v = load_float(p, (i64)c * stride);
+        best = v > best ? v : best;
+    }
+    float sum = 0.0f;
+    for (int c = 0; c < C; ++c) sum += exp_nonpositive(load_float(p, (i64)c * stride) - best);
+    return confidence_u8(sum);
+}
+
+// Confidence of one output pixel when logits are upsampled bilinearly (the same blend as
+// bilinear_argmax, then the softmax of the blended scores).
+template <typename T>
+ES_HD u8 bilinear_confidence(const T* p, int C, i64 plane, int w, LinearTap ty, LinearTap tx) {
+    i64 o00 = (i64)ty.i0 * w + tx.i0, o01 = (i64)ty.i0 * w + tx.i1;
+    i64 o10 = (i64)ty.i1 * w + tx.i0, o11 = (i64)ty.i1 * w + tx.i1;
+    float best = 0.0f;
+    for (int c = 0; c < C; ++c) {
+        i64 base = (i64)c * plane;
+        float v = bilerp(load_float(p, base + o00), load_float(p, base + o01), load_float(p, base + o10),
+                         load_float(p, base + o11), ty.w, tx.w);
+        best = (c == 0 || v > best) ? v : best;
+    }
+    float sum = 0.0f;
+    for (int c = 0; c < C; ++c) {
+        i64 base = (i64)c * plane;
+        float v = bilerp(load_float(p, base + o00), load_float(p, base + o01), load_float(p, base + o10),
+                         load_float(p, base + o11), ty.w, tx.w);
+        sum += exp_nonpositive(v - best);
+    }
+    return confidence_u8(sum);
+}
+
 // ---------------------------------------------------------------------------- temporal smoothing
 
 // One pixel of the moving average of class scores: ema[c] = ema[c] * keep + x[c] * fresh for every

@@ -47,21 +47,28 @@ std::vector<T> logits(int n, bool ties) {
 template <typename T>
 void check_argmax(int C, int h, int w, bool ties) {
     const auto s = logits<T>(C * h * w, ties);
-    std::vector<u8> got((size_t)h * w);
+    std::vector<u8> got((size_t)h * w), with_conf((size_t)h * w), conf((size_t)h * w);
     argmax_rows(s.data(), C, h, w, got.data());
-    for (int i = 0; i < h * w; ++i)
+    argmax_rows(s.data(), C, h, w, with_conf.data(), conf.data());
+    for (int i = 0; i < h * w; ++i) {
         expect(got[i] == argmax_classes(s.data() + i, C, (i64)h * w), "argmax", C, h, w);
+        expect(with_conf[i] == got[i], "argmax with confidence", C, h, w);
+        expect(conf[i] == confidence_classes(s.data() + i, C, (i64)h * w), "confidence", C, h, w);
+    }
 }
 
 template <typename T>
 void check_bilinear(int C, int h, int w, int H, int W, bool ties) {
     const auto s = logits<T>(C * h * w, ties);
-    std::vector<u8> got((size_t)H * W);
-    bilinear_labels(s.data(), C, h, w, got.data(), H, W);
+    std::vector<u8> got((size_t)H * W), conf((size_t)H * W);
+    bilinear_labels(s.data(), C, h, w, got.data(), H, W, conf.data());
     for (int y = 0; y < H; ++y)
         for (int x = 0; x < W; ++x) {
-            const int want = bilinear_argmax(s.data(), C, (i64)h * w, w, linear_tap(y, h, H), linear_tap(x, w, W));
+            const LinearTap ty = linear_tap(y, h, H), tx = linear_tap(x, w, W);
+            const int want = bilinear_argmax(s.data(), C, (i64)h * w, w, ty, tx);
             expect(got[(i64)y * W + x] == want, "bilinear argmax", C, H, W);
+            const u8 want_conf = bilinear_confidence(s.data(), C, (i64)h * w, w, ty, tx);
+            expect(conf[(i64)y * W + x] == want_conf, "bilinear confidence", C, H, W);
         }
 }
 

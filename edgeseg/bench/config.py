@@ -43,6 +43,17 @@ class BenchConfig:
         False, "also GPU rows with each frame's whole step replayed as one CUDA graph"
     )
     compile: bool = setting(False, "also torch rows through torch.compile")
+    rebuild: bool = setting(
+        True,
+        "a .engine built by another TensorRT version or for another GPU is rebuilt from the "
+        "ONNX it was built from, with the same options (--no-rebuild: refused)",
+    )
+    power: bool = setting(
+        False,
+        "also watts and joules per frame over the pipeline's frames: tegrastats on a Jetson, "
+        "NVML on other NVIDIA GPUs, RAPL for the CPU (the whole board or package, not just "
+        "edgeseg)",
+    )
     zoo: bool = setting(False, "every registered model: val mIoU against latency")
     data: str | None = setting(None, "--zoo: dataset for the val mIoU", metavar="SPEC")
     sizes: str | None = setting(

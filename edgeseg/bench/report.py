@@ -64,6 +64,29 @@ def _result_row(r: dict[str, Any]) -> list[str]:
     ]
 
 
+POWER_COLUMNS = ("W", "J/frame")
+
+
+def _power_cells(r: dict[str, Any]) -> list[str]:
+    """Mean watts and joules per frame over the pipeline's frames; ``-`` where the row has none
+    (the reason is printed below the table)."""
+    if "skipped" in r:
+        return ["", ""]
+    return [_fmt(r.get("watts"), 2), _fmt(r.get("joules_per_frame"), 4)]
+
+
+def power_lines(report: dict[str, Any]) -> list[str]:
+    """Where each row's power came from, or why it has none: one line when every row shares it."""
+    rows = [r for r in report["results"] if "skipped" not in r]
+    said = [r.get("power_source") or f"none: {r.get('power_none_why', '?')}" for r in rows]
+    if len(set(said)) == 1:
+        return [f"power: {said[0]}"] if said else []
+    return [
+        f"power of {r['name']} [{r['backend']}{_variant(r)}, {r['precision']}]: {what}"
+        for r, what in zip(rows, said)
+    ]
+
+
 def _baseline_rows(model: str, base: dict[str, Any]) -> list[list[str]]:
     name = os.path.splitext(os.path.basename(model))[0]
     rows = []
@@ -127,18 +150,19 @@ def print_table(report: dict[str, Any], console=None) -> None:
         f"edgeseg bench — {m['cpu']} ({m['cores']} cores){gpu}, {settings['frames']} frames "
         f"of {describe_source(settings['source'])}"
     )
+    power = bool(settings.get("power"))
     t = Table()
-    for col in COLUMNS:
+    for col in COLUMNS + (POWER_COLUMNS if power else ()):
         left = col in ("model", "backend", "prec")
         t.add_column(col, justify="left" if left else "right", no_wrap=True)
     for r in report["results"]:
-        t.add_row(*_result_row(r))
+        t.add_row(*_result_row(r), *(_power_cells(r) if power else []))
     for model, base in report["baselines"].items():
         for row in _baseline_rows(model, base):
-            t.add_row(*row)
+            t.add_row(*row, *([""] * len(POWER_COLUMNS) if power else []))
     console.print(title, soft_wrap=True, markup=False, highlight=False)
     console.print(t)
-    for line in skipped_lines(report):
+    for line in skipped_lines(report) + (power_lines(report) if power else []):
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 

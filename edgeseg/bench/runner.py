@@ -180,16 +180,16 @@ def measure_config(
     warmup: int,
     precision: str | None = None,
     options: dict[str, bool] | None = None,
+    power: bool = False,
 ) -> dict[str, Any]:
     """Model-only and end-to-end figures of one model file on one backend (in a fresh process).
 
     ``options``: Segmenter options of the configuration (``cuda_graph``, ``compile``).
+    ``power``: also the power over the pipeline's frames (:func:`_metered`).
     """
     from edgeseg.bench.measure import gpu_memory_mb, peak_rss_mb, rss_mb
     from edgeseg.runtime import kernels
     from edgeseg.runtime.segmenter import Segmenter
-    from edgeseg.streaming.pipeline import StreamPipeline
-    from edgeseg.streaming.sinks import VideoSink
     from edgeseg.timing import summarize, time_calls
 
     rss_start = rss_mb()
@@ -213,15 +213,7 @@ def measure_config(
         seg = whole
     for _ in range(min(warmup, 5)):
         seg(frame, overlay_alpha=0.5)
-    with tempfile.TemporaryDirectory() as d:
-        pipe = StreamPipeline(
-            seg,
-            [source],
-            sinks=[VideoSink(Path(d) / "out.mp4")],
-            mode="every-frame",
-            max_frames=frames,
-        )
-        report = pipe.run()
+    report, energy = _pipeline(seg, source, frames, power)
     complexity = _complexity(Path(path), spec)
     res = {
         "backend": seg.backend.name,
@@ -242,6 +234,7 @@ def measure_config(
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_model_mb": rss_start,
         "gpu_mem_mb": gpu_memory_mb(seg.backend.device),
+        **energy,
     }
     if seg.backend.name == "trt":
         from edgeseg.bench.baselines import tensorrt_compute
@@ -249,6 +242,46 @@ def measure_config(
         res["tensorrt_compute_ms"] = tensorrt_compute(seg.backend, warmup, frames)
     seg.close()
     return res
+
+
+def _pipeline(seg, source: str, frames: int, power: bool) -> tuple[dict, dict[str, Any]]:
+    """The stream pipeline end to end over ``frames`` frames of ``source`` (decode to encode):
+    its report, and with ``power`` its energy figures (:func:`_metered`)."""
+    from edgeseg.streaming.pipeline import StreamPipeline
+    from edgeseg.streaming.sinks import VideoSink
+
+    with tempfile.TemporaryDirectory() as d:
+        pipe = StreamPipeline(
+            seg,
+            [source],
+            sinks=[VideoSink(Path(d) / "out.mp4")],
+            mode="every-frame",
+            max_frames=frames,
+        )
+        return _metered(pipe, seg.backend.device) if power else (pipe.run(), {})
+
+
+def _metered(pipe, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline's report, and its ``watts``, ``joules_per_frame`` and ``power_source`` (or
+    ``power_none_why``) measured over the same frames: the end-to-end cost of a frame, decode
+    and encode included, as a robot pays it."""
+    from edgeseg.bench.power import NoPower, open_meter
+
+    try:
+        meter = open_meter(device)
+        meter.start()
+    except NoPower as e:
+        return pipe.run(), {"power_none_why": str(e)}
+    try:
+        report = pipe.run()
+    finally:
+        try:
+            reading = meter.stop()
+        except NoPower as e:
+            reading = e
+    if isinstance(reading, NoPower):
+        return report, {"power_none_why": str(reading)}
+    return report, reading.row(report["frames_out"])
 
 
 def _complexity(path: Path, spec) -> dict[str, Any]:
@@ -410,7 +443,10 @@ def _row(
         )
         t0 = time.perf_counter()
         args = (str(path), backend, cfg.device, source, cfg.timed_frames, cfg.warmup)
-        row.update(_call(cfg.isolate, measure_config, *args, precision, options))
+        # --no-rebuild is no variant of the row (its options): it decides if a foreign engine runs
+        loading = {**options, "rebuild": cfg.rebuild}
+        measured = _call(cfg.isolate, measure_config, *args, precision, loading, cfg.power)
+        row.update(measured, options=options)
         progress(
             f"  {row['model_only_ms']['p50']:.1f} ms model p50, {row['pipeline']['fps']:.1f} "
             f"FPS end to end ({time.perf_counter() - t0:.0f} s)"

@@ -24,7 +24,7 @@ from edgeseg import zoo
 from edgeseg.errors import EdgesegError
 from edgeseg.export import accuracy
 from edgeseg.export.config import ExportConfig
-from edgeseg.export.engine import EngineOptions, build_engine
+from edgeseg.export.engine import build_engine
 from edgeseg.export.int8 import Int8Export, calibration_inputs
 from edgeseg.export.names import QAT_CHECKPOINT, engine_name, onnx_name
 from edgeseg.export.onnx import export_onnx
@@ -166,6 +166,18 @@ def _int8_step(cfg: ExportConfig, stage: Path, base: str, work: Path) -> list[di
     ]
 
 
+def dla_preflight(onnx: str, gpu_fallback: bool) -> None:
+    """Before a DLA build: refuse an FP32 graph, and (without GPU fallback) every layer that
+    would fall back, each with its reason and fix."""
+    from edgeseg.export.dla import check_onnx, refusal
+
+    report = check_onnx(onnx)
+    if report.precision_error:
+        raise EdgesegError(report.precision_error)
+    if report.findings and not gpu_fallback:
+        raise EdgesegError(refusal(report))
+
+
 def export_model(cfg: ExportConfig) -> dict[str, Any]:
     """Run the export chain of ``cfg``; returns ``{"files": [one report per file written]}``,
     each describing its own file (path, precision, size, checks)."""
@@ -189,7 +201,9 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
             files += _int8_step(cfg, stage, base, work)
         if cfg.trt:
             onnx = next((f["path"] for f in reversed(files) if f["path"].endswith(".onnx")), base)
-            opts = EngineOptions.parse_dynamic(cfg.dynamic, cfg.workspace)
+            opts = cfg.engine_options()
+            if opts.dla_core is not None:
+                dla_preflight(onnx, opts.gpu_fallback)
             engine = stage / engine_name(Path(onnx).name)
             files.append({**build_engine(onnx, engine, opts, cfg.timing_cache), "kind": "engine"})
         moved = _move_into(stage, out)

@@ -3,7 +3,7 @@ of PyTorch so the CLI can build its flags from them without loading it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeseg._config import setting
@@ -94,6 +94,15 @@ class ExportConfig:
     dynamic: str | None = setting(
         None, "TensorRT batch-size profile", default_text="1,1,1", metavar="MIN,OPT,MAX"
     )
+    dla: int | None = setting(
+        None,
+        "--trt: build for this DLA core of a Jetson (FP16 or INT8 ONNX); a pre-flight "
+        "('edgeseg check --dla') refuses layers that would fall back to the GPU",
+        metavar="CORE",
+    )
+    gpu_fallback: bool = setting(
+        False, "--dla: let the layers the DLA cannot run fall back to the GPU instead of refusing"
+    )
 
     json: str | None = setting(None, "write the report as JSON", metavar="OUT")
 
@@ -124,6 +133,44 @@ class ExportConfig:
             raise EdgesegError(f"max_drop must be at least 0 points (or none), got {self.max_drop}")
         if self.max_kept < self.keep_fp32:
             raise EdgesegError(f"max_kept ({self.max_kept}) is below keep_fp32 ({self.keep_fp32})")
-        EngineOptions.parse_dynamic(self.dynamic, self.workspace)
+        self.engine_options()
         if self.trt:
             require("tensorrt")
+
+    def engine_options(self) -> EngineOptions:
+        """The TensorRT build options; the DLA's own limits on them refused with the reason."""
+        opts = EngineOptions.parse_dynamic(self.dynamic, self.workspace)
+        if self.dla is None:
+            if self.gpu_fallback:
+                raise EdgesegError("gpu_fallback is for a DLA build: give dla (a core, e.g. 0)")
+            return opts
+        if not self.trt or self.dla < 0:
+            raise EdgesegError(f"dla needs trt and a core number from 0, got {self.dla}")
+        if not (self.from_onnx or self.fp16 or self.int8 or self.qat):
+            raise EdgesegError(
+                "the DLA runs FP16 or INT8 only, and TensorRT takes the precision from the ONNX: "
+                "add --fp16 or --int8"
+            )
+        if not opts.min_batch == opts.opt_batch == opts.max_batch:
+            raise EdgesegError("the DLA takes static shapes: --dynamic needs MIN = OPT = MAX")
+        return replace(opts, dla_core=self.dla, gpu_fallback=self.gpu_fallback)
+
+
+@dataclass
+class CheckConfig:
+    """Everything ``edgeseg check`` takes (``model`` positional)."""
+
+    model: str = setting(
+        help="an .onnx file, a shipped model's name, a registered architecture or 'all' (every "
+        "architecture, exported as --fp16 writes it)",
+        positional=True,
+    )
+    dla: bool = setting(
+        False, "pre-flight for TensorRT's DLA: each layer that would fall back, why, and the fix"
+    )
+    num_classes: int = setting(11, "an architecture's output classes")
+    input_size: tuple[int, int] = setting((352, 480), "an architecture's input HxW")
+    model_kwargs: dict | None = setting(
+        None, "an architecture's keyword arguments (create_model)", metavar="JSON"
+    )
+    json: str | None = setting(None, "write the report as JSON", metavar="OUT")

@@ -12,8 +12,10 @@ Written against the TensorRT 10 Python API and TensorRT 11 (verified in NVIDIA's
 
 Engines are cached under ``$EDGESEG_CACHE/engines`` by a key of ONNX hash + TensorRT version +
 GPU name + options, so building the same thing twice is a copy. A plan only runs on the TensorRT
-version and GPU it was built for: :func:`check_engine` refuses a stale or foreign one with a
-message saying how to rebuild.
+version and GPU it was built for. The record names the ONNX it was built from (its path, the
+path relative to the engine's folder, its sha256), so :func:`rebuild_engine` remakes a stale or
+foreign engine in place, with the same options, when it is loaded after a TensorRT or JetPack
+upgrade or on another GPU (``--no-rebuild``: :func:`check_engine` refuses it instead).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,6 +51,8 @@ class EngineOptions:
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 1
+    dla_core: int | None = None  # build for this DLA core (Jetson), not the GPU
+    gpu_fallback: bool = False  # with dla_core: layers the DLA cannot run go to the GPU
 
     @classmethod
     def parse_dynamic(cls, text: str | None, workspace_mb: int | None = None) -> EngineOptions:
@@ -106,6 +112,18 @@ def _parse(onnx_path: Path, logger: trt.ILogger) -> tuple[trt.Builder, trt.INetw
     return builder, network
 
 
+def _use_dla(config: trt.IBuilderConfig, options: EngineOptions) -> None:
+    """Every layer on DLA core ``options.dla_core``; the precision is the ONNX's (FP16 or INT8:
+    strongly typed), so no precision flags. Without GPU fallback a layer the DLA cannot run
+    fails the build, which is what ``--dla`` without ``--gpu-fallback`` promises."""
+    if options.dla_core is None:
+        return
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = options.dla_core
+    if options.gpu_fallback:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
 def _build(
     onnx_path: Path,
     input_hw: tuple[int, int],
@@ -128,6 +146,7 @@ def _build(
             f"TensorRT refused the optimization profile min/opt/max batch "
             f"{options.min_batch}/{options.opt_batch}/{options.max_batch} (see the log above)"
         )
+    _use_dla(config, options)
     cache = None
     if timing_cache is not None:
         tc = Path(timing_cache)
@@ -149,14 +168,15 @@ def build_engine(
     options: EngineOptions = EngineOptions(),
     timing_cache: str | os.PathLike | None = None,
     use_cache: bool = True,
+    device: int = 0,
 ) -> dict[str, Any]:
-    """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path``; return the
-    record."""
+    """Build (or fetch from the cache) the engine of ``onnx_path`` at ``out_path`` for GPU
+    ``device``; return the record."""
     import_tensorrt()  # a clear error before any work when TensorRT is missing
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     spec = read_onnx_spec(onnx_path)
     digest = file_sha256(onnx_path)
-    gpu = use_gpu(0)  # TensorRT builds on the thread's current GPU: GPU 0, the one recorded
+    gpu = use_gpu(device)  # TensorRT builds on the thread's current GPU: make it the recorded one
     key = cache_key(digest, trt.__version__, gpu, options)
     meta: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
@@ -164,6 +184,7 @@ def build_engine(
         "tensorrt": {
             "version": trt.__version__,
             "gpu": gpu,
+            **onnx_record(onnx_path, out_path),
             "onnx_sha256": digest,
             "cache_key": key,
             "options": asdict(options),
@@ -189,3 +210,85 @@ def build_engine(
         with atomic_path(cached) as tmp:
             shutil.copyfile(out_path, tmp)
     return {**meta["tensorrt"], "path": str(out_path), "from_cache": False}
+
+
+def onnx_record(onnx_path: Path, out_path: Path) -> dict[str, str | None]:
+    """Where the engine's ONNX is: its absolute path, and its path relative to the engine's
+    folder, which still leads to it once the folder moves (``edgeseg export`` builds in a
+    staging folder and moves the files out; a deployment folder is copied to the robot)."""
+    onnx = onnx_path.resolve()
+    try:
+        relative: str | None = os.path.relpath(onnx, out_path.resolve().parent)
+    except ValueError:  # Windows: another drive
+        relative = None
+    return {"onnx": str(onnx), "onnx_relative": relative}
+
+
+def recorded_onnx(engine: Path, built: dict[str, Any]) -> Path:
+    """The ONNX ``engine`` was built from, where its record ``built`` says, with the recorded
+    hash; otherwise an error saying why not (the engine's own message adds the fix)."""
+    digest, absolute, relative = (built.get(k) for k in ("onnx_sha256", "onnx", "onnx_relative"))
+    if not digest or not (absolute or relative):
+        raise EdgesegError("its record names no ONNX (an engine of an older edgeseg)")
+    places = [Path(os.path.normpath(engine.parent / relative))] if relative else []
+    places += [Path(absolute)] if absolute else []
+    found = [p for p in dict.fromkeys(places) if p.is_file()]
+    if not found:
+        raise EdgesegError(f"its ONNX {places[0]} is missing")
+    for onnx in found:
+        if file_sha256(onnx) == digest:
+            return onnx
+    raise EdgesegError(
+        f"its ONNX {found[0]} has changed since the engine was built (sha256 {digest[:12]}... "
+        "recorded)"
+    )
+
+
+def recorded_options(built: dict[str, Any]) -> EngineOptions:
+    """The build options ``built`` records; an option this edgeseg does not know is an error
+    (building without it would give another engine under the same name)."""
+    options = built.get("options")
+    if not isinstance(options, dict):
+        raise EdgesegError("its record has no build options")
+    unknown = sorted(set(options) - {f.name for f in fields(EngineOptions)})
+    if unknown:
+        raise EdgesegError(f"it has build options this edgeseg does not know: {', '.join(unknown)}")
+    return EngineOptions(**options)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def rebuild_engine(
+    engine: str | os.PathLike,
+    meta: dict[str, Any],
+    why: str,
+    device: int = 0,
+    say: Callable[[str], None] = _say,
+) -> dict[str, Any]:
+    """Rebuild ``engine`` (its record ``meta``; ``why``: what makes it foreign here) in place
+    from the ONNX it was built from, with the same options, for GPU ``device``; ``say`` gets one
+    line saying why first (a build takes minutes on a Jetson). The engine cache keeps the new
+    plan. A missing or changed ONNX, or a record without one, is refused with the reason.
+
+    The timing cache given at export, if any, is not used: it was written by the TensorRT
+    version or for the GPU the engine no longer fits, and TensorRT takes none of it."""
+    engine = Path(engine)
+    try:
+        onnx = recorded_onnx(engine, meta["tensorrt"])
+        options = recorded_options(meta["tensorrt"])
+    except EdgesegError as e:
+        raise EdgesegError(
+            f"{engine} was {why} and cannot be rebuilt here: {e}; export it again on this machine "
+            "with 'edgeseg export CKPT --trt'"
+        ) from None
+    say(f"edgeseg: {engine} was {why}: rebuilding it from {onnx} with the same options")
+    try:
+        return build_engine(onnx, engine, options, device=device)
+    except OSError as e:  # a read-only deployment folder or cache: nothing was replaced
+        raise EdgesegError(
+            f"{engine} was {why} and could not be rebuilt: cannot write {e.filename or engine} "
+            f"({e.strerror or e}); make its folder and $EDGESEG_CACHE writable, or export it again "
+            "with 'edgeseg export CKPT --trt'"
+        ) from None

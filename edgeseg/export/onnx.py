@@ -61,9 +61,37 @@ def to_fp16(proto):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns for every tiny weight it rounds to zero
-        return float16.convert_float_to_float16(
+        proto = float16.convert_float_to_float16(
             proto, keep_io_types=True, op_block_list=float16.DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32
         )
+    return resize_in_fp16(proto)
+
+
+def resize_in_fp16(proto):
+    """Resize on the FP16 data itself, without the FP32 round trip the converter wraps it in.
+
+    onnxconverter-common keeps Resize in FP32 (its block list) only because converting it would
+    also turn the ``scales`` input into FP16, which ONNX forbids; the data input may be FP16.
+    Interpolating FP16 loses nothing that matters (a weighted mean of four values), and a Resize
+    between two casts is a layer the DLA cannot run (edgeseg.export.dla): each one split the
+    DLA graph in three."""
+    graph = proto.graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        src = made_by.get(node.input[0]) if node.op_type == "Resize" else None
+        if src is not None and src.op_type == "Cast" and src.attribute[0].i == 1:  # to FP32
+            node.input[0] = src.input[0]
+    for node in graph.node:  # FP32 -> FP16 after it: now FP16 -> FP16, an identity
+        to_fp16 = node.op_type == "Cast" and node.attribute[0].i == 10  # TensorProto.FLOAT16
+        src = made_by.get(node.input[0]) if to_fp16 else None
+        if src is not None and src.op_type == "Resize":
+            node.op_type = "Identity"
+            del node.attribute[:]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Cast" and set(n.output).isdisjoint(used)]:
+        graph.node.remove(node)
+    del graph.value_info[:]  # the casts' types are stale; shape inference redoes them
+    return proto
 
 
 def append_argmax(proto) -> None:

@@ -1,7 +1,7 @@
 """TensorRT helpers shared by the engine builder (``edgeseg.export.engine``) and the TensorRT
 backend: the ``tensorrt`` module (:data:`trt`), the engine's sidecar record (``<engine>.json``:
-ModelSpec + build record), the check that a plan was built for this TensorRT version and GPU,
-and the GPU TensorRT works on.
+ModelSpec + build record), the check that a plan was built for this TensorRT version and GPU
+(a foreign one is rebuilt through :data:`REBUILD`, or refused), and the GPU TensorRT works on.
 
 Type-checked against TensorRT's own API (the tensorrt-stubs of TensorRT 10.13; run by
 tests/export/test_tensorrt_types.py): :data:`trt` is the ``tensorrt`` module to the checker, so
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,11 @@ from edgeseg._lazy import require
 from edgeseg.errors import EdgesegError
 
 SIDECAR_FORMAT = "edgeseg-engine-v1"
+
+# Rebuilds an engine from the ONNX its record names (edgeseg.export.engine.rebuild_engine): the
+# builder lives in the export layer, above the runtime, which never imports it; edgeseg's
+# __init__ registers it, as edgeseg.streaming registers the Segmenter's stream entry.
+REBUILD: Callable[..., dict[str, Any]] | None = None
 
 
 class _TensorRT:
@@ -71,23 +77,29 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def engine_mismatch(meta: dict[str, Any], trt_version: str, gpu_name: str) -> str | None:
+    """Why the plan ``meta`` records cannot run here (``built with TensorRT 10.7.0, this machine
+    has 11.1.0``; ``built for Orin, this GPU is ...``), or None when it was built for this one."""
+    built = meta.get("tensorrt", {})
+    if built.get("version") != trt_version:
+        return f"built with TensorRT {built.get('version')}, this machine has {trt_version}"
+    if built.get("gpu") != gpu_name:
+        return f"built for {built.get('gpu')}, this GPU is {gpu_name}"
+    return None
+
+
 def check_engine(
     meta: dict[str, Any], trt_version: str, gpu_name: str, engine: str | os.PathLike
 ) -> None:
     """Refuse a plan built for another TensorRT version or GPU (it would fail or crash to load)."""
-    built = meta.get("tensorrt", {})
-    if built.get("version") != trt_version:
-        raise EdgesegError(
-            f"{engine} was built with TensorRT {built.get('version')}, this machine has "
-            f"{trt_version}; "
-            "engines are not portable across versions: rebuild it here with 'edgeseg export CKPT "
-            "--trt'"
-        )
-    if built.get("gpu") != gpu_name:
-        raise EdgesegError(
-            f"{engine} was built for {built.get('gpu')}, this GPU is {gpu_name}; "
-            "rebuild it on this machine with 'edgeseg export CKPT --trt'"
-        )
+    why = engine_mismatch(meta, trt_version, gpu_name)
+    if why is None:
+        return
+    if meta.get("tensorrt", {}).get("version") != trt_version:
+        fix = "engines are not portable across versions: rebuild it here with"
+    else:
+        fix = "rebuild it on this machine with"
+    raise EdgesegError(f"{engine} was {why}; {fix} 'edgeseg export CKPT --trt'")
 
 
 def import_tensorrt() -> Any:

@@ -25,6 +25,11 @@ class PredictConfig:
     alpha: float = setting(0.5, "overlay opacity")
     backend: str = setting("auto", "auto, ort, trt or torch")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    rebuild: bool = setting(
+        True,
+        "a .engine built by another TensorRT version or for another GPU is rebuilt from the "
+        "ONNX it was built from, with the same options (--no-rebuild: refused)",
+    )
     model: str | None = setting(
         None, "a .onnx, .engine or .pt, or a shipped model", default_text="the shipped road model"
     )
@@ -70,7 +75,7 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     images = find_images(cfg.inputs)
     out = Path(cfg.out)
     names = output_names(images, out)
-    seg = Segmenter(cfg.model, backend=cfg.backend, device=cfg.device)
+    seg = Segmenter(cfg.model, backend=cfg.backend, device=cfg.device, rebuild=cfg.rebuild)
     out.mkdir(parents=True, exist_ok=True)
     times = []
     for path, name in zip(images, names):

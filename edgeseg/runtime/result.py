@@ -20,6 +20,8 @@ class SegResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     vis: np.ndarray | None = None  # the overlay, when it was blended during post-processing
     vis_alpha: float | None = None
+    # (H, W) uint8, round(255 x the winning class's probability), when it was asked for
+    confidence: np.ndarray | None = None
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         """The frame with each class's palette colour blended in (BGR uint8)."""

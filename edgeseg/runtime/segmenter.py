@@ -43,6 +43,10 @@ class Segmenter:
     On a GPU the whole frame path runs there (:mod:`edgeseg.runtime.gpu_pipeline`);
     ``cuda_graph`` replays it as one CUDA graph, ``precision="fp16"`` runs a ``.pt`` in half
     precision.
+    ``confidence``: each result also carries ``confidence``, (H, W) uint8 round(255 x the
+    winning class's softmax probability) where the argmax is taken (docs/kernels.md), computed
+    in the argmax's pass; ``min_confidence`` (a probability) gives pixels below it the model's
+    ignore label (implies ``confidence``). Neither costs anything when off.
     ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
 
@@ -55,6 +59,8 @@ class Segmenter:
         *,
         precision: str | None = None,
         cuda_graph: bool = False,
+        confidence: bool = False,
+        min_confidence: float | None = None,
         **backend_options,
     ) -> None:
         if mode not in MODES:
@@ -78,6 +84,13 @@ class Segmenter:
                 f"cuda_graph needs a GPU backend that supports it, not {self.backend.name} "
                 f"on {self.backend.device}"
             )
+        try:
+            self._conf_floor = _confidence_floor(self, confidence, min_confidence)
+        except EdgesegError:
+            self.close()
+            raise
+        self.confidence = confidence or min_confidence is not None
+        self.min_confidence = min_confidence
         self._inputs: dict[int, np.ndarray] = {}  # host input batches, reused
 
     def _gpu_pipeline(self, cuda_graph: bool):
@@ -193,13 +206,16 @@ class Segmenter:
         if smooth is not None:
             scores = smooth.update(scores)
         hw, kw = frame.shape[:2], {"mode": self.mode, "upsample": self.upsample}
+        conf = kw["conf_out"] = np.empty(hw, np.uint8) if self.confidence else None
         if overlay_alpha is None:
             labels, vis = kernels.postprocess(scores, hw, **kw), None
         else:
             labels, vis = kernels.postprocess(
                 scores, hw, self.spec.palette, frame, overlay_alpha, **kw
             )
-        return SegResult(labels, self.spec, frame, {}, vis, overlay_alpha)
+        if self._conf_floor is not None:  # costmap-ready: guesses carry the ignore label
+            np.putmask(labels, conf < self._conf_floor, self.spec.ignore_index)
+        return SegResult(labels, self.spec, frame, {}, vis, overlay_alpha, conf)
 
     def require_logits(self, what: str) -> None:
         """The one check that the model outputs class scores (``what`` needs them)."""
@@ -243,3 +259,25 @@ class Segmenter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _confidence_floor(
+    seg: Segmenter, confidence: bool, min_confidence: float | None
+) -> float | None:
+    """The uint8 confidence below which ``seg``'s labels become the ignore label (None: none),
+    after checking that ``seg`` can give confidence at all."""
+    if not confidence and min_confidence is None:
+        return None
+    what = "--min-confidence" if min_confidence is not None else "per-pixel confidence"
+    seg.require_logits(what)
+    if seg._gpu is not None:
+        raise EdgesegError(
+            f"{what} is computed by the host post-processing; the GPU frame pipeline "
+            f"({seg.backend.name} on {seg.backend.device}) does not produce it yet: run on "
+            "--device cpu, or drop the confidence settings"
+        )
+    if min_confidence is None:
+        return None
+    if not 0.0 <= min_confidence <= 1.0:
+        raise EdgesegError(f"min_confidence is a probability in [0, 1], got {min_confidence}")
+    return min_confidence * 255.0

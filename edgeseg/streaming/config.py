@@ -60,7 +60,24 @@ class StreamConfig:
         metavar="DIR",
     )
     save_masks_max: int | None = setting(
-        None, "keep only the newest N mask files of the run", metavar="N"
+        None, "keep only the newest N mask (and confidence) files of the run", metavar="N"
+    )
+    confidence: bool = setting(
+        False,
+        "per-pixel confidence (the winning class's softmax probability): each source's mean in "
+        "the report and the metrics; implied by --save-confidence and --min-confidence",
+    )
+    save_confidence: str | None = setting(
+        None,
+        "write confidence PNGs (uint8, 255 = certain) into DIR/run-<time>-<pid>/, named as the "
+        "masks",
+        metavar="DIR",
+    )
+    min_confidence: float | None = setting(
+        None,
+        "pixels whose winning class is less likely than P get the model's ignore label in the "
+        "labels and masks (costmap-ready)",
+        metavar="P",
     )
     report: str | None = setting(
         None, "write frame counts, FPS, latency and stage percentiles", metavar="R.json"
@@ -109,6 +126,11 @@ class StreamConfig:
         False, "GPU: replay each frame's whole step (pre, model, post) as one CUDA graph"
     )
     compile: bool = setting(False, "a .pt through torch.compile (GPU: needs Triton)")
+    rebuild: bool = setting(
+        True,
+        "a .engine built by another TensorRT version or for another GPU is rebuilt from the "
+        "ONNX it was built from, with the same options (--no-rebuild: refused)",
+    )
     batch: int | None = setting(
         None,
         "frames of different sources inferred together",
@@ -184,6 +206,10 @@ class StreamConfig:
                 raise EdgesegError(f"{name} must be at least 0, got {value}")
         if not 0.0 <= self.alpha <= 1.0:
             raise EdgesegError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise EdgesegError(
+                f"min_confidence is a probability between 0 and 1, got {self.min_confidence}"
+            )
         check_smoothing(self.smooth, self.smooth_cut)
         w = self.infer_workers
         if w != "auto" and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
@@ -194,6 +220,13 @@ class StreamConfig:
         if not 0 < first <= longest:
             raise EdgesegError(f"backoff must be 0 < first <= longest seconds, got {self.backoff}")
 
+    @property
+    def wants_confidence(self) -> bool:
+        """Whether per-pixel confidence is computed (asked for, or needed by another setting)."""
+        return (
+            self.confidence or self.save_confidence is not None or (self.min_confidence is not None)
+        )
+
     def segmenter_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~edgeseg.runtime.segmenter.Segmenter`."""
         options: dict[str, Any] = {
@@ -201,6 +234,9 @@ class StreamConfig:
             "device": self.device,
             "precision": self.precision,
             "cuda_graph": self.cuda_graph,
+            "confidence": self.wants_confidence,
+            "min_confidence": self.min_confidence,
+            "rebuild": self.rebuild,
         }
         if self.compile:
             options["compile"] = True

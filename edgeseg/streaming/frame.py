@@ -80,6 +80,7 @@ class StreamResult(SegResult):
             timings_ms=r.timings_ms,
             vis=r.vis,
             vis_alpha=r.vis_alpha,
+            confidence=r.confidence,
             index=frame.index,
             source_id=sid,
             source=frame.source,

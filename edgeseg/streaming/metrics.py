@@ -8,7 +8,9 @@ series add ``source`` (its name, credentials removed). Exported (``_total`` for 
   ``edgeseg_reconnects_total``, ``edgeseg_outage_seconds_total`` per source;
 - ``edgeseg_fps`` (outputs a second over the last 5 s), ``edgeseg_newest_frame_age_seconds``
   (how long since the source's last frame: the watchdog's view), ``edgeseg_source_up`` (1 while
-  frames flow) per source;
+  frames flow) per source; ``edgeseg_mean_confidence`` (the mean per-pixel confidence of the
+  last 30 frames out, 0-1: a drop is the cheapest alarm that the camera sees what the model was
+  not trained for) per source, when the stream computes confidence (``--confidence``);
 - ``edgeseg_latency_seconds``: capture-to-labels histogram per source;
   ``edgeseg_stage_seconds``: per stage (decode, pre, infer, post, sink);
 - ``edgeseg_sink_errors_total`` per sink, and the process's own ``process_resident_memory_bytes``,
@@ -64,6 +66,11 @@ class StreamCollector:
             labels=labels,
         )
         up = GaugeMetricFamily("edgeseg_source_up", "1 while the source delivers", labels=labels)
+        confidence = GaugeMetricFamily(
+            "edgeseg_mean_confidence",
+            "mean per-pixel confidence of the last 30 frames out (0-1)",
+            labels=labels,
+        )
         latency = HistogramMetricFamily(
             "edgeseg_latency_seconds", "capture to labels", labels=labels
         )
@@ -76,10 +83,14 @@ class StreamCollector:
             if s["age_s"] is not None:
                 age.add_metric(key, s["age_s"])
             up.add_metric(key, 1.0 if s["state"] == "running" else 0.0)
+            if s["confidence"] is not None:
+                confidence.add_metric(key, s["confidence"])
             buckets, total = s["latency"]
             latency.add_metric(key, buckets, total)
         yield from families.values()
         yield from (outage, fps, age, up, latency)
+        if confidence.samples:
+            yield confidence
         yield from self._stages(snap)
 
     def _stages(self, snap: dict):

@@ -95,7 +95,9 @@ class OutputStage:
                 t0 = time.perf_counter()
                 self._write(res, failures)
                 res.timings_ms["sink"] = (time.perf_counter() - t0) * 1e3
-                self.sh.stats.frame_out(res.source_id, res.t_capture, res.timings_ms)
+                self.sh.stats.frame_out(
+                    res.source_id, res.t_capture, res.timings_ms, _mean_confidence(res)
+                )
         except Exception as e:  # nothing can come out any more: stop everything, loudly
             self.sh.fail(f"output failed: {e}")
         finally:
@@ -150,3 +152,12 @@ class OutputStage:
         for sid, held in enumerate(self.held):
             self.sh.stats.dropped(sid, sum(1 for res in held.values() if not is_gap(res)))
             held.clear()
+
+
+def _mean_confidence(res: StreamResult) -> float | None:
+    """The frame's mean per-pixel confidence (0-1), when the stream computes confidence."""
+    if res.confidence is None:
+        return None
+    import cv2
+
+    return cv2.mean(res.confidence)[0] / 255.0  # SIMD: a fraction of NumPy's mean

@@ -194,19 +194,24 @@ class MaskSink(Sink):
     (``DIR/run-YYYYmmdd-HHMMSS-PID/``), so a restarted service never overwrites the previous
     run's masks: ``<source>_<index>.png`` (``<index>.png`` with one source). ``{source}`` in
     ``DIR`` gives each source its own folder. ``max_files``: keep only the newest N of a run
-    (the older ones are deleted as new ones come), so days of 30 FPS cannot fill the disk."""
+    (the older ones are deleted as new ones come), so days of 30 FPS cannot fill the disk.
+    ``plane``: the result's array written (``labels``, or ``confidence``)."""
 
     def __init__(
-        self, folder: str | os.PathLike, several: bool = False, max_files: int | None = None
+        self,
+        folder: str | os.PathLike,
+        several: bool = False,
+        max_files: int | None = None,
+        plane: str = "labels",
     ) -> None:
-        self.template, self.several = str(folder), several
+        self.template, self.several, self.plane = str(folder), several, plane
         self.run = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.max_files = max_files
         if max_files is not None and max_files < 1:
             raise EdgesegError(f"save_masks_max must be at least 1, got {max_files}")
         self._kept: deque[Path] = deque()
         self._made: set[Path] = set()  # folders created: one mkdir a folder, not one a frame
-        self.name = f"save-masks {self.template}"
+        self.name = f"save-{'masks' if plane == 'labels' else plane} {self.template}"
 
     def start(self, sources: list[str]) -> None:
         self.several = self.several or len(sources) > 1
@@ -226,10 +231,11 @@ class MaskSink(Sink):
         stem = f"{result.source_id}_{result.index:06d}" if shared else f"{result.index:06d}"
         final = folder / f"{stem}.png"
         tmp = folder / f".{stem}.tmp.png"
-        ok = cv2.imwrite(str(tmp), result.labels)
+        image = getattr(result, self.plane)
+        ok = cv2.imwrite(str(tmp), image)
         if not ok and not folder.is_dir():  # removed while streaming: made again
             folder.mkdir(parents=True, exist_ok=True)
-            ok = cv2.imwrite(str(tmp), result.labels)
+            ok = cv2.imwrite(str(tmp), image)
         if not ok:
             raise SinkFailed(f"could not write {final}; check the folder is writable and not full")
         os.replace(tmp, final)

@@ -25,6 +25,7 @@ STAGES = ("decode", "pre", "infer", "post", "sink")
 COUNTS = ("frames_in", "frames_out", "frames_dropped", "frames_failed", "reconnects")
 MAX_ERRORS = 20  # kept per list; the count goes on
 MAX_OUTAGES = 20  # the newest kept per source; reconnects and outage_s count them all
+RECENT_CONFIDENCE = 30  # frames the metrics' mean confidence covers: about a second of video
 
 
 def _wall(t: float) -> str:
@@ -122,6 +123,8 @@ class SourceStats:
     outage_wall: float = 0.0  # time.time() when the current outage began
     outage_reason: str = ""
     last_frame: float | None = None  # time.perf_counter() of the newest frame read
+    confidence_sum: float = 0.0  # mean per-pixel confidence of each frame out, summed
+    confidence_frames: int = 0
 
     def add_error(self, msg: str) -> None:
         self.error_count += 1
@@ -166,6 +169,7 @@ class StreamStats:
             self.latency_hist = [Buckets(LATENCY_BOUNDS) for _ in names]
             self.stage_hist = {s: Buckets(STAGE_BOUNDS) for s in STAGES}
             self.out_times = [deque(maxlen=1024) for _ in names]
+            self.recent_confidence = [deque(maxlen=RECENT_CONFIDENCE) for _ in names]
             self.t_start = time.perf_counter()
             self.t_last_out: float | None = None
             self.sink_errors: dict[str, int] = {}
@@ -192,10 +196,21 @@ class StreamStats:
             if error:
                 self.sources[sid].add_error(error)
 
-    def frame_out(self, sid: int, t_capture: float, stage_ms: dict[str, float]) -> None:
+    def frame_out(
+        self,
+        sid: int,
+        t_capture: float,
+        stage_ms: dict[str, float],
+        confidence: float | None = None,
+    ) -> None:
+        """A frame went out; ``confidence``: its mean per-pixel confidence, when computed."""
         now = time.perf_counter()
         with self.lock:
             self.sources[sid].frames_out += 1
+            if confidence is not None:
+                self.sources[sid].confidence_sum += confidence
+                self.sources[sid].confidence_frames += 1
+                self.recent_confidence[sid].append(confidence)
             self.latency.add((now - t_capture) * 1e3)
             self.latency_hist[sid].add(now - t_capture)
             self.out_times[sid].append(now)
@@ -280,6 +295,11 @@ class StreamStats:
                         "outage_s": self._outage(s, now),
                         "age_s": None if s.last_frame is None else now - s.last_frame,
                         "fps": self.recent_fps(sid, now),
+                        "confidence": (
+                            float(np.mean(self.recent_confidence[sid]))
+                            if self.recent_confidence[sid]
+                            else None
+                        ),
                         "latency": (
                             self.latency_hist[sid].cumulative(),
                             self.latency_hist[sid].sum,
@@ -329,8 +349,11 @@ class StreamStats:
             sources = []
             for s in self.sources:
                 hidden = ("outage_since", "outage_wall", "outage_reason", "last_frame")
+                hidden += ("confidence_sum", "confidence_frames")
                 d = {k: v for k, v in asdict(s).items() if k not in hidden}
                 d["outage_s"] = round(self._outage(s, now), 3)
+                n = s.confidence_frames
+                d["mean_confidence"] = round(s.confidence_sum / n, 4) if n else None
                 sources.append(d)
             return {
                 **self.totals(),

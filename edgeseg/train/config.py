@@ -153,4 +153,9 @@ class EvalConfig:
         "INT8 ONNX: run Q/DQ nodes as written (what TensorRT computes) instead of ONNX "
         "Runtime's fused CPU integer kernels",
     )
+    rebuild: bool = setting(
+        True,
+        "a .engine built by another TensorRT version or for another GPU is rebuilt from the "
+        "ONNX it was built from, with the same options (--no-rebuild: refused)",
+    )
     json: str | None = setting(None, "write the metrics as JSON", metavar="OUT")

@@ -83,7 +83,7 @@ def run_eval(cfg: EvalConfig, progress=None) -> dict[str, Any]:
 
     model_path, data, tta = cfg.model, cfg.data, cfg.tta
     options = {"exact_qdq": True} if cfg.exact_qdq else {}
-    runner = load_backend(model_path, cfg.backend, cfg.device, **options)
+    runner = load_backend(model_path, cfg.backend, cfg.device, rebuild=cfg.rebuild, **options)
     spec = runner.spec
     flip, scales = parse_tta(tta)
     if scales != (1.0,) and runner.name != "torch":

@@ -295,6 +295,15 @@ def test_cuda_kernels_on_the_fake_equal_the_cpu_kernels_at_sizes_blocks_do_not_d
                                              upsample=up)  # fmt: skip
         np.testing.assert_array_equal(_down(drv, labels.ptr, (H, W), np.uint8, s), want_l)
         np.testing.assert_array_equal(_down(drv, vis.ptr, (H, W, 3), np.uint8, s), want_v)
+    conf, small_conf = drv.mem_alloc(H * W), drv.mem_alloc(scratch_bytes((13, 21), 2))
+    for scores, kind, mode, up in cases[:4]:  # confidence, computed by the argmax's kernel
+        d_scores = _up(drv, scores, s)
+        k.postprocess(d_scores.ptr, kind, 5, (13, 21), labels.ptr, (H, W), small.ptr, mode, *blend,
+                      stream=s, upsample=up, conf=conf.ptr, small_conf=small_conf.ptr)  # fmt: skip
+        want_c = np.empty((H, W), np.uint8)
+        want_l = kernels.postprocess(scores, (H, W), mode=mode, upsample=up, conf_out=want_c)
+        np.testing.assert_array_equal(_down(drv, labels.ptr, (H, W), np.uint8, s), want_l)
+        np.testing.assert_array_equal(_down(drv, conf.ptr, (H, W), np.uint8, s), want_c)
     ema, words = drv.mem_alloc(logits.nbytes), drv.mem_alloc(8)
     state = None
     for i, force in enumerate((1, 0, 0)):

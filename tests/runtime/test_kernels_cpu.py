@@ -109,6 +109,61 @@ def test_upsample_matches_reference_at_random_sizes(h, w, k, C, half, ties, seed
     np.testing.assert_array_equal(kernels.postprocess(scores, hw), ref.postprocess(scores, hw))
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(1, 24),
+    w=st.integers(1, 80),
+    k=st.integers(1, 4),
+    C=st.integers(1, 24),
+    mode=st.sampled_from(["nearest", "bilinear"]),
+    half=st.booleans(),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_confidence_equals_the_reference_bit_for_bit(h, w, k, C, mode, half, ties, seed):
+    """Every path that takes an argmax (model size, fused upsample, bilinear at frame size; the
+    16-pixel register blocks, their scalar edges) gives the reference's confidence exactly, and
+    asking for it leaves the labels as they were."""
+    if mode == "bilinear":
+        k = 1
+    rng = np.random.default_rng(seed)
+    dtype = np.float16 if half else np.float32
+    scores = (
+        rng.integers(-2, 3, (1, C, h, w)) if ties else 4 * rng.standard_normal((1, C, h, w))
+    ).astype(dtype)
+    hw = (h * k + 3, w * k + 5)
+    conf = np.empty(hw, np.uint8)
+    labels = kernels.postprocess(scores, hw, mode=mode, upsample=k, conf_out=conf)
+    np.testing.assert_array_equal(conf, ref.confidence(scores, hw, mode, k))
+    np.testing.assert_array_equal(labels, kernels.postprocess(scores, hw, mode=mode, upsample=k))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_confidence_is_the_softmax_of_the_winning_class(dtype):
+    """Against the softmax computed in float64 with NumPy's exp: round(255 p) of the top class,
+    at most one step off where the float32 sum rounds across a half."""
+    rng = np.random.default_rng(3)
+    scores = (5 * rng.standard_normal((1, 19, 40, 48))).astype(dtype)
+    scores[0, :, 0, 0] = 0  # a 19-way tie
+    scores[0, 3, 1, 1] = 60  # one class far ahead
+    conf = np.empty((40, 48), np.uint8)
+    kernels.postprocess(scores, (40, 48), conf_out=conf)
+    x = scores[0].astype(np.float64)
+    p = np.exp(x - x.max(0))
+    want = np.round(255 * (p / p.sum(0)).max(0))
+    assert np.abs(conf - want).max() <= 1 and (conf == want).mean() > 0.99
+    assert conf[0, 0] == round(255 / 19) and conf[1, 1] == 255
+
+
+def test_confidence_needs_logits_and_a_buffer_of_the_labels_size():
+    labels = np.zeros((1, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match="confidence needs"):
+        kernels.postprocess(labels, (8, 8), conf_out=np.empty((8, 8), np.uint8))
+    scores = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="conf_out must be a uint8 array of shape"):
+        kernels.postprocess(scores, (8, 8), conf_out=np.empty((4, 8), np.uint8))
+
+
 @pytest.mark.parametrize("C", [1, 2, 19, 255, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_class_counts_and_half_logits(C, dtype):

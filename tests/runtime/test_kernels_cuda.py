@@ -235,3 +235,25 @@ def test_cuda_smoothing_equals_cpu_bit_for_bit(C, hw, half):
         want, _ = kernels.smooth(x, None if restart else want, 0.6, 0.3)
         kcuda.smooth(torch.from_numpy(x).cuda(), state, 0.6, 0.3, restart=restart)
         np.testing.assert_array_equal(state.cpu().numpy(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode,k", [("nearest", 1), ("nearest", 8), ("bilinear", 1)])
+@pytest.mark.parametrize("half", [False, True])
+def test_cuda_confidence_equals_cpu_bit_for_bit(mode, k, half):
+    """The confidence plane, computed by the argmax's kernel: the CPU's, byte for byte."""
+    torch = _cuda_or_skip()
+    rng = np.random.default_rng(k)
+    dtype = np.float16 if half else np.float32
+    scores = (3 * rng.standard_normal((1, 11, 22, 30))).astype(dtype)
+    scores[0, :, 0, :4] = 0  # an 11-way tie: the lowest confidence there is
+    kernels.use("cpu")
+    want_c = np.empty((540, 960), np.uint8)
+    want_l = kernels.postprocess(scores, (540, 960), mode=mode, upsample=k, conf_out=want_c)
+    got_c = torch.empty((540, 960), dtype=torch.uint8, device="cuda")
+    got_l = kcuda.postprocess(
+        torch.from_numpy(scores).cuda(), (540, 960), mode=mode, upsample=k, conf_out=got_c
+    )
+    np.testing.assert_array_equal(got_l.cpu().numpy(), want_l)
+    np.testing.assert_array_equal(got_c.cpu().numpy(), want_c)
+    assert want_c.min() == round(255 / 11)

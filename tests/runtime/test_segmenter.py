@@ -110,3 +110,50 @@ def test_compile_of_an_exported_model_is_one_clear_error(tiny_onnx, tmp_path, su
 def test_unknown_backend(tiny_onnx):
     with pytest.raises(EdgesegError, match="unknown backend 'onnx'"):
         Segmenter(tiny_onnx, backend="onnx")
+
+
+def test_confidence_is_computed_only_when_asked(tiny_onnx, frame):
+    from edgeseg.runtime import kernels
+
+    plain = Segmenter(tiny_onnx)(frame)
+    assert plain.confidence is None
+    seg = Segmenter(tiny_onnx, confidence=True)
+    res = seg(frame, 0.5)
+    scores = seg.infer(seg.prepare([frame]))
+    want = np.empty(frame.shape[:2], np.uint8)
+    labels = kernels.postprocess(scores, frame.shape[:2], upsample=seg.upsample, conf_out=want)
+    np.testing.assert_array_equal(res.confidence, want)
+    np.testing.assert_array_equal(res.labels, labels)
+    np.testing.assert_array_equal(res.labels, plain.labels)  # asking changes no label
+    assert res.confidence.dtype == np.uint8 and res.confidence.shape == frame.shape[:2]
+
+
+def test_min_confidence_gives_unsure_pixels_the_ignore_label(tiny_onnx, frame):
+    sure = Segmenter(tiny_onnx, confidence=True)(frame)
+    floor = float(np.median(sure.confidence)) / 255  # about half the pixels fall below it
+    res = Segmenter(tiny_onnx, min_confidence=floor)(frame)
+    unsure = sure.confidence < floor * 255
+    assert 0 < unsure.mean() < 1
+    assert (res.labels[unsure] == res.spec.ignore_index).all()
+    np.testing.assert_array_equal(res.labels[~unsure], sure.labels[~unsure])
+    np.testing.assert_array_equal(res.confidence, sure.confidence)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"min_confidence": 1.5}, r"min_confidence is a probability in \[0, 1\], got 1.5"),
+    ({"confidence": True, "fuse_resize": False}, None),
+])  # fmt: skip
+def test_confidence_settings_are_checked(tiny_onnx, kw, match):
+    if match is None:  # a model whose resize stays in the graph: confidence at the model's output
+        assert Segmenter(tiny_onnx, **kw).confidence
+        return
+    with pytest.raises(EdgesegError, match=match):
+        Segmenter(tiny_onnx, **kw)
+
+
+def test_confidence_of_an_argmax_model_is_one_clear_error(tiny_run, tmp_path):
+    from edgeseg.export.onnx import export_onnx
+
+    argmax = export_onnx(tiny_run / "best.pt", tmp_path, argmax=True)["path"]
+    with pytest.raises(EdgesegError, match="needs a model that outputs class scores"):
+        Segmenter(argmax, min_confidence=0.5)

@@ -5,6 +5,7 @@ CUDA graphs and their failures, contexts on other threads, several GPUs, resourc
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from pathlib import Path
@@ -224,10 +225,10 @@ def test_fault5_the_fake_does_refuse_a_thread_without_a_context(gpu):
 def test_fault6_cuda_1_runs_on_gpu_1_and_checks_gpu_1s_name(gpu, tiny_onnx, tmp_path):
     engine = _engine(tiny_onnx, tmp_path)  # built on GPU 0
     with pytest.raises(EdgesegError, match="built for Fake GPU 0, this GPU is Fake GPU 1"):
-        Segmenter(engine, device="cuda:1")
+        Segmenter(engine, device="cuda:1", rebuild=False)
     assert set(cuda_driver._DRIVERS) == {0, 1} and cuda_driver._DRIVERS[1].index == 1
     with pytest.raises(EdgesegError, match="device 'cuda:2'|numbered from 0"):
-        Segmenter(engine, device="cuda:2")
+        Segmenter(engine, device="cuda:2", rebuild=False)
 
 
 @pytest.mark.parametrize("dtype", ["INT8", "BOOL"])
@@ -271,14 +272,14 @@ def test_a_cache_hit_never_creates_a_builder(gpu, tiny_onnx, tmp_path):
     assert (tmp_path / "b.engine").read_bytes() == (tmp_path / "a.engine").read_bytes()
 
 
-def test_an_engine_of_another_tensorrt_version_is_refused(gpu, tiny_onnx, tmp_path):
+def test_an_engine_of_another_tensorrt_version_is_refused_with_no_rebuild(gpu, tiny_onnx, tmp_path):
     engine = _engine(tiny_onnx, tmp_path)
     side = Path(f"{engine}.json")
     meta = json.loads(side.read_text())
     meta["tensorrt"]["version"] = "10.7.0"
     side.write_text(json.dumps(meta))
     with pytest.raises(EdgesegError, match="built with TensorRT 10.7.0, this machine has 11.1.0"):
-        Segmenter(engine)
+        Segmenter(engine, rebuild=False)
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
@@ -607,3 +608,195 @@ def test_an_engine_is_built_on_the_gpu_its_record_names(gpu, tiny_onnx, tmp_path
     rec = build_engine(tiny_onnx, tmp_path / "m.engine", use_cache=False)
     assert rec["gpu"] == "Fake GPU 0"
     assert json.loads((tmp_path / "m.engine").read_bytes())["device"] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# An engine that repairs itself: one built by another TensorRT version or for another GPU is
+# rebuilt from the ONNX its record names (path and hash checked), with the same build options.
+
+
+def _own_onnx(tiny_onnx, folder: Path) -> Path:
+    """A copy of the tiny ONNX that the test may move, change or delete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "model.onnx"
+    out.write_bytes(Path(tiny_onnx).read_bytes())
+    return out
+
+
+def _make_foreign(engine: Path, **built) -> dict:
+    """``engine`` as if built elsewhere: its record says ``built`` (version, gpu), and its plan
+    is one this TensorRT cannot load. Returns the record as it was."""
+    side = Path(f"{engine}.json")
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "tensorrt": {**meta["tensorrt"], **built}}))
+    engine.write_bytes(b"a plan of TensorRT 10.7")
+    return meta
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_an_engine_of_another_tensorrt_version_is_rebuilt_from_its_onnx(
+    gpu, tiny_onnx, tmp_path, frame, capsys
+):
+    from edgeseg.runtime.engine_files import read_sidecar
+
+    onnx = _own_onnx(tiny_onnx, tmp_path / "src")
+    engine = _engine(onnx, tmp_path, "2,4,8")  # built without the cache: the cache is empty
+    before = _make_foreign(engine, version="10.7.0")
+    capsys.readouterr()
+    fake_tensorrt.calls.clear()
+    seg = Segmenter(engine)
+    line = _one_line(capsys.readouterr().err)
+    assert "built with TensorRT 10.7.0, this machine has 11.1.0" in line and "rebuilding" in line
+    assert str(onnx) in line
+    assert ("build_serialized_network",) in fake_tensorrt.calls
+    after = read_sidecar(engine)
+    assert after["tensorrt"]["version"] == "11.1.0"
+    # same ONNX, precision, profile and workspace: only what the machine changes differs
+    assert after["spec"] == before["spec"]
+    for key in ("options", "onnx_sha256", "strongly_typed", "gpu"):
+        assert after["tensorrt"][key] == before["tensorrt"][key], key
+    assert (seg.backend.caps.min_batch, seg.backend.caps.max_batch) == (2, 8)
+    ref = Segmenter(tiny_onnx, fuse_resize=False)
+    for got in seg.segment([frame, frame], 0.5):  # the profile takes 2 to 8 frames
+        np.testing.assert_array_equal(got.vis, ref(frame, 0.5).vis)
+    # the engine cache holds the new plan; nothing half-written is left beside the engine
+    cached = tmp_path / "cache" / "engines" / f"{after['tensorrt']['cache_key']}.engine"
+    assert cached.read_bytes() == engine.read_bytes()
+    assert sorted(p.name for p in engine.parent.iterdir() if p.is_file()) == [
+        engine.name,
+        f"{engine.name}.json",
+    ]
+    fake_tensorrt.calls.clear()
+    Segmenter(engine)  # the next load takes it as it is
+    assert ("Builder",) not in fake_tensorrt.calls and capsys.readouterr().err == ""
+
+
+def test_an_engine_for_another_gpu_is_rebuilt_on_the_gpu_it_runs_on(
+    gpu, tiny_onnx, tmp_path, frame, capsys
+):
+    engine = _engine(_own_onnx(tiny_onnx, tmp_path / "src"), tmp_path)  # GPU 0's
+    seg = Segmenter(engine, device="cuda:1")
+    line = _one_line(capsys.readouterr().err)
+    assert "built for Fake GPU 0, this GPU is Fake GPU 1" in line
+    assert json.loads(Path(f"{engine}.json").read_text())["tensorrt"]["gpu"] == "Fake GPU 1"
+    assert json.loads(engine.read_bytes())["device"] == 1  # built in GPU 1's context
+    assert seg.backend.engine.ctx is gpu.contexts[1]
+    want = Segmenter(tiny_onnx, fuse_resize=False)(frame).labels
+    np.testing.assert_array_equal(seg(frame).labels, want)
+
+
+@pytest.mark.parametrize(
+    "built,why",
+    [
+        ({"version": "10.7.0"}, "built with TensorRT 10.7.0, this machine has 11.1.0"),
+        ({"gpu": "Orin"}, "built for Orin, this GPU is Fake GPU 0"),
+    ],
+)
+def test_no_rebuild_refuses_a_foreign_engine_as_before(gpu, tiny_onnx, tmp_path, built, why):
+    engine = _engine(_own_onnx(tiny_onnx, tmp_path / "src"), tmp_path)
+    _make_foreign(engine, **built)
+    fake_tensorrt.calls.clear()
+    with pytest.raises(EdgesegError, match=why):
+        Segmenter(engine, rebuild=False)
+    assert engine.read_bytes() == b"a plan of TensorRT 10.7" and not fake_tensorrt.calls
+
+
+def _unrecord(key):
+    def edit(engine: Path, onnx: Path) -> None:
+        side = Path(f"{engine}.json")
+        meta = json.loads(side.read_text())
+        if key == "options":
+            meta["tensorrt"]["options"]["turbo"] = True
+        else:
+            for k in ("onnx", "onnx_relative", "onnx_sha256"):
+                meta["tensorrt"].pop(k, None)
+        side.write_text(json.dumps(meta))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda engine, onnx: onnx.unlink(), r"its ONNX \S*model.onnx is missing"),
+        (
+            lambda engine, onnx: onnx.write_bytes(onnx.read_bytes() + b"\0"),
+            r"its ONNX \S*model.onnx has changed since the engine was built",
+        ),
+        (_unrecord("onnx"), "its record names no ONNX"),
+        (_unrecord("options"), "it has build options this edgeseg does not know: turbo"),
+    ],
+    ids=["missing", "changed", "unrecorded", "unknown-option"],
+)
+def test_an_engine_that_cannot_be_rebuilt_is_refused_with_the_reason(
+    gpu, tiny_onnx, tmp_path, damage, reason
+):
+    onnx = _own_onnx(tiny_onnx, tmp_path / "src")
+    engine = _engine(onnx, tmp_path)
+    _make_foreign(engine, version="10.7.0")
+    damage(engine, onnx)
+    fake_tensorrt.calls.clear()
+    with pytest.raises(EdgesegError) as e:
+        Segmenter(engine)
+    msg = str(e.value)
+    assert "\n" not in msg and "built with TensorRT 10.7.0, this machine has 11.1.0" in msg
+    assert re.search(f"cannot be rebuilt here: {reason}", msg), msg
+    assert "edgeseg export" in msg  # the fix
+    assert engine.read_bytes() == b"a plan of TensorRT 10.7" and not fake_tensorrt.calls
+
+
+def test_an_engine_that_cannot_be_written_is_one_clear_error(gpu, tiny_onnx, tmp_path, monkeypatch):
+    """A read-only deployment folder (root ignores chmod: the write fails by hand)."""
+    from edgeseg._io import atomic_path as real
+    from edgeseg.export import engine as builder
+
+    engine = _engine(_own_onnx(tiny_onnx, tmp_path / "src"), tmp_path)
+    _make_foreign(engine, version="10.7.0")
+
+    def read_only(path, *a, **k):
+        if Path(path).parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(builder, "atomic_path", read_only)
+    with pytest.raises(EdgesegError) as e:
+        Segmenter(engine)
+    msg = str(e.value)
+    assert "\n" not in msg and "could not be rebuilt: cannot write" in msg, msg
+    assert "Permission denied" in msg and engine.read_bytes() == b"a plan of TensorRT 10.7"
+
+
+def test_an_exported_engine_finds_its_onnx_after_the_export_folder_moves(
+    gpu, tiny_run, tmp_path, frame, capsys, monkeypatch
+):
+    """``edgeseg export --trt`` builds in a staging folder and moves the files out; then the
+    folder is copied to the robot. The record still leads to the ONNX beside the engine; the
+    CLI's --no-rebuild refuses with one line, without it predict rebuilds and runs."""
+    import cv2
+
+    from edgeseg.cli import main
+
+    made = tmp_path / "made"
+    assert main(["export", str(tiny_run / "best.pt"), "--out", str(made), "--trt"]) == 0
+    robot = tmp_path / "robot"
+    made.rename(robot)
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "robot-cache"))  # another machine's
+    engine = robot / "model.engine"
+    _make_foreign(engine, version="10.7.0")
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), frame)
+    argv = ["predict", "--model", str(engine), str(tmp_path / "img"), "--out", str(tmp_path / "p")]
+    capsys.readouterr()
+    assert main([*argv, "--no-rebuild"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "error" in line and "built with TensorRT 10.7.0, this machine has 11.1.0" in line
+    assert main(argv) == 0
+    line = _one_line(capsys.readouterr().err)
+    assert "rebuilding" in line and str(robot / "model.onnx") in line
+    want = Segmenter(robot / "model.onnx", fuse_resize=False)(frame).labels
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "p" / "a.png"), 0), want)

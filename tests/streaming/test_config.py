@@ -41,9 +41,11 @@ def test_every_stream_setting_reaches_the_run_not_only_its_check(tiny_onnx, tmp_
             "--reconnect", "--rtsp-transport", "udp", "--stall-timeout", "30", "--backend",
             "ort", "--batch", "3", "--batch-wait", "20", "--infer-workers", "1",
             "--smooth-cut", "0.5", "--backoff", "0.1", "0.2", "--open-timeout", "20",
-            "--stop-timeout", "7", "--queue-size", "3", "--kernel-threads", "2"]  # fmt: skip
+            "--stop-timeout", "7", "--queue-size", "3", "--kernel-threads", "2",
+            "--no-rebuild", "--confidence", "--save-confidence", str(tmp_path / "c"),
+            "--min-confidence", "0.2"]  # fmt: skip
     fields = {f.name for f in dataclasses.fields(StreamConfig)}
-    flags = {a[2:].replace("-", "_") for a in argv if a.startswith("--")}
+    flags = {a[2:].replace("-", "_").removeprefix("no_") for a in argv if a.startswith("--")}
     assert fields - flags == set(NOT_WALKED), "walk the new setting, or say where it acts"
 
     reads: set[str] = set()
@@ -68,6 +70,8 @@ def test_every_stream_setting_reaches_the_run_not_only_its_check(tiny_onnx, tmp_
     assert main(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["frames_out"] == 12
+    assert all(0 < src["mean_confidence"] <= 1 for src in report["sources"])
+    assert len(list((tmp_path / "c").glob("run-*/*.png"))) == 12
     assert fields - reads - set(NOT_WALKED) == set()
 
 

@@ -148,3 +148,25 @@ def test_metrics_listen_on_localhost_unless_told_and_a_busy_port_is_one_clear_er
             MetricsServer(stats, server.port, model="m.onnx", backend="ort")
     finally:
         server.close()
+
+
+def test_mean_confidence_is_served_only_when_the_stream_computes_it():
+    """The gauge is the mean of the last 30 frames' mean confidence, per source; a source
+    without confidence has no sample (absent, not a misleading 0)."""
+    stats = StreamStats(["cam", "other"], ["realtime", "realtime"])
+    for i in range(40):  # the first 10 fall out of the window
+        stats.frame_out(0, 0.0, {}, confidence=0.2 if i < 10 else 0.5 + i / 1000)
+    stats.frame_out(1, 0.0, {})
+    server = MetricsServer(stats, 0, model="m.onnx", backend="ort")
+    try:
+        families = _scrape(server.url)
+    finally:
+        server.close()
+    (sample,) = families["edgeseg_mean_confidence"]
+    assert sample.labels["source"] == "cam"
+    assert sample.value == pytest.approx(0.5 + sum(range(10, 40)) / 30 / 1000)
+    report = stats.report("m.onnx", "ort")["sources"]
+    assert report[0]["mean_confidence"] == pytest.approx(
+        (10 * 0.2 + 30 * 0.5 + 0.7350) / 40, abs=1e-4
+    )
+    assert report[1]["mean_confidence"] is None

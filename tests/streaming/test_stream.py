@@ -57,6 +57,7 @@ SOURCE_KEYS = {
     "error_count",
     "errors",
     "outages",
+    "mean_confidence",  # null unless the stream computes confidence
 }
 
 
@@ -500,3 +501,21 @@ def test_the_mosaic_tiles_each_source_with_its_own_hud():
     mosaic.update(2, tall, [])
     third = mosaic.canvas[90:, :160]
     assert third[:, :40].max() == 0 and third[:, 70:90].min() == 200  # letterboxed, aspect kept
+
+
+def test_confidence_reaches_the_results_the_files_and_the_report(tiny_onnx, clip, tmp_path):
+    seg = Segmenter(tiny_onnx, confidence=True)
+    got = []
+    saved = MaskSink(tmp_path / "conf", plane="confidence")
+    pipe = StreamPipeline(seg, [str(clip)], sinks=[collect(got), saved], mode="every-frame")
+    rep = pipe.run()
+    assert len(got) == rep["frames_out"] == 24
+    files = sorted((tmp_path / "conf").glob("run-*/*.png"))
+    assert [f.name for f in files] == [f"{r.index:06d}.png" for r in got]
+    for r, f in zip(got, files):
+        assert r.confidence.shape == r.labels.shape
+        np.testing.assert_array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), r.confidence)
+    means = [r.confidence.mean() / 255 for r in got]
+    assert rep["sources"][0]["mean_confidence"] == pytest.approx(np.mean(means), abs=1e-4)
+    plain = StreamPipeline(Segmenter(tiny_onnx), [str(clip)], sinks=[], max_frames=2).run()
+    assert plain["sources"][0]["mean_confidence"] is None

@@ -18,6 +18,7 @@ BACKENDS = ("auto", "ort", "trt", "torch")
 _SUFFIXES = {".onnx": "ort", ".engine": "trt", ".plan": "trt", ".pt": "torch", ".pth": "torch"}
 _ORT_OPTIONS = ("threads", "spin", "exact_qdq", "fuse_resize", "io_binding")
 _TORCH_OPTIONS = ("compile",)
+_TRT_OPTIONS = ("rebuild",)
 
 
 def file_backend(path: str | os.PathLike) -> str | None:
@@ -63,7 +64,8 @@ def load_backend(
     file or engine computes in the precision it was exported with (asking for another is an
     error). ``options`` go to the backend that takes them: ONNX Runtime ``threads``, ``spin``,
     ``exact_qdq``, ``fuse_resize``, ``io_binding``; PyTorch ``compile`` (an error for the
-    others: an ONNX file or engine was compiled at export).
+    others: an ONNX file or engine was compiled at export); TensorRT ``rebuild`` (default True:
+    an engine of another TensorRT version or GPU is rebuilt from its ONNX; False: refused).
     """
     path = zoo.resolve(path, "checkpoint" if backend == "torch" else "onnx")
     kind = _check_path(path, backend)
@@ -81,7 +83,11 @@ def load_backend(
     if kind == "trt":
         from edgeseg.runtime.backends.tensorrt import TensorRTBackend
 
-        loaded: Backend = TensorRTBackend(path, device if device.startswith("cuda") else "cuda")
+        loaded: Backend = TensorRTBackend(
+            path,
+            device if device.startswith("cuda") else "cuda",
+            **{k: v for k, v in options.items() if k in _TRT_OPTIONS},
+        )
     else:
         from edgeseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 

@@ -23,9 +23,16 @@ import numpy as np
 
 from edgeseg.device import cuda_index
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime import engine_files
 from edgeseg.runtime.backends.base import Backend, Capabilities, DeviceIO
 from edgeseg.runtime.cuda_driver import get_driver
-from edgeseg.runtime.engine_files import check_engine, import_tensorrt, read_sidecar, trt
+from edgeseg.runtime.engine_files import (
+    check_engine,
+    engine_mismatch,
+    import_tensorrt,
+    read_sidecar,
+    trt,
+)
 from edgeseg.spec import ModelSpec
 
 INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what the preprocess kernel writes
@@ -54,18 +61,27 @@ def dims(shape: trt.Dims) -> tuple[int, ...]:
 
 
 class TensorRTBackend(Backend):
-    """Runs a serialized TensorRT engine on one GPU (``cuda:N``)."""
+    """Runs a serialized TensorRT engine on one GPU (``cuda:N``).
+
+    ``rebuild``: an engine built by another TensorRT version or for another GPU is rebuilt in
+    place from the ONNX its record names (False: refused, as ``--no-rebuild`` asks)."""
 
     name = "trt"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cuda", driver: Any = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "cuda",
+        driver: Any = None,
+        rebuild: bool = True,
+    ) -> None:
         import_tensorrt()  # a clear error first when TensorRT is missing
         self.path = Path(path)
         meta = read_sidecar(self.path)
-        self.spec = ModelSpec.from_dict(meta["spec"], origin=str(self.path))
         index = cuda_index(device if device.startswith("cuda") else "cuda")
         self.drv = driver or get_driver(index)
-        check_engine(meta, trt.__version__, self.drv.gpu_name(), self.path)
+        meta = self._runnable(meta, index, rebuild)
+        self.spec = ModelSpec.from_dict(meta["spec"], origin=str(self.path))
         # TensorRT loads the engine into the thread's current context: this GPU's, even when
         # the thread last used another GPU (or none yet: TensorRT would take GPU 0).
         self.drv.ensure_current()
@@ -97,6 +113,18 @@ class TensorRTBackend(Backend):
         self._shape_batch: int | None = None
         self._stream = None
         self._pinned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _runnable(self, meta: dict[str, Any], index: int, rebuild: bool) -> dict[str, Any]:
+        """The record of an engine that runs on this TensorRT and GPU: ``meta`` itself, or the
+        record of the engine rebuilt from its ONNX (``rebuild``); otherwise refused."""
+        why = engine_mismatch(meta, trt.__version__, self.drv.gpu_name())
+        rebuilder = engine_files.REBUILD if rebuild else None
+        if why is None or rebuilder is None:
+            # passes an engine of this machine; refuses a foreign one, saying how to rebuild it
+            check_engine(meta, trt.__version__, self.drv.gpu_name(), self.path)
+            return meta
+        rebuilder(self.path, meta, why, device=index)
+        return read_sidecar(self.path)
 
     def _io_names(self) -> tuple[str, str]:
         e = self.engine

@@ -190,6 +190,7 @@ def postprocess(
     mode: str = "nearest",
     overlay_out: np.ndarray | None = None,
     upsample: int = 1,
+    conf_out: np.ndarray | None = None,
 ):
     """Model output -> uint8 labels at ``frame_hw``; with ``frame``, also the colour overlay.
 
@@ -201,6 +202,10 @@ def postprocess(
     graph (see ``OnnxRuntimeBackend(fuse_resize=True)``); the resize happens here, fused with
     the argmax, and the labels equal those of the whole model followed by ``mode="nearest"``
     up to float rounding in the resize.
+    ``conf_out`` (uint8 (H, W), logits only): receives each pixel's confidence, round(255 x the
+    softmax probability of the winning class) where the argmax is taken — at model size (after
+    the ``upsample``) and upsampled with the labels in nearest mode, at the output pixel from the
+    upsampled logits in bilinear mode; computed in the argmax's pass, and not at all without it.
     Returns ``labels``, or ``(labels, overlay)`` when ``frame`` is given; ``out`` and
     ``overlay_out`` receive them without allocation.
     """
@@ -213,6 +218,10 @@ def postprocess(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if out is not None:
         _check_out(out, (H, W), np.uint8, "out")
+    if conf_out is not None:
+        _check_out(conf_out, (H, W), np.uint8, "conf_out")
+        if scores.ndim != 4:
+            raise ValueError("confidence needs (1, C, h, w) logits, not labels")
     if frame is not None:
         frame = _check_frame(frame)
         if frame.shape[:2] != (H, W):
@@ -223,7 +232,7 @@ def postprocess(
             _check_out(overlay_out, (H, W, 3), np.uint8, "overlay_out")
     if implementation == "reference":
         res = reference.postprocess(
-            scores, (H, W), palette, frame, alpha, out=out, mode=mode, upsample=upsample
+            scores, (H, W), palette, frame, alpha, out, mode, upsample, conf_out
         )
         if frame is not None and overlay_out is not None:
             overlay_out[...] = res[1]
@@ -244,6 +253,7 @@ def postprocess(
         lut,
         float(alpha),
         upsample,
+        conf_out,
     )
     return labels if frame is None else (labels, vis)
 

@@ -81,18 +81,20 @@ class CudaKernels:
         small: int,
         upsample: int,
         stream: Any,
+        small_conf: int = 0,
     ) -> tuple[int, int, int]:
-        """Labels at model size (x ``upsample``) into ``small``; returns (pointer, h, w)."""
+        """Labels at model size (x ``upsample``) into ``small`` (and with ``small_conf`` each
+        pixel's confidence there, in the same kernel); returns (pointer, h, w)."""
         h, w = model_hw
+        conf, conf_args = ("_conf", (small_conf,)) if small_conf else ("", ())
         if kind in LOGITS and upsample > 1:  # the model's trailing resize, fused with the argmax
             hu, wu = h * upsample, w * upsample
-            args = (scores, classes, h, w, small, hu, wu)
-            self.driver.launch(f"bilinear_argmax_{kind}", _grid(wu, hu), _BLOCK, args, stream)
+            args = (scores, classes, h, w, small, *conf_args, hu, wu)
+            self.driver.launch(f"bilinear_argmax{conf}_{kind}", _grid(wu, hu), _BLOCK, args, stream)
             return small, hu, wu
         if kind in LOGITS:
-            self.driver.launch(
-                f"argmax_{kind}", _grid(w, h), _BLOCK, (scores, classes, h, w, small), stream
-            )
+            args = (scores, classes, h, w, small, *conf_args)
+            self.driver.launch(f"argmax{conf}_{kind}", _grid(w, h), _BLOCK, args, stream)
             return small, h, w
         if kind == "u8":
             return scores, h, w
@@ -119,6 +121,8 @@ class CudaKernels:
         keep_q: int = 0,
         stream: Any = 0,
         upsample: int = 1,
+        conf: int = 0,
+        small_conf: int = 0,
     ) -> None:
         """Scores at ``scores`` -> uint8 labels at ``labels`` (frame size), optional overlay.
 
@@ -126,20 +130,32 @@ class CudaKernels:
         ``small``: scratch of :func:`scratch_bytes` bytes (labels at model size); unused for u8
         labels and for ``mode="bilinear"`` without an overlay. ``upsample=k`` (nearest mode,
         logits): the logits are a model's before its trailing x``k`` bilinear resize, done here
-        fused with the argmax, as the CPU kernel does.
+        fused with the argmax, as the CPU kernel does. ``conf`` (logits only): uint8 (H, W)
+        confidence where the argmax is taken, computed by the argmax's kernel (at model size
+        into ``small_conf``, of :func:`scratch_bytes` bytes, then upsampled like the labels).
         """
         H, W = frame_hw
         if upsample > 1 and (kind not in LOGITS or mode != "nearest"):
             raise ValueError("upsample > 1 needs logits and mode='nearest'")
+        if conf and kind not in LOGITS:
+            raise ValueError("confidence needs logits, not labels")
         if kind in LOGITS and mode == "bilinear":
             h, w = model_hw
-            args = (scores, classes, h, w, labels, H, W)
-            self.driver.launch(f"bilinear_argmax_{kind}", _grid(W, H), _BLOCK, args, stream)
+            name, extra = (
+                (f"bilinear_argmax_conf_{kind}", (conf,))
+                if conf
+                else (f"bilinear_argmax_{kind}", ())
+            )
+            args = (scores, classes, h, w, labels, *extra, H, W)
+            self.driver.launch(name, _grid(W, H), _BLOCK, args, stream)
             src, sh, sw = labels, H, W  # the overlay pass below keeps labels as they are
         else:
             src, sh, sw = self._labels_small(
-                scores, kind, classes, model_hw, small, upsample, stream
+                scores, kind, classes, model_hw, small, upsample, stream, small_conf if conf else 0
             )
+            if conf:  # nearest: the confidence plane follows the labels' taps (no overlay)
+                args = (small_conf, sh, sw, conf, H, W, 0, 0, 0, 0, 0)
+                self.driver.launch("upsample_blend", _grid(W, H), _BLOCK, args, stream)
         if src == labels and not overlay:
             return
         args = (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q)
@@ -300,8 +316,10 @@ def postprocess(
     overlay_out=None,
     scratch=None,
     upsample: int = 1,
+    conf_out=None,
 ):
-    """CUDA scores tensor -> CUDA uint8 labels (and overlay when ``frame`` is given).
+    """CUDA scores tensor -> CUDA uint8 labels (and overlay when ``frame`` is given; with
+    ``conf_out``, a CUDA uint8 (H, W) tensor, each pixel's confidence written there).
 
     ``scores``: (1, C, h, w) float32/float16 or (1, h, w) integer labels. Returns ``labels`` or
     ``(labels, overlay)``; ``out``/``overlay_out``/``scratch`` avoid allocation. ``upsample``:
@@ -318,6 +336,12 @@ def postprocess(
         scratch if scratch is not None else torch.empty((nbytes,), dtype=torch.uint8, device=dev)
     )
     kern, tables = _for(scores)
+    conf = small_conf = None
+    if conf_out is not None:
+        if conf_out.dtype != torch.uint8 or tuple(conf_out.shape) != (H, W) or not conf_out.is_cuda:
+            raise ValueError(f"conf_out must be a CUDA uint8 ({H}, {W}) tensor")
+        conf = conf_out
+        small_conf = torch.empty((nbytes,), dtype=torch.uint8, device=dev)
     blend, vis = (0, 0, 0, 0, 0), None
     if frame is not None:
         if palette is None:
@@ -346,6 +370,8 @@ def postprocess(
         *blend,
         stream=_stream(scores),
         upsample=upsample,
+        conf=conf.data_ptr() if conf is not None else 0,
+        small_conf=small_conf.data_ptr() if small_conf is not None else 0,
     )
     return labels if vis is None else (labels, vis)
 

@@ -141,8 +141,10 @@ def postprocess(
     out: np.ndarray | None = None,
     mode: str = "nearest",
     upsample: int = 1,
+    conf_out: np.ndarray | None = None,
 ):
-    """Model output -> uint8 labels at ``frame_hw`` (and the overlay when ``frame`` is given).
+    """Model output -> uint8 labels at ``frame_hw`` (and the overlay when ``frame`` is given;
+    with ``conf_out``, the :func:`confidence` written there).
 
     ``mode="nearest"`` takes the argmax at model size and upsamples labels (fast);
     ``mode="bilinear"`` upsamples logits first, then takes the argmax (what accuracy metrics use).
@@ -152,6 +154,8 @@ def postprocess(
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
     scores = np.asarray(scores)
+    if conf_out is not None:
+        conf_out[...] = confidence(scores, frame_hw, mode, upsample)
     if upsample > 1:  # the model's own last step, then the usual nearest path
         if scores.ndim != 4 or mode != "nearest":
             raise ValueError("upsample > 1 needs (1, C, h, w) logits and mode='nearest'")
@@ -171,6 +175,55 @@ def postprocess(
     if palette is None:
         raise ValueError("an overlay needs a palette")
     return labels, overlay(frame, labels, palette, alpha)
+
+
+_LOG2E, _LN2_HI, _LN2_LO = (
+    np.float32(1.44269504),
+    np.float32(0.693145752),
+    np.float32(1.42860677e-06),
+)
+_EXP_POLY = [np.float32(c) for c in (4.16666667e-2, 1.66666667e-1, 0.5, 1.0, 1.0)]
+
+
+def exp_nonpositive(x: np.ndarray) -> np.ndarray:
+    """exp(x) for x <= 0 in float32 multiplies and adds, as pixel_ops.h computes it (library exp
+    differs between NumPy, the CPU and CUDA in the last place; this is the same everywhere)."""
+    x = np.maximum(x.astype(np.float32), np.float32(-87.0))
+    k = (x * _LOG2E - np.float32(0.5)).astype(np.int32)  # truncation: round half away from 0
+    kf = k.astype(np.float32)
+    r = (x - kf * _LN2_HI) - kf * _LN2_LO
+    p = np.full_like(r, np.float32(8.33333333e-3))
+    for c in _EXP_POLY:
+        p = p * r + c
+    return p * ((k + 127).astype(np.uint32) << 23).view(np.float32)
+
+
+def top_probability_u8(scores_hwc: np.ndarray) -> np.ndarray:
+    """(H, W, C) float scores -> uint8 round(255 x the top class's softmax probability): the max,
+    then exp(score - max) summed in class order."""
+    v = scores_hwc.astype(np.float32, copy=False)
+    best = v.max(-1)
+    total = np.zeros(best.shape, np.float32)
+    for c in range(v.shape[-1]):
+        total += exp_nonpositive(v[..., c] - best)
+    return (np.float32(255.0) / total + np.float32(0.5)).astype(np.int32).astype(np.uint8)
+
+
+def confidence(
+    scores: np.ndarray, frame_hw: tuple[int, int], mode: str = "nearest", upsample: int = 1
+) -> np.ndarray:
+    """uint8 (H, W) confidence where :func:`postprocess` takes the argmax: at model size (after an
+    ``upsample``) then upsampled like the labels in nearest mode; of the upsampled logits at each
+    output pixel in bilinear mode."""
+    scores = np.asarray(scores)
+    if scores.ndim != 4 or not np.issubdtype(scores.dtype, np.floating):
+        raise ValueError("confidence needs (1, C, h, w) float logits, not labels")
+    hwc = scores[0].transpose(1, 2, 0)
+    if upsample > 1:
+        hwc = resize_bilinear(hwc, (hwc.shape[0] * upsample, hwc.shape[1] * upsample))
+    if mode == "bilinear":
+        return top_probability_u8(resize_bilinear(hwc, frame_hw))
+    return resize_nearest(top_probability_u8(hwc), frame_hw)
 
 
 def cut_limit(cut: float, pixels: int) -> int:
