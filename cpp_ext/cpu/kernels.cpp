@@ -134,20 +134,25 @@ void postprocess(const py::array& scores, int dtype, py::array& labels_out, bool
         if (ov.out) blend_only(lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
         return;
     }
-    thread_local std::vector<u8> small, small_conf;
-    u8* sc = nullptr;  // the confidence where the argmax is taken, before the nearest upsample
+    // Nearest mode: the confidence of the scores' own grid (before a fused upsample), upsampled to
+    // the frame with nearest taps (docs/kernels.md, "how the upsample interacts").
+    thread_local std::vector<u8> small, small_conf, grid_labels;
+    u8* sc = conf ? (small_conf.resize((size_t)h * w), small_conf.data()) : nullptr;
     if (upsample > 1) {
         const int hu = h * upsample, wu = w * upsample;
         small.resize((size_t)hu * wu);
-        if (conf) small_conf.resize((size_t)hu * wu), sc = small_conf.data();
-        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, small.data(), hu, wu, sc);
-        else bilinear_labels(static_cast<const u16*>(s), C, h, w, small.data(), hu, wu, sc);
-        upsample_and_blend(small.data(), hu, wu, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q,
-                           sc, conf);
+        if (dtype == F32) bilinear_labels(static_cast<const float*>(s), C, h, w, small.data(), hu, wu);
+        else bilinear_labels(static_cast<const u16*>(s), C, h, w, small.data(), hu, wu);
+        if (conf) {
+            grid_labels.resize((size_t)h * w);
+            if (dtype == F32) argmax_rows(static_cast<const float*>(s), C, h, w, grid_labels.data(), sc);
+            else argmax_rows(static_cast<const u16*>(s), C, h, w, grid_labels.data(), sc);
+            upsample_and_blend(sc, h, w, conf, H, W, nullptr, 0, nullptr, nullptr, 0);
+        }
+        upsample_and_blend(small.data(), hu, wu, lab, H, W, ov.frame, ov.pitch, ov.out, ov.colour_q.data(), ov.keep_q);
         return;
     }
     small.resize((size_t)h * w);
-    if (conf) small_conf.resize((size_t)h * w), sc = small_conf.data();
     switch (dtype) {
         case F32: argmax_rows(static_cast<const float*>(s), C, h, w, small.data(), sc); break;
         case F16: argmax_rows(static_cast<const u16*>(s), C, h, w, small.data(), sc); break;

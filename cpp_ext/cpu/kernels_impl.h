@@ -115,15 +115,14 @@ inline fvec loadv(const float* p) {
 inline fvec exp_nonpositive_v(fvec x) {
     const fvec floor_x = fvec{} - 87.0f;
     x = x < floor_x ? floor_x : x;
-    const ivec k = __builtin_convertvector(x * ES_EXP_LOG2E - 0.5f, ivec);
-    const fvec kf = __builtin_convertvector(k, fvec);
-    const fvec r = (x - kf * ES_EXP_LN2_HI) - kf * ES_EXP_LN2_LO;
-    fvec p = fvec{} + 8.33333333e-3f;
-    p = p * r + 4.16666667e-2f;
-    p = p * r + 1.66666667e-1f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const fvec t = x * ES_EXP_LOG2E;
+    const ivec k = __builtin_convertvector(t - 0.5f, ivec);
+    const fvec f = t - __builtin_convertvector(k, fvec);
+    fvec p = fvec{} + 9.61812911e-3f;
+    p = p * f + 5.55041087e-2f;
+    p = p * f + 2.40226507e-1f;
+    p = p * f + 6.93147181e-1f;
+    p = p * f + 1.0f;
     const ivec bits = (k + 127) << 23;
     fvec scale;
     std::memcpy(&scale, &bits, sizeof scale);
@@ -132,8 +131,9 @@ inline fvec exp_nonpositive_v(fvec x) {
 
 // ``value(c, half)``: class c of lanes [kLanes * half, kLanes * (half + 1)). Lane l's label goes
 // to ``out[l * stride]``, and with ``conf`` its confidence (pixel_ops.h confidence_u8) to
-// ``conf[l * stride]``: a second pass over the classes, whose values are still in cache.
-template <typename F>
+// ``conf[l * stride]``: a second pass over the classes, whose values are still in cache. ``Conf``
+// is a template parameter so that the loop without it compiles as if it did not exist.
+template <bool Conf = false, typename F>
 inline void argmax_block(int C, F value, u8* out, i64 stride, u8* conf = nullptr) {
     fvec b0 = value(0, 0), b1 = value(0, 1);
     ivec a0 = {}, a1 = {};
@@ -150,7 +150,7 @@ inline void argmax_block(int C, F value, u8* out, i64 stride, u8* conf = nullptr
         out[l * stride] = (u8)a0[l];
         out[(l + kLanes) * stride] = (u8)a1[l];
     }
-    if (conf == nullptr) return;
+    if constexpr (!Conf) return;
     fvec s0 = {}, s1 = {};
     for (int c = 0; c < C; ++c) {
         s0 += exp_nonpositive_v(value(c, 0) - b0);
@@ -164,25 +164,32 @@ inline void argmax_block(int C, F value, u8* out, i64 stride, u8* conf = nullptr
 
 // Argmax of (C, h, w) scores into (h, w) labels, a block of pixels of a row at a time (float logits;
 // float16 ones go pixel by pixel); with ``conf``, each pixel's confidence too.
-template <typename T>
-void argmax_rows(const T* s, int C, int h, int w, u8* labels, u8* conf = nullptr) {
+template <bool Conf, typename T>
+void argmax_rows_impl(const T* s, int C, int h, int w, u8* labels, u8* conf) {
     const i64 plane = (i64)h * w;
 #pragma omp parallel for schedule(static) num_threads(num_threads_for(plane * C))
     for (int y = 0; y < h; ++y) {
         const T* row = s + (i64)y * w;
         u8* l = labels + (i64)y * w;
-        u8* cf = conf ? conf + (i64)y * w : nullptr;
+        u8* cf = Conf ? conf + (i64)y * w : nullptr;
         int x = 0;
         if constexpr (sizeof(T) == sizeof(float)) {
             for (; x + kBlock <= w; x += kBlock)
-                argmax_block(C, [&](int c, int half) { return loadv(row + (i64)c * plane + x + kLanes * half); }, l + x, 1,
-                             cf ? cf + x : nullptr);
+                argmax_block<Conf>(C, [&](int c, int half) { return loadv(row + (i64)c * plane + x + kLanes * half); },
+                                   l + x, 1, cf + x);
         }
         for (; x < w; ++x) {
             l[x] = (u8)argmax_classes(row + x, C, plane);
-            if (cf) cf[x] = confidence_classes(row + x, C, plane);
+            if constexpr (Conf) cf[x] = confidence_classes(row + x, C, plane);
         }
     }
+}
+
+// Argmax of (C, h, w) scores into (h, w) labels; with ``conf``, each pixel's confidence too.
+template <typename T>
+void argmax_rows(const T* s, int C, int h, int w, u8* labels, u8* conf = nullptr) {
+    if (conf) argmax_rows_impl<true>(s, C, h, w, labels, conf);
+    else argmax_rows_impl<false>(s, C, h, w, labels, conf);
 }
 
 template <typename T>
@@ -290,8 +297,8 @@ static void phase_taps(std::vector<PhaseTaps>& phases, int& k, int& n, int w_in,
     }
 }
 
-template <typename T>
-void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W, u8* conf = nullptr) {
+template <bool Conf, typename T>
+void bilinear_labels_impl(const T* s, int C, int h, int w, u8* labels, int H, int W, u8* conf) {
     thread_local std::vector<LinearTap> ty;
     linear_taps(ty, h, H);
     const LinearTap* typ = ty.data();
@@ -316,7 +323,7 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W, 
                 for (int x = 0; x < w; ++x) rc[x] = load_float(top, x) * (1.0f - wy) + load_float(bot, x) * wy;
             }
             u8* l = labels + (i64)y * W;
-            u8* cf = conf ? conf + (i64)y * W : nullptr;
+            u8* cf = Conf ? conf + (i64)y * W : nullptr;
             for (int j = 0; j < k; ++j) {
                 const PhaseTaps& p = ph[j];
                 const int* i0 = p.i0.data();
@@ -331,7 +338,7 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W, 
                         argmax_update(rc[i0[i]] * kx[i] + rc[i1[i]] * wx[i], c, best, arg);
                     }
                     l[(i64)k * i + j] = (u8)arg;
-                    if (cf == nullptr) return;
+                    if constexpr (!Conf) return;
                     float sum = 0.0f;
                     for (int c = 0; c < C; ++c) {
                         const float* rc = r + (i64)c * w;
@@ -346,15 +353,22 @@ void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W, 
                     const float* r0 = r + i + p.off;
                     const fvec k0 = loadv(kx + i), k1 = loadv(kx + i + kLanes);
                     const fvec w0 = loadv(wx + i), w1 = loadv(wx + i + kLanes);
-                    argmax_block(C, [&](int c, int half) {
+                    argmax_block<Conf>(C, [&](int c, int half) {
                         const float* rc = r0 + (i64)c * w + kLanes * half;
                         return half ? loadv(rc) * k1 + loadv(rc + 1) * w1 : loadv(rc) * k0 + loadv(rc + 1) * w0;
-                    }, l + (i64)k * i + j, k, cf ? cf + (i64)k * i + j : nullptr);
+                    }, l + (i64)k * i + j, k, cf + (i64)k * i + j);
                 }
                 for (; i < n; ++i) gathered(i);
             }
         }
     }
+}
+
+// Bilinear upsample then argmax (see above); with ``conf``, each output pixel's confidence.
+template <typename T>
+void bilinear_labels(const T* s, int C, int h, int w, u8* labels, int H, int W, u8* conf = nullptr) {
+    if (conf) bilinear_labels_impl<true>(s, C, h, w, labels, H, W, conf);
+    else bilinear_labels_impl<false>(s, C, h, w, labels, H, W, conf);
 }
 
 void blend_only(const u8* labels, int H, int W, const u8* frame, i64 frame_pitch, u8* overlay,

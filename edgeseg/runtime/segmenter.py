@@ -44,9 +44,10 @@ class Segmenter:
     ``cuda_graph`` replays it as one CUDA graph, ``precision="fp16"`` runs a ``.pt`` in half
     precision.
     ``confidence``: each result also carries ``confidence``, (H, W) uint8 round(255 x the
-    winning class's softmax probability) where the argmax is taken (docs/kernels.md), computed
-    in the argmax's pass; ``min_confidence`` (a probability) gives pixels below it the model's
-    ignore label (implies ``confidence``). Neither costs anything when off.
+    winning class's softmax probability) of the model's output grid (docs/kernels.md: how the
+    upsample interacts), computed in an argmax pass; ``min_confidence`` (a probability) gives
+    pixels below it the model's ignore label (implies ``confidence``). Neither costs anything
+    when off.
     ``backend_options`` go to :func:`~edgeseg.runtime.backends.load_backend`.
     """
 

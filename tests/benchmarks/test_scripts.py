@@ -294,6 +294,17 @@ def test_smoothing_measures_flicker_and_cost_on_the_first_frames(tiny_onnx, dash
     assert "frames 960x540)" in proc.stdout
 
 
+def test_confidence_times_its_cost_on_the_first_frames(tiny_onnx, dashcam, tmp_path):
+    out = tmp_path / "confidence.json"
+    args = ["--model", tiny_onnx, "--clip", dashcam, "--frames", "3", "--repeats", "2"]
+    proc = _script("confidence.py", *args, "--json", out)
+    res = json.loads(out.read_text())
+    assert res["frames"] == 3 and res["repeats"] == 2 and res["frame_hw"] == [540, 960]
+    assert res["post_ms"] > 0 and res["post_confidence_ms"] > 0 and 0 < res["mean_confidence"] <= 1
+    assert res["extra_ms"] == pytest.approx(res["post_confidence_ms"] - res["post_ms"], abs=2e-4)
+    assert proc.stdout.startswith(f"post-processing {res['post_ms']:.3f} -> ")
+
+
 @pytest.mark.parametrize("given_model", [True, False], ids=["model", "untrained-export"])
 def test_stream_batch_runs_batched_and_unbatched(tiny_onnx, dashcam, tmp_path, given_model):
     out = tmp_path / "batch.json"

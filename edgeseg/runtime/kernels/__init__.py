@@ -203,9 +203,10 @@ def postprocess(
     the argmax, and the labels equal those of the whole model followed by ``mode="nearest"``
     up to float rounding in the resize.
     ``conf_out`` (uint8 (H, W), logits only): receives each pixel's confidence, round(255 x the
-    softmax probability of the winning class) where the argmax is taken — at model size (after
-    the ``upsample``) and upsampled with the labels in nearest mode, at the output pixel from the
-    upsampled logits in bilinear mode; computed in the argmax's pass, and not at all without it.
+    softmax probability of the winning class) — in nearest mode that of the scores' own grid
+    (before an ``upsample``), upsampled with nearest taps; in bilinear mode that of the logits
+    resized to the output pixel (docs/kernels.md); computed by an argmax pass, and not at all
+    without ``conf_out``.
     Returns ``labels``, or ``(labels, overlay)`` when ``frame`` is given; ``out`` and
     ``overlay_out`` receive them without allocation.
     """

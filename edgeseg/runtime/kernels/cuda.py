@@ -81,20 +81,18 @@ class CudaKernels:
         small: int,
         upsample: int,
         stream: Any,
-        small_conf: int = 0,
     ) -> tuple[int, int, int]:
-        """Labels at model size (x ``upsample``) into ``small`` (and with ``small_conf`` each
-        pixel's confidence there, in the same kernel); returns (pointer, h, w)."""
+        """Labels at model size (x ``upsample``) into ``small``; returns (pointer, h, w)."""
         h, w = model_hw
-        conf, conf_args = ("_conf", (small_conf,)) if small_conf else ("", ())
         if kind in LOGITS and upsample > 1:  # the model's trailing resize, fused with the argmax
             hu, wu = h * upsample, w * upsample
-            args = (scores, classes, h, w, small, *conf_args, hu, wu)
-            self.driver.launch(f"bilinear_argmax{conf}_{kind}", _grid(wu, hu), _BLOCK, args, stream)
+            args = (scores, classes, h, w, small, hu, wu)
+            self.driver.launch(f"bilinear_argmax_{kind}", _grid(wu, hu), _BLOCK, args, stream)
             return small, hu, wu
         if kind in LOGITS:
-            args = (scores, classes, h, w, small, *conf_args)
-            self.driver.launch(f"argmax{conf}_{kind}", _grid(w, h), _BLOCK, args, stream)
+            self.driver.launch(
+                f"argmax_{kind}", _grid(w, h), _BLOCK, (scores, classes, h, w, small), stream
+            )
             return small, h, w
         if kind == "u8":
             return scores, h, w
@@ -131,8 +129,10 @@ class CudaKernels:
         labels and for ``mode="bilinear"`` without an overlay. ``upsample=k`` (nearest mode,
         logits): the logits are a model's before its trailing x``k`` bilinear resize, done here
         fused with the argmax, as the CPU kernel does. ``conf`` (logits only): uint8 (H, W)
-        confidence where the argmax is taken, computed by the argmax's kernel (at model size
-        into ``small_conf``, of :func:`scratch_bytes` bytes, then upsampled like the labels).
+        confidence, as the CPU kernel computes it: in nearest mode on the scores' own grid by
+        an argmax kernel (into ``small`` and ``small_conf``, each of :func:`scratch_bytes`
+        bytes), then upsampled with nearest taps; in bilinear mode by the argmax's kernel at
+        each output pixel.
         """
         H, W = frame_hw
         if upsample > 1 and (kind not in LOGITS or mode != "nearest"):
@@ -150,12 +150,15 @@ class CudaKernels:
             self.driver.launch(name, _grid(W, H), _BLOCK, args, stream)
             src, sh, sw = labels, H, W  # the overlay pass below keeps labels as they are
         else:
-            src, sh, sw = self._labels_small(
-                scores, kind, classes, model_hw, small, upsample, stream, small_conf if conf else 0
-            )
-            if conf:  # nearest: the confidence plane follows the labels' taps (no overlay)
-                args = (small_conf, sh, sw, conf, H, W, 0, 0, 0, 0, 0)
+            if conf:  # first: its labels go to ``small``, which the labels' kernel then rewrites
+                h, w = model_hw
+                args = (scores, classes, h, w, small, small_conf)
+                self.driver.launch(f"argmax_conf_{kind}", _grid(w, h), _BLOCK, args, stream)
+                args = (small_conf, h, w, conf, H, W, 0, 0, 0, 0, 0)
                 self.driver.launch("upsample_blend", _grid(W, H), _BLOCK, args, stream)
+            src, sh, sw = self._labels_small(
+                scores, kind, classes, model_hw, small, upsample, stream
+            )
         if src == labels and not overlay:
             return
         args = (src, sh, sw, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q)

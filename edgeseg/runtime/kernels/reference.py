@@ -177,24 +177,20 @@ def postprocess(
     return labels, overlay(frame, labels, palette, alpha)
 
 
-_LOG2E, _LN2_HI, _LN2_LO = (
-    np.float32(1.44269504),
-    np.float32(0.693145752),
-    np.float32(1.42860677e-06),
-)
-_EXP_POLY = [np.float32(c) for c in (4.16666667e-2, 1.66666667e-1, 0.5, 1.0, 1.0)]
+_LOG2E = np.float32(1.44269504)
+_EXP2_POLY = [np.float32(c) for c in (5.55041087e-2, 2.40226507e-1, 6.93147181e-1, 1.0)]
 
 
 def exp_nonpositive(x: np.ndarray) -> np.ndarray:
     """exp(x) for x <= 0 in float32 multiplies and adds, as pixel_ops.h computes it (library exp
     differs between NumPy, the CPU and CUDA in the last place; this is the same everywhere)."""
     x = np.maximum(x.astype(np.float32), np.float32(-87.0))
-    k = (x * _LOG2E - np.float32(0.5)).astype(np.int32)  # truncation: round half away from 0
-    kf = k.astype(np.float32)
-    r = (x - kf * _LN2_HI) - kf * _LN2_LO
-    p = np.full_like(r, np.float32(8.33333333e-3))
-    for c in _EXP_POLY:
-        p = p * r + c
+    t = x * _LOG2E
+    k = (t - np.float32(0.5)).astype(np.int32)  # truncation: round half away from 0
+    f = t - k.astype(np.float32)
+    p = np.full_like(f, np.float32(9.61812911e-3))  # 2^f: (ln 2)^n / n!, n = 4 .. 0
+    for c in _EXP2_POLY:
+        p = p * f + c
     return p * ((k + 127).astype(np.uint32) << 23).view(np.float32)
 
 
@@ -212,15 +208,13 @@ def top_probability_u8(scores_hwc: np.ndarray) -> np.ndarray:
 def confidence(
     scores: np.ndarray, frame_hw: tuple[int, int], mode: str = "nearest", upsample: int = 1
 ) -> np.ndarray:
-    """uint8 (H, W) confidence where :func:`postprocess` takes the argmax: at model size (after an
-    ``upsample``) then upsampled like the labels in nearest mode; of the upsampled logits at each
-    output pixel in bilinear mode."""
+    """uint8 (H, W) confidence: in nearest mode that of the scores' own grid (before an
+    ``upsample``), upsampled to ``frame_hw`` with nearest taps; in bilinear mode that of the
+    logits resized to each output pixel (``upsample`` does not change the grid it is taken on)."""
     scores = np.asarray(scores)
     if scores.ndim != 4 or not np.issubdtype(scores.dtype, np.floating):
         raise ValueError("confidence needs (1, C, h, w) float logits, not labels")
     hwc = scores[0].transpose(1, 2, 0)
-    if upsample > 1:
-        hwc = resize_bilinear(hwc, (hwc.shape[0] * upsample, hwc.shape[1] * upsample))
     if mode == "bilinear":
         return top_probability_u8(resize_bilinear(hwc, frame_hw))
     return resize_nearest(top_probability_u8(hwc), frame_hw)
