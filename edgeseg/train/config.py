@@ -104,6 +104,9 @@ class TrainConfig:
     )
     freeze_encoder: int = setting(0, "keep the encoder fixed for the first N epochs", metavar="N")
     distill_weight: float = setting(1.0, "weight of the distillation loss")
+    distill_temperature: float = setting(
+        2.0, "softmax temperature of the distillation (higher: more of the teacher's runners-up)"
+    )
     model_kwargs: dict[str, Any] = setting(
         help="keyword arguments for the architecture", factory=dict, metavar="JSON"
     )
@@ -129,6 +132,10 @@ class TrainConfig:
             raise EdgesegError("pretrained weights are for a timm encoder: add --encoder timm:NAME")
         if self.freeze_encoder < 0 or self.boundary_weight < 0:
             raise EdgesegError("freeze_encoder and boundary_weight must not be negative")
+        if self.distill_temperature <= 0:
+            raise EdgesegError(
+                f"distill_temperature must be above 0, got {self.distill_temperature}"
+            )
 
 
 @dataclass

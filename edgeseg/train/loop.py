@@ -122,6 +122,7 @@ class Loop:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     teacher: nn.Module | None = None
     distill_weight: float = 1.0
+    distill_temperature: float = 2.0
     aux_weight: float = 0.4
     freeze_bn_at: float | None = None  # progress from which BatchNorm statistics stay frozen
     mix: str = "none"
@@ -190,6 +191,7 @@ def build_loop(
         ema=ema,
         teacher=load_teacher(cfg.teacher, data.num_classes, device) if cfg.teacher else None,
         distill_weight=cfg.distill_weight,
+        distill_temperature=cfg.distill_temperature,
         aux_weight=cfg.aux_weight,
         freeze_bn_at=1 - cfg.freeze_bn if cfg.freeze_bn > 0 else None,
         mix=cfg.mix,
@@ -228,7 +230,8 @@ def _step_loss(
         if loop.teacher is not None:
             with torch.no_grad():
                 target = loop.teacher(img)
-            loss = loss + loop.distill_weight * distillation_loss(main.float(), target.float())
+            kd = distillation_loss(main.float(), target.float(), loop.distill_temperature)
+            loss = loss + loop.distill_weight * kd
         if views is not None:
             student = semi.unlabeled_part(outputs, n)
             teacher = semi.resize_like(semi.teacher_logits(loop.eval_model, views[0]), student)
