@@ -256,6 +256,8 @@ def test_every_train_setting_is_a_flag():
         "t.pt",
         "--distill-weight",
         "2",
+        "--distill-temperature",
+        "4",
         "--model-kwargs",
         '{"width_mult": 0.75}',
         "--boundary-weight",
