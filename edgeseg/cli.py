@@ -516,73 +516,29 @@ def _stderr():
 # ---------------------------------------------------------------------------- parser
 
 
-def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train a model on a dataset")
-    add_arguments(t, TrainConfig)
-    t.set_defaults(func=cmd_train)
-
-
-def _add_eval(sub) -> None:
-    e = sub.add_parser("eval", help="accuracy of a .pt or .onnx on a dataset split")
-    add_arguments(e, EvalConfig)
-    e.set_defaults(func=cmd_eval)
-
-
-def _add_export(sub) -> None:
-    x = sub.add_parser("export", help="checkpoint -> ONNX (FP32, FP16, INT8) and TensorRT engines")
-    add_arguments(x, ExportConfig)
-    x.set_defaults(func=cmd_export)
-
-
-def _add_predict(sub) -> None:
-    r = sub.add_parser("predict", help="segment images; write label PNGs (and overlays)")
-    add_arguments(r, PredictConfig)
-    r.set_defaults(func=cmd_predict)
-
-
-def _add_prune(sub) -> None:
-    pr = sub.add_parser(
-        "prune", help="structured channel pruning (torch-pruning) + fine-tuning, before/after table"
-    )
-    add_arguments(pr, PruneConfig)
-    pr.set_defaults(func=cmd_prune)
-
-
-def _add_bench(sub) -> None:
-    b = sub.add_parser("bench", help="latency, FPS, per-stage times and memory against baselines")
-    add_arguments(b, BenchConfig)
-    b.set_defaults(func=cmd_bench)
-
-
-def _add_stream(sub) -> None:
-    st = sub.add_parser("stream", help="segment live video: cameras, files, RTSP, GStreamer")
-    add_arguments(st, StreamConfig)
-    st.set_defaults(func=cmd_stream)
-
-
-def _add_models(sub) -> None:
+def _commands() -> list[tuple[str, str, type, Any]]:
+    """Every command: (name, one-line help, its config dataclass, the function that runs it)."""
     from edgeseg.zoo import ModelsConfig
 
-    m = sub.add_parser("models", help="the models that ship with edgeseg, by name")
-    add_arguments(m, ModelsConfig)
-    m.set_defaults(func=cmd_models)
-
-
-def _add_check(sub) -> None:
-    c = sub.add_parser("check", help="pre-flight a model for a target: --dla (TensorRT's DLA)")
-    add_arguments(c, CheckConfig)
-    c.set_defaults(func=cmd_check)
-
-
-def _add_info_demo(sub) -> None:
-    i = sub.add_parser("info", help="parameters and GFLOPs of an architecture")
-    add_arguments(i, InfoConfig)
-    i.set_defaults(func=cmd_info)
-    d = sub.add_parser(
-        "demo", help="train on synthetic scenes, export, segment a clip (~2 min on CPU)"
-    )
-    add_arguments(d, DemoConfig)
-    d.set_defaults(func=cmd_demo)
+    return [
+        ("train", "train a model on a dataset", TrainConfig, cmd_train),
+        ("eval", "accuracy of a .pt or .onnx on a dataset split", EvalConfig, cmd_eval),
+        ("export", "checkpoint -> ONNX (FP32, FP16, INT8) and TensorRT engines", ExportConfig,
+         cmd_export),
+        ("predict", "segment images; write label PNGs (and overlays)", PredictConfig, cmd_predict),
+        ("prune", "structured channel pruning (torch-pruning) + fine-tuning, before/after table",
+         PruneConfig, cmd_prune),
+        ("bench", "latency, FPS, per-stage times and memory against baselines", BenchConfig,
+         cmd_bench),
+        ("stream", "segment live video: cameras, files, RTSP, GStreamer", StreamConfig,
+         cmd_stream),
+        ("models", "the models that ship with edgeseg, by name", ModelsConfig, cmd_models),
+        ("check", "pre-flight a model for a target: --dla (TensorRT's DLA)", CheckConfig,
+         cmd_check),
+        ("info", "parameters and GFLOPs of an architecture", InfoConfig, cmd_info),
+        ("demo", "the shipped road model on real dash-cam video (--train: train, export, "
+         "stream a model of its own)", DemoConfig, cmd_demo),
+    ]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -591,19 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeseg", description="Real-time semantic segmentation for the edge."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (
-        _add_train,
-        _add_eval,
-        _add_export,
-        _add_predict,
-        _add_prune,
-        _add_bench,
-        _add_stream,
-        _add_models,
-        _add_check,
-        _add_info_demo,
-    ):
-        add(sub)
+    for name, help_text, config, func in _commands():
+        command = sub.add_parser(name, help=help_text)
+        add_arguments(command, config)
+        command.set_defaults(func=func)
     return p
 
 
