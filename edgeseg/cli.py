@@ -300,6 +300,8 @@ def cmd_stream(a: argparse.Namespace) -> int:
             pipe.close()
             raise
         what = f"{seg.backend.name}, {seg.kernels} kernels, {pipe.mode}, batch {pipe.batch}"
+        readers = sorted({s.via for s in pipe.sources if s is not None and s.via})
+        what += "".join(f", {r}" for r in readers)
         line = f"edgeseg stream: {pipe.source_names} -> {_model_line(seg)} [{what}]"
         print(line, file=sys.stderr)
         metrics = _serve_metrics(cfg, pipe, seg)

@@ -95,14 +95,18 @@ def rtsp_ready() -> None:
 
 
 @pytest.fixture
-def rtsp_server(rtsp_ready, dashcam):
-    """A factory of real RTSP servers serving the dash-cam clip; all are killed at the end."""
+def rtsp_server(rtsp_ready):
+    """A factory of real RTSP servers serving the dash-cam clip (the shared one where present,
+    else the package's 5 s of it); all are killed at the end."""
+    from edgeseg.demo import CLIP
     from edgeseg.testing import RtspServer
 
+    shared = SHARED_DATA / "video" / "dashcam_960x540.mp4"
+    clip = shared if shared.is_file() else CLIP
     servers = []
 
     def make(**kwargs) -> RtspServer:
-        server = RtspServer(dashcam, **kwargs)
+        server = RtspServer(clip, **kwargs)
         servers.append(server)
         server.start()
         return server

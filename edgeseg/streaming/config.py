@@ -109,6 +109,12 @@ class StreamConfig:
         "RTSP over tcp (no lost packets) or udp (less delay on a clean network)",
         choices=("tcp", "udp"),
     )
+    reader: str = setting(
+        "auto",
+        "how RTSP is read: gstreamer (rtspsrc and a hardware or libav decoder), ffmpeg "
+        "(OpenCV's), or auto: gstreamer where it runs here",
+        choices=("auto", "gstreamer", "ffmpeg"),
+    )
     stall_timeout: float | None = setting(
         None,
         "a live source that delivers nothing for S seconds is treated as dead (0: never)",

@@ -34,6 +34,7 @@ class Source:
 
     live = False  # live sources are realtime by default and may be reopened
     name = "source"
+    via = ""  # how a network stream is read and decoded (e.g. "gstreamer avdec_h264"), for logs
 
     @property
     def spec(self) -> str:

@@ -19,6 +19,7 @@ millisecond). ``sync`` follows the appsink's own ``sync=`` (default true, as app
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import select
@@ -44,6 +45,14 @@ PACKAGES = (
     "gstreamer1.0-plugins-bad"
 )
 _APPSINK = re.compile(r"!\s*appsink(?P<props>(?:\s+[\w-]+=\S+)*)\s*$")
+
+
+@functools.cache
+def opencv_has_gstreamer() -> bool:
+    """Whether the installed OpenCV can run GStreamer pipelines (pip's never can)."""
+    import cv2
+
+    return bool(re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()))
 
 
 def gst_launch_path() -> str | None:
@@ -139,6 +148,14 @@ class GdpReader:
         return np.ascontiguousarray(image) if stride != w * 3 else image
 
 
+class GstPipelineError(EdgesegError):
+    """A pipeline that gave no frame; ``log`` holds what gst-launch printed (redacted)."""
+
+    def __init__(self, message: str, log: list[str]) -> None:
+        super().__init__(message)
+        self.log = log
+
+
 class GstLaunchSource(Source):
     """A GStreamer pipeline run by ``gst-launch-1.0``; see the module docstring.
 
@@ -146,19 +163,30 @@ class GstLaunchSource(Source):
         pipeline: a gst-launch description, normally ending in ``appsink``.
         open_timeout: seconds to wait for the pipeline's first caps before giving up.
         read_timeout: seconds a read waits for a frame before the feed counts as dropped.
+        name: the source's name in frames and reports (default ``gstreamer``).
+        spec: what opens this source again (default: the pipeline).
+
+    Raises:
+        GstPipelineError: the pipeline sent no frame within ``open_timeout``.
     """
 
     live = True
 
     def __init__(
-        self, pipeline: str, open_timeout: float = 10.0, read_timeout: float = 5.0
+        self,
+        pipeline: str,
+        open_timeout: float = 10.0,
+        read_timeout: float = 5.0,
+        *,
+        name: str = "gstreamer",
+        spec: str | None = None,
     ) -> None:
         if gst_launch_path() is None:
             raise EdgesegError(
                 "this OpenCV has no GStreamer and gst-launch-1.0 is not installed: install "
                 f"the OS's GStreamer (sudo apt-get install {PACKAGES}) to run '{redact(pipeline)}'"
             )
-        self.pipeline, self.name = pipeline, "gstreamer"
+        self.pipeline, self.name, self._spec = pipeline, redact(name), spec or pipeline
         self.read_timeout, self.index = read_timeout, 0
         self.errors: deque[str] = deque(maxlen=20)
         r, w = os.pipe()
@@ -181,14 +209,14 @@ class GstLaunchSource(Source):
         self._stderr.start()
         try:
             if self.reader.next(open_timeout, want_frame=False) is None:
-                raise EdgesegError(self._failure(open_timeout))
+                raise GstPipelineError(self._failure(open_timeout), list(self.errors))
         except BaseException:
             self.close()
             raise
 
     @property
     def spec(self) -> str:
-        return self.pipeline
+        return self._spec
 
     @property
     def fps(self) -> float:

@@ -133,7 +133,7 @@ class StreamPipeline:
         self.sinks = list(sinks or [])
         self.stop_event = threading.Event()
         self.stats = StreamStats()
-        self.open_options = {"rtsp_transport": cfg.rtsp_transport}
+        self.open_options = {"rtsp_transport": cfg.rtsp_transport, "reader": cfg.reader}
         self._threads: list[threading.Thread] = []
         self.runners: list[SourceRunner] = []
         try:

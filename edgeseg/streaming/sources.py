@@ -6,8 +6,9 @@
 ``0``, ``1``, ``/dev/video2``  V4L2 camera through OpenCV (live)
 ``clip.mp4``                   video file (finite; every frame, in order)
 ``frames/``, ``"img/*.png"``   image folder or glob, sorted by name (finite)
-``rtsp://…``, ``http://…``     network stream through OpenCV/FFmpeg (live); RTSP over TCP
-                               unless ``rtsp_transport="udp"``
+``rtsp://…``, ``http://…``     network stream (live): RTSP through GStreamer where it runs
+                               (:mod:`.rtsp`), else OpenCV/FFmpeg; over TCP unless
+                               ``rtsp_transport="udp"``
 ``… ! appsink``                GStreamer pipeline (live): through OpenCV when it has GStreamer,
                                else run by gst-launch-1.0 (:mod:`.gst_launch`); e.g. a Jetson
                                CSI camera::
@@ -25,7 +26,6 @@ figure is measured from.
 
 from __future__ import annotations
 
-import functools
 import glob as globlib
 import os
 import re
@@ -38,7 +38,9 @@ import numpy as np
 from edgeseg._io import IMAGE_EXTS, is_image, list_images
 from edgeseg._redact import redact
 from edgeseg.errors import EdgesegError
+from edgeseg.streaming import rtsp
 from edgeseg.streaming.frame import Frame, FrameError, Source
+from edgeseg.streaming.gst_launch import opencv_has_gstreamer
 
 RTSP_TRANSPORTS = ("tcp", "udp")
 # OpenCV reads FFmpeg's open options from one process-wide variable: opens take turns.
@@ -47,6 +49,7 @@ _FFMPEG_OPEN = threading.Lock()
 # (sprop-parameter-sets), and a reconnect must be quick. Streams that need more are retried with
 # FFmpeg's default.
 FAST_PROBE = "analyzeduration;100000"
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
 __all__ = [
     "CaptureSource",
@@ -67,11 +70,19 @@ class CaptureSource(Source):
     """Anything cv2.VideoCapture opens: cameras, files, URLs, GStreamer pipelines."""
 
     def __init__(
-        self, target: str | int, kind: str, name: str, *, rtsp_transport: str = "tcp"
+        self,
+        target: str | int,
+        kind: str,
+        name: str,
+        *,
+        rtsp_transport: str = "tcp",
+        spec: str | None = None,
     ) -> None:
         self.target, self.kind, self.name = target, kind, redact(name)
+        self._spec = spec
         self.rtsp_transport = rtsp_transport
         self.live = kind in ("camera", "url", "gstreamer")
+        self.via = "ffmpeg" if kind == "url" else ""
         self.cap = None
         self.index = 0
         self._open(first=True)
@@ -198,7 +209,7 @@ class CaptureSource(Source):
 
     @property
     def spec(self) -> str:
-        return str(self.target)
+        return self._spec or str(self.target)
 
     def close(self) -> None:
         if self.cap is not None:
@@ -298,21 +309,28 @@ def _parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
     return size, fps
 
 
-@functools.cache
-def opencv_has_gstreamer() -> bool:
-    """Whether the installed OpenCV can run GStreamer pipelines (pip's never can)."""
-    import cv2
+def open_pipeline(description: str, name: str = "gstreamer", spec: str | None = None) -> Source:
+    """A GStreamer pipeline, run by OpenCV when it has GStreamer, else by gst-launch-1.0."""
+    if opencv_has_gstreamer():
+        return CaptureSource(description, "gstreamer", name, spec=spec)
+    from edgeseg.streaming.gst_launch import GstLaunchSource
 
-    return bool(re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()))
+    return GstLaunchSource(description, name=name, spec=spec)
 
 
 def open_source(
-    spec: str | int, max_frames: int | None = None, *, rtsp_transport: str = "tcp"
+    spec: str | int,
+    max_frames: int | None = None,
+    *,
+    rtsp_transport: str = "tcp",
+    reader: str = "auto",
 ) -> Source:
     """Open a source from its spec (see the module docstring); one clear error when it cannot.
 
     ``rtsp_transport``: ``tcp`` (default: no packet loss, one connection through firewalls) or
     ``udp`` (less delay on a clean network, smeared frames when packets are lost).
+    ``reader``: how RTSP is read: ``gstreamer``, ``ffmpeg``, or ``auto`` (GStreamer where it
+    runs; :mod:`.rtsp` says why).
 
     What exists on disk is a file or a folder first, whatever its name (a folder called ``0``,
     a file name with ``!`` in it); then camera indices, ``synthetic``, GStreamer pipelines, URLs
@@ -334,19 +352,17 @@ def open_source(
     if text == "synthetic" or text.startswith("synthetic:"):
         size, fps = _parse_synthetic(text)
         return SyntheticSource(size, fps, max_frames=max_frames)
-    if "!" in text:
-        if opencv_has_gstreamer():
-            return CaptureSource(text, "gstreamer", "gstreamer")
-        from edgeseg.streaming.gst_launch import GstLaunchSource
-
-        return GstLaunchSource(text)
-    if "://" in text:
+    if _URL.match(text):  # before pipelines: a URL may hold a '!'
         if rtsp_transport not in RTSP_TRANSPORTS:
             raise EdgesegError(
                 f"rtsp_transport must be one of {', '.join(RTSP_TRANSPORTS)}, got "
                 f"'{rtsp_transport}'"
             )
+        if rtsp.is_rtsp(text) and rtsp.use_gstreamer(reader):
+            return rtsp.open_gstreamer(text, rtsp_transport, open_pipeline)
         return CaptureSource(text, "url", text, rtsp_transport=rtsp_transport)
+    if "!" in text:
+        return open_pipeline(text)
     if any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in globlib.glob(text) if is_image(p))
         if not files:

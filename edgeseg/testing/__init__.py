@@ -69,6 +69,10 @@ class RtspServer:
         size: (width, height) to serve at; None: the clip's.
         fps: frames a second, paced like a camera.
         slices: encode each frame as several slices (as some IP cameras do).
+        codec: ``h264`` or ``h265``.
+        record: a file the server also writes the encoded stream to, exactly as it sends it (a
+            byte stream, overwritten at each start and each time the first client connects), so
+            a test can compare a client's frames with a decode of what was sent.
         port: the port (default: a free one).
     """
 
@@ -79,10 +83,13 @@ class RtspServer:
         size: tuple[int, int] | None = None,
         fps: float = 25.0,
         slices: bool = False,
+        codec: str = "h264",
+        record: str | Path | None = None,
         port: int | None = None,
         python: str = SYSTEM_PYTHON,
     ) -> None:
         self.video, self.size, self.fps, self.slices = str(video), size, fps, slices
+        self.codec, self.record = codec, record
         self.port, self.python = port or free_port(), python
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -99,6 +106,7 @@ class RtspServer:
             self.size = size
         args = [self.python, str(SERVER_SCRIPT), "--video", self.video, "--port", str(self.port)]
         args += ["--fps", str(self.fps)] + (["--slices"] if self.slices else [])
+        args += ["--codec", self.codec] + (["--record", str(self.record)] if self.record else [])
         if self.size:
             args += ["--size", f"{self.size[0]}x{self.size[1]}"]
         # stderr to a file: a pipe nobody reads would block a chatty server during a long soak

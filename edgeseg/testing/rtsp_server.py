@@ -41,6 +41,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--key-interval", type=int, default=12)
     p.add_argument("--mtu", type=int, default=1400)
     p.add_argument("--slices", action="store_true", help="several slices a frame")
+    p.add_argument("--codec", choices=("h264", "h265"), default="h264")
+    p.add_argument(
+        "--record", default=None, help="also write the H.264 stream as sent to this file"
+    )
     return p.parse_args()
 
 
@@ -129,21 +133,36 @@ class Feeder:
             n += 1
 
 
+def encoder(args: argparse.Namespace) -> str:
+    """The encoder, tuned for latency (no B-frames), and the recording branch when asked."""
+    if args.codec == "h265":
+        enc = f"x265enc tune=zerolatency speed-preset=ultrafast key-int-max={args.key_interval}"
+    else:
+        # One slice a frame unless asked: FFmpeg's RTSP reader (OpenCV's) garbles frames sent
+        # as several slices, as x264's sliced threads and some IP cameras do (docs/pipeline.md).
+        slices = "sliced-threads=true" if args.slices else "sliced-threads=false threads=1"
+        enc = (
+            f"x264enc tune=zerolatency speed-preset=ultrafast bframes=0 {slices} "
+            f"key-int-max={args.key_interval}"
+        )
+    if args.record:  # the stream exactly as sent, for tests that compare a client's decode
+        enc += (
+            f" ! video/x-{args.codec},stream-format=byte-stream ! tee name=t "
+            f't. ! queue ! filesink buffer-mode=unbuffered location="{args.record}" t. ! queue'
+        )
+    return enc
+
+
 def main() -> None:
     args = parse_args()
     Gst.init(None)
     frames, info = load_frames(args.video, args.size)
     num = max(1, round(args.fps * 1000))
     caps = f"video/x-raw,format=I420,width={info.width},height={info.height},framerate={num}/1000"
-    # One slice a frame unless asked: FFmpeg's RTSP reader (OpenCV's) garbles frames sent as
-    # several slices, as x264's sliced threads and some IP cameras do (docs/pipeline.md).
-    slices = "sliced-threads=true" if args.slices else "sliced-threads=false threads=1"
     launch = (
         f"( appsrc name=src is-live=true do-timestamp=true format=time caps={caps} "
-        "! queue max-size-buffers=2 leaky=downstream "
-        f"! x264enc tune=zerolatency speed-preset=ultrafast bframes=0 {slices} "
-        f"key-int-max={args.key_interval} "
-        f"! rtph264pay name=pay0 pt=96 config-interval=-1 mtu={args.mtu} )"
+        f"! queue max-size-buffers=2 leaky=downstream ! {encoder(args)} "
+        f"! rtp{args.codec}pay name=pay0 pt=96 config-interval=-1 mtu={args.mtu} )"
     )
     feeder = Feeder(frames, info, args.fps)
     factory = GstRtspServer.RTSPMediaFactory()

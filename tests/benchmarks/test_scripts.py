@@ -378,6 +378,7 @@ def test_rtsp_soak_survives_a_server_death_in_order(rtsp_ready, dashcam, tiny_on
     assert res["warmup"]["frames"] == 20
     for key in ("rss_mb", "fds", "threads"):
         assert res["warmup"][key] > 0 and res["end_streaming"][key] > 0
+    assert res["after_stop"]["children"] == 0  # no reader process left behind
 
 
 # ---------------------------------------------------------------------------- kernels

@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.streaming.gst_launch import GdpReader, GstLaunchSource, gst_launch_path, launch_args
-from edgeseg.streaming.sources import open_source, opencv_has_gstreamer
+from edgeseg.streaming.gst_launch import (
+    GdpReader,
+    GstLaunchSource,
+    gst_launch_path,
+    launch_args,
+    opencv_has_gstreamer,
+)
+from edgeseg.streaming.sources import open_source
 from edgeseg.testing import read_stamp
 
 

@@ -155,29 +155,32 @@ def test_the_stream_survives_two_server_deaths_in_order_and_resized(
     assert len(everything) == src["frames_out"]
 
 
-def _udp_sockets() -> int:
+def _udp_sockets(pid: int | str = "self") -> int:
+    """UDP sockets open in process ``pid``."""
     inodes = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         if os.path.exists(table):
             with open(table) as f:
                 inodes |= {line.split()[9] for line in list(f)[1:]}
     count = 0
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:  # the descriptor listdir itself used
             continue
         count += link.startswith("socket:[") and link[8:-1] in inodes
     return count
 
 
+@pytest.mark.parametrize("reader", ["ffmpeg", "gstreamer"])
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-def test_the_rtsp_transport_is_the_one_asked_for(rtsp_server, transport):
+def test_the_rtsp_transport_is_the_one_asked_for(rtsp_server, transport, reader):
     server = rtsp_server(size=(320, 180))
     before = _udp_sockets()
-    with open_source(server.url, rtsp_transport=transport) as src:
+    with open_source(server.url, rtsp_transport=transport, reader=reader) as src:
         frames = [src.read() for _ in range(5)]
-        udp = _udp_sockets() - before
+        # GStreamer reads in its own process (gst-launch-1.0)
+        udp = _udp_sockets(src.proc.pid) if reader == "gstreamer" else _udp_sockets() - before
     assert all(f is not None and f.image.shape == (180, 320, 3) for f in frames)
     assert (udp > 0) == (transport == "udp"), udp
 
