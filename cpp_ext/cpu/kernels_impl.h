@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -111,22 +114,33 @@ inline fvec loadv(const float* p) {
     return v;
 }
 
+// Whether any lane of a comparison's mask is set.
+inline bool any_lane(ivec m) {
+#ifdef __AVX__
+    return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#else
+    bool any = false;
+    for (int l = 0; l < kLanes; ++l) any |= m[l] != 0;
+    return any;
+#endif
+}
+
 // pixel_ops.h exp_nonpositive, a vector of lanes at a time (the same operations in the same order).
-inline fvec exp_nonpositive_v(fvec x) {
-    const fvec floor_x = fvec{} - 87.0f;
-    x = x < floor_x ? floor_x : x;
+// ``live``: the lanes at or above the cutoff; the others are 0, as there (the caller skips
+// vectors with no live lane).
+inline fvec exp_nonpositive_v(fvec x, ivec live) {
+    x = live ? x : fvec{};  // keeps the dead lanes' k in range
     const fvec t = x * ES_EXP_LOG2E;
     const ivec k = __builtin_convertvector(t - 0.5f, ivec);
     const fvec f = t - __builtin_convertvector(k, fvec);
-    fvec p = fvec{} + 9.61812911e-3f;
-    p = p * f + 5.55041087e-2f;
-    p = p * f + 2.40226507e-1f;
-    p = p * f + 6.93147181e-1f;
+    fvec p = fvec{} + 5.50087206e-2f;
+    p = p * f + 2.42210463e-1f;
+    p = p * f + 6.93282902e-1f;
     p = p * f + 1.0f;
     const ivec bits = (k + 127) << 23;
     fvec scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return live ? p * scale : fvec{};
 }
 
 // ``value(c, half)``: class c of lanes [kLanes * half, kLanes * (half + 1)). Lane l's label goes
@@ -152,9 +166,12 @@ inline void argmax_block(int C, F value, u8* out, i64 stride, u8* conf = nullptr
     }
     if constexpr (!Conf) return;
     fvec s0 = {}, s1 = {};
-    for (int c = 0; c < C; ++c) {
-        s0 += exp_nonpositive_v(value(c, 0) - b0);
-        s1 += exp_nonpositive_v(value(c, 1) - b1);
+    const fvec cutoff = fvec{} + ES_EXP_CUTOFF;
+    for (int c = 0; c < C; ++c) {  // adding a dead vector's 0 would change nothing: skipped
+        const fvec d0 = value(c, 0) - b0, d1 = value(c, 1) - b1;
+        const ivec live0 = d0 >= cutoff, live1 = d1 >= cutoff;
+        if (any_lane(live0)) s0 += exp_nonpositive_v(d0, live0);
+        if (any_lane(live1)) s1 += exp_nonpositive_v(d1, live1);
     }
     for (int l = 0; l < kLanes; ++l) {
         conf[l * stride] = confidence_u8(s0[l]);
@@ -238,9 +255,10 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
                 u8* lr = lrow.data();
                 for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
                 if (overlay != nullptr) colour_row(lr, W, colour_q, krow.data());
-                if (conf) {
+                if (conf) {  // through a plain pointer: a thread_local's operator[] is a TLS lookup
                     const u8* csrc = conf_small + (i64)last * w;
-                    for (int x = 0; x < W; ++x) crow[x] = csrc[txp[x]];
+                    u8* cr = crow.data();
+                    for (int x = 0; x < W; ++x) cr[x] = csrc[txp[x]];
                 }
             }
             std::memcpy(l, lrow.data(), W);

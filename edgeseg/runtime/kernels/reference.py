@@ -178,20 +178,23 @@ def postprocess(
 
 
 _LOG2E = np.float32(1.44269504)
-_EXP2_POLY = [np.float32(c) for c in (5.55041087e-2, 2.40226507e-1, 6.93147181e-1, 1.0)]
+_EXP_CUTOFF = np.float32(-12.0)
+_EXP2_POLY = [np.float32(c) for c in (2.42210463e-1, 6.93282902e-1, 1.0)]
 
 
 def exp_nonpositive(x: np.ndarray) -> np.ndarray:
     """exp(x) for x <= 0 in float32 multiplies and adds, as pixel_ops.h computes it (library exp
     differs between NumPy, the CPU and CUDA in the last place; this is the same everywhere)."""
-    x = np.maximum(x.astype(np.float32), np.float32(-87.0))
+    x = x.astype(np.float32)
+    live = x >= _EXP_CUTOFF  # below it (and NaN): 0, see pixel_ops.h
+    x = np.where(live, x, np.float32(0.0))
     t = x * _LOG2E
     k = (t - np.float32(0.5)).astype(np.int32)  # truncation: round half away from 0
     f = t - k.astype(np.float32)
-    p = np.full_like(f, np.float32(9.61812911e-3))  # 2^f: (ln 2)^n / n!, n = 4 .. 0
+    p = np.full_like(f, np.float32(5.50087206e-2))  # 2^f, degree 3 (pixel_ops.h)
     for c in _EXP2_POLY:
         p = p * f + c
-    return p * ((k + 127).astype(np.uint32) << 23).view(np.float32)
+    return np.where(live, p * ((k + 127).astype(np.uint32) << 23).view(np.float32), np.float32(0))
 
 
 def top_probability_u8(scores_hwc: np.ndarray) -> np.ndarray:
