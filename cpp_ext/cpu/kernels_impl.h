@@ -230,9 +230,11 @@ inline void blend_row(const u8* frame, const u16* krow, int W, u16 keep_q, u8* o
 // ``conf_small``, the confidence at model size goes to ``conf`` at frame size the same way.
 // Output rows that sample the same model row share its upsampled labels and colour terms, so
 // those are built once; the blend itself is a straight 16-bit loop over the row's bytes.
-void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
-                        i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q,
-                        const u8* conf_small = nullptr, u8* conf = nullptr) {
+// ``Conf`` is a template parameter so that the loop without it compiles as it did before it.
+template <bool Conf>
+void upsample_and_blend_impl(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
+                             i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q,
+                             const u8* conf_small, u8* conf) {
     thread_local std::vector<int> ty, tx;
     nearest_taps(ty, h, H);
     nearest_taps(tx, w, W);
@@ -243,7 +245,7 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
         thread_local std::vector<u8> lrow, crow;
         thread_local std::vector<u16> krow;
         lrow.resize(W);
-        if (conf) crow.resize(W);
+        if constexpr (Conf) crow.resize(W);
         krow.resize((size_t)W * 3 + 1);  // +1: the 8-byte stores below overrun by one lane
         int last = -1;
 #pragma omp for schedule(static)
@@ -255,18 +257,27 @@ void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W,
                 u8* lr = lrow.data();
                 for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
                 if (overlay != nullptr) colour_row(lr, W, colour_q, krow.data());
-                if (conf) {  // through a plain pointer: a thread_local's operator[] is a TLS lookup
+                if constexpr (Conf) {  // through a plain pointer: a thread_local's operator[] is a TLS lookup
                     const u8* csrc = conf_small + (i64)last * w;
                     u8* cr = crow.data();
                     for (int x = 0; x < W; ++x) cr[x] = csrc[txp[x]];
                 }
             }
             std::memcpy(l, lrow.data(), W);
-            if (conf) std::memcpy(conf + (i64)y * W, crow.data(), W);
+            if constexpr (Conf) std::memcpy(conf + (i64)y * W, crow.data(), W);
             if (overlay != nullptr)
                 blend_row(frame + (i64)y * frame_pitch, krow.data(), W, keep_q, overlay + (i64)y * W * 3);
         }
     }
+}
+
+void upsample_and_blend(const u8* small, int h, int w, u8* labels, int H, int W, const u8* frame,
+                        i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q,
+                        const u8* conf_small = nullptr, u8* conf = nullptr) {
+    if (conf) upsample_and_blend_impl<true>(small, h, w, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q,
+                                            conf_small, conf);
+    else upsample_and_blend_impl<false>(small, h, w, labels, H, W, frame, frame_pitch, overlay, colour_q, keep_q,
+                                        nullptr, nullptr);
 }
 
 // Logits upsampled bilinearly to (H, W), then the argmax: the accuracy path, and the model's own

@@ -302,6 +302,7 @@ def test_confidence_times_its_cost_on_the_first_frames(tiny_onnx, dashcam, tmp_p
     assert res["frames"] == 3 and res["repeats"] == 2 and res["frame_hw"] == [540, 960]
     assert res["post_ms"] > 0 and res["post_confidence_ms"] > 0 and 0 < res["mean_confidence"] <= 1
     assert res["extra_ms"] == pytest.approx(res["post_confidence_ms"] - res["post_ms"], abs=2e-4)
+    assert isinstance(res["extra_quietest_ms"], float)
     assert proc.stdout.startswith(f"post-processing {res['post_ms']:.3f} -> ")
 
 
