@@ -5,7 +5,7 @@ TensorRT):
 
     uint8 frames ─► page-locked buffers ─► device (async) ─► preprocess kernel ─► backend on
     device buffers ─► postprocess kernel (fused upsample, argmax, nearest, overlay) ─► uint8
-    labels (and overlays) ─► host
+    labels (and overlays, and per-pixel confidence when asked for) ─► host
 
 One CUDA stream per pipeline (the backend's own when it is tied to one: ONNX Runtime's compute
 stream), the context made current on whichever thread calls, several frames (one per camera)
@@ -45,7 +45,7 @@ KINDS = {
 class _Slot:
     """The buffers of one frame of a batch at one frame size: page-locked host and device."""
 
-    def __init__(self, drv: Driver, hw: tuple[int, int]) -> None:
+    def __init__(self, drv: Driver, hw: tuple[int, int], confidence: bool = False) -> None:
         H, W = hw
         self.hw = hw
         self.h_frame = drv.pinned_empty((H, W, 3), np.uint8)
@@ -57,6 +57,11 @@ class _Slot:
             drv.mem_alloc(H * W * 3),
         ]
         self.d_frame, self.d_labels, self.d_vis = (b.ptr for b in self.device)
+        self.h_conf, self.d_conf = None, 0
+        if confidence:
+            self.h_conf = drv.pinned_empty((H, W), np.uint8)
+            self.device.append(drv.mem_alloc(H * W))
+            self.d_conf = self.device[-1].ptr
 
     def free(self) -> None:
         for b in self.device:
@@ -128,7 +133,9 @@ class _Graphs:
 
 
 class GpuPipeline:
-    """Runs ``backend`` (with ``caps.device_buffers``) on frames; see the module docstring."""
+    """Runs ``backend`` (with ``caps.device_buffers``) on frames; see the module docstring.
+    ``confidence``: each result also carries the per-pixel confidence, computed by the same
+    CUDA kernels as the CPU's, byte for byte (docs/kernels.md); without it none is computed."""
 
     def __init__(
         self,
@@ -136,8 +143,10 @@ class GpuPipeline:
         mode: str = "nearest",
         cuda_graph: bool = False,
         driver: Driver | None = None,
+        confidence: bool = False,
     ) -> None:
         self.backend, self.spec, self.mode = backend, backend.spec, mode
+        self.confidence = confidence
         self.drv = driver or get_driver(cuda_index(backend.device))
         try:
             self.drv.load_kernels()  # module loading is not allowed inside a graph capture
@@ -156,7 +165,7 @@ class GpuPipeline:
         self.graph_kind = backend.caps.graph if cuda_graph else None
         self.graphs = _Graphs(self.graph_kind, self.drv, backend)
         self._slots: dict[tuple[int, tuple[int, int]], _Slot] = {}
-        self._scratch: dict[int, DeviceBuffer] = {}
+        self._scratch: dict[tuple[str, int], DeviceBuffer] = {}
         self._smooth: dict[int, SmoothState] = {}  # states holding device buffers of this pipeline
 
     # -- buffers
@@ -166,13 +175,16 @@ class GpuPipeline:
             for k in old:
                 self._slots.pop(k).free()
                 self.graphs.drop()
-            self._slots[(i, hw)] = _Slot(self.drv, hw)
+            self._slots[(i, hw)] = _Slot(self.drv, hw, self.confidence)
         return self._slots[(i, hw)]
 
-    def _scratch_ptr(self, i: int, model_hw: tuple[int, int]) -> int:
-        if i not in self._scratch:
-            self._scratch[i] = self.drv.mem_alloc(scratch_bytes(model_hw, self.backend.upsample))
-        return self._scratch[i].ptr
+    def _scratch_ptr(self, i: int, model_hw: tuple[int, int], what: str = "labels") -> int:
+        """Frame ``i``'s scratch at model size: its ``labels`` (at the fused upsample's size)
+        or, with confidence, its ``conf`` (on the scores' own grid)."""
+        if (what, i) not in self._scratch:
+            k = self.backend.upsample if what == "labels" else 1
+            self._scratch[(what, i)] = self.drv.mem_alloc(scratch_bytes(model_hw, k))
+        return self._scratch[(what, i)].ptr
 
     def _smooth_buffers(self, state: SmoothState, io: DeviceIO) -> dict:
         """``state``'s device buffers (see :func:`smooth_buffers`), tracked for close()."""
@@ -249,8 +261,12 @@ class GpuPipeline:
                 *blend,
                 stream=s,
                 upsample=self.backend.upsample,
+                conf=slot.d_conf,
+                small_conf=self._scratch_ptr(i, model_hw, "conf") if slot.d_conf else 0,
             )
             self.drv.memcpy_dtoh(slot.h_labels, slot.d_labels, s)
+            if slot.d_conf:
+                self.drv.memcpy_dtoh(slot.h_conf, slot.d_conf, s)
             if step.overlay:
                 self.drv.memcpy_dtoh(slot.h_vis, slot.d_vis, s)
 
@@ -259,8 +275,9 @@ class GpuPipeline:
         frames: list[np.ndarray],
         overlay_alpha: float | None = None,
         smooth: list[SmoothState | None] | None = None,
-    ) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], dict[str, float]]:
-        """Segment a batch of BGR uint8 frames (any sizes); ``[(labels, overlay or None)]`` and
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], dict[str, float]]:
+        """Segment a batch of BGR uint8 frames (any sizes); ``[(labels, overlay or None,
+        confidence or None)]`` and
         the step's timings in ms (``pre``/``infer``/``post`` from CUDA events; a graph replay
         is one launch, reported whole as ``infer``). ``smooth``: a stream's moving average per
         frame, or None (see :mod:`edgeseg.runtime.smoothing`)."""
@@ -296,7 +313,9 @@ class GpuPipeline:
         # table evicted and replaced lives elsewhere) and kernel scalars.
         key = (len(frames), tuple(s.hw for s in slots), table, averages)
         timings = self._launch(step, key)
-        results = [(s.h_labels.copy(), s.h_vis.copy() if overlay else None) for s in slots]
+        results = [
+            (s.h_labels.copy(), s.h_vis.copy() if overlay else None, _copy(s.h_conf)) for s in slots
+        ]
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return results, timings
 
@@ -369,6 +388,10 @@ class GpuPipeline:
         self.events = []
         if self._own_stream:
             self.drv.stream_destroy(self.stream)
+
+
+def _copy(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else a.copy()
 
 
 def smooth_buffers(drv: Driver, state: SmoothState, shape: tuple[int, ...]) -> bool:

@@ -78,7 +78,13 @@ class Segmenter:
             self.model_name = zoo.DEFAULT if model is None else str(model)
         self.spec: ModelSpec = self.backend.spec
         self.mode = mode
-        self._gpu = self._gpu_pipeline(cuda_graph) if self.backend.caps.device_buffers else None
+        self.confidence = confidence or min_confidence is not None
+        self.min_confidence = min_confidence
+        self._gpu = (
+            self._gpu_pipeline(cuda_graph, self.confidence)
+            if self.backend.caps.device_buffers
+            else None
+        )
         if cuda_graph and (self._gpu is None or self._gpu.graph_kind is None):
             self.close()
             raise EdgesegError(
@@ -90,15 +96,13 @@ class Segmenter:
         except EdgesegError:
             self.close()
             raise
-        self.confidence = confidence or min_confidence is not None
-        self.min_confidence = min_confidence
         self._inputs: dict[int, np.ndarray] = {}  # host input batches, reused
 
-    def _gpu_pipeline(self, cuda_graph: bool):
+    def _gpu_pipeline(self, cuda_graph: bool, confidence: bool = False):
         from edgeseg.runtime.gpu_pipeline import GpuPipeline
 
         try:
-            return GpuPipeline(self.backend, self.mode, cuda_graph)
+            return GpuPipeline(self.backend, self.mode, cuda_graph, confidence=confidence)
         except EdgesegError as e:
             if self.backend.name == "trt":
                 raise
@@ -150,8 +154,8 @@ class Segmenter:
         if self._gpu is not None:
             outs, timings = self._gpu.run(frames, overlay_alpha, smooth)
             return [
-                SegResult(lab, self.spec, f, dict(timings), vis, overlay_alpha)
-                for f, (lab, vis) in zip(frames, outs)
+                self._floored(SegResult(lab, self.spec, f, dict(timings), vis, overlay_alpha, conf))
+                for f, (lab, vis, conf) in zip(frames, outs)
             ]
         t0 = time.perf_counter()
         n = len(frames)
@@ -214,9 +218,14 @@ class Segmenter:
             labels, vis = kernels.postprocess(
                 scores, hw, self.spec.palette, frame, overlay_alpha, **kw
             )
-        if self._conf_floor is not None:  # costmap-ready: guesses carry the ignore label
-            np.putmask(labels, conf < self._conf_floor, self.spec.ignore_index)
-        return SegResult(labels, self.spec, frame, {}, vis, overlay_alpha, conf)
+        return self._floored(SegResult(labels, self.spec, frame, {}, vis, overlay_alpha, conf))
+
+    def _floored(self, res: SegResult) -> SegResult:
+        """``res`` with pixels less sure than ``min_confidence`` given the ignore label
+        (costmap-ready: guesses are marked as such)."""
+        if self._conf_floor is not None:
+            np.putmask(res.labels, res.confidence < self._conf_floor, self.spec.ignore_index)
+        return res
 
     def require_logits(self, what: str) -> None:
         """The one check that the model outputs class scores (``what`` needs them)."""
@@ -271,12 +280,6 @@ def _confidence_floor(
         return None
     what = "--min-confidence" if min_confidence is not None else "per-pixel confidence"
     seg.require_logits(what)
-    if seg._gpu is not None:
-        raise EdgesegError(
-            f"{what} is computed by the host post-processing; the GPU frame pipeline "
-            f"({seg.backend.name} on {seg.backend.device}) does not produce it yet: run on "
-            "--device cpu, or drop the confidence settings"
-        )
     if min_confidence is None:
         return None
     if not 0.0 <= min_confidence <= 1.0:

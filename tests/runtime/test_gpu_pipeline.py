@@ -67,3 +67,19 @@ def test_batches_equal_single_frames_and_the_cpu(cuda_ok, tiny_run, frames):
     for f, r in zip(frames, batch):
         assert agreement(r.labels, gpu(f).labels) >= OTHER_ALGORITHM  # cuDNN's per-batch choice
         assert agreement(r.labels, cpu(f).labels) >= OTHER_ALGORITHM  # fp32, not TF32, on the GPU
+
+
+def test_confidence_on_the_gpu_agrees_with_the_cpu_path(cuda_ok, tiny_run, frames):
+    """The CUDA confidence kernels inside the frame pipeline, through graph replays: the CPU
+    path's confidence wherever the two float computations of the model give the same label
+    (the kernels themselves are byte for byte: test_kernels_cuda.py)."""
+    gpu = Segmenter(tiny_run / "best.pt", device="cuda", cuda_graph=True, confidence=True)
+    cpu = Segmenter(tiny_run / "best.pt", device="cpu", confidence=True)
+    for _ in range(3):  # eager, capture, replay
+        for f in frames[:2]:
+            a, b = gpu(f), cpu(f)
+            same = a.labels == b.labels
+            assert same.mean() >= OTHER_ALGORITHM
+            diff = np.abs(a.confidence.astype(int) - b.confidence)[same]
+            assert diff.max() <= 2 and (diff == 0).mean() >= 0.99
+    gpu.close()

@@ -316,6 +316,31 @@ def test_smoothing_on_the_gpu_pipeline_equals_the_cpu_path(
     assert not gpu.memory and not any(gpu.live.values())
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_confidence_on_the_gpu_pipeline_equals_the_cpu_path(
+    gpu, tiny_onnx, tmp_path, frame, cuda_graph
+):
+    """Per-pixel confidence from the CUDA kernels, brought down beside the labels: the CPU
+    path's bytes, for a batch of frames of two sizes, through graph replays, with
+    --min-confidence marking the same pixels; without it no buffer for it exists."""
+    engine = _engine(tiny_onnx, tmp_path)
+    plain = Segmenter(engine)
+    assert plain(frame).confidence is None and all(
+        s.d_conf == 0 for s in plain._gpu._slots.values()
+    )
+    plain.close()
+    seg = Segmenter(engine, cuda_graph=cuda_graph, min_confidence=0.6)
+    ref = Segmenter(tiny_onnx, fuse_resize=False, min_confidence=0.6)
+    frames = [frame, np.ascontiguousarray(frame[:61, :99])]
+    for _ in range(3):  # eager, capture, replay
+        for got, want in zip(seg.segment(frames, overlay_alpha=0.5), ref.segment(frames, 0.5)):
+            np.testing.assert_array_equal(got.confidence, want.confidence)
+            np.testing.assert_array_equal(got.labels, want.labels)
+    assert (got.labels == seg.spec.ignore_index).any()  # the floor marked some pixels
+    seg.close()
+    assert not gpu.memory and not any(gpu.live.values())
+
+
 def test_graph_replays_never_read_an_evicted_colour_table_and_graphs_are_bounded(
     gpu, tiny_onnx, tmp_path, frame, monkeypatch
 ):
