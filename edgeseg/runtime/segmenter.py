@@ -222,9 +222,13 @@ class Segmenter:
 
     def _floored(self, res: SegResult) -> SegResult:
         """``res`` with pixels less sure than ``min_confidence`` given the ignore label
-        (costmap-ready: guesses are marked as such)."""
+        (costmap-ready: guesses are marked as such) and, in the overlay, the frame's own
+        pixels (no class colour where there is no class)."""
         if self._conf_floor is not None:
-            np.putmask(res.labels, res.confidence < self._conf_floor, self.spec.ignore_index)
+            unsure = res.confidence < self._conf_floor
+            np.putmask(res.labels, unsure, self.spec.ignore_index)
+            if res.vis is not None:
+                np.copyto(res.vis, res.frame, where=unsure[..., None])
         return res
 
     def require_logits(self, what: str) -> None:

@@ -137,6 +137,11 @@ def test_min_confidence_gives_unsure_pixels_the_ignore_label(tiny_onnx, frame):
     assert (res.labels[unsure] == res.spec.ignore_index).all()
     np.testing.assert_array_equal(res.labels[~unsure], sure.labels[~unsure])
     np.testing.assert_array_equal(res.confidence, sure.confidence)
+    # the overlay agrees with the labels: the frame itself where there is no class
+    drawn = Segmenter(tiny_onnx, min_confidence=floor)(frame, overlay_alpha=0.5)
+    plain = Segmenter(tiny_onnx)(frame, overlay_alpha=0.5)
+    np.testing.assert_array_equal(drawn.vis[unsure], frame[unsure])
+    np.testing.assert_array_equal(drawn.vis[~unsure], plain.vis[~unsure])
 
 
 @pytest.mark.parametrize("kw, match", [
