@@ -121,8 +121,7 @@ def open_gstreamer(url: str, transport: str, open_pipeline: Callable[..., Source
         _learned[url] = codec
         return source
     raise EdgesegError(
-        f"cannot open stream {redact(url)} through GStreamer as H.264 or H.265 ({errors[0]}): "
-        "check the address, credentials and network, or try --reader ffmpeg"
+        f"cannot open stream {redact(url)} through GStreamer: {errors[0]}; try --reader ffmpeg"
     )
 
 
@@ -136,7 +135,7 @@ def _open(url: str, description: str, open_pipeline: Callable[..., Source]) -> S
         source = open_pipeline(description, name=name, spec=url)
     except GstPipelineError as e:
         if any("not-linked" in line for line in e.log):
-            raise _NotThisCodec(str(e).split(": ", 1)[-1]) from None
+            raise _NotThisCodec("its video is neither H.264 nor H.265") from None
         why = next((ln for ln in e.log if ln.startswith("ERROR")), str(e))
         why = re.sub(r"^ERROR: (from element \S+: )?", "", why)
         why = why.rstrip(".")
@@ -145,6 +144,9 @@ def _open(url: str, description: str, open_pipeline: Callable[..., Source]) -> S
             "address, credentials and network"
         ) from None
     except EdgesegError as e:  # OpenCV's GStreamer says nothing of why: the next codec may fit
-        raise _NotThisCodec("OpenCV could not open the pipeline") from e
+        raise _NotThisCodec(
+            "OpenCV's GStreamer opened it neither as H.264 nor as H.265 (check the address, "
+            "credentials and network)"
+        ) from e
     source.via = "gstreamer " + description.split(" ! ")[3]  # the decoder
     return source

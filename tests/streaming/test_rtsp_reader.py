@@ -135,3 +135,23 @@ def test_reader_choice_without_gstreamer(monkeypatch):
         rtsp.use_gstreamer("gstreamer")
     with pytest.raises(EdgesegError, match="reader must be one of auto, gstreamer, ffmpeg"):
         open_source("rtsp://127.0.0.1:9/cam", reader="vlc")
+
+
+def test_a_camera_of_another_codec_is_one_line_after_both_tries():
+    from edgeseg.streaming.gst_launch import GstPipelineError
+
+    tried = []
+
+    def refuses(description, name, spec):
+        tried.append(description.split(" ! ")[1])
+        log = ["ERROR: from element /GstPipeline:pipeline0/GstRTSPSrc:rtspsrc0: Internal data "
+               "stream error.", "streaming stopped, reason not-linked (-1)"]  # fmt: skip
+        raise GstPipelineError("cannot run the GStreamer pipeline", log)
+
+    with pytest.raises(EdgesegError) as e:
+        rtsp.open_gstreamer("rtsp://u:p@cam/mjpeg", "tcp", refuses)
+    assert tried == ["rtph264depay", "rtph265depay"]
+    assert str(e.value) == (
+        "cannot open stream rtsp://***@cam/mjpeg through GStreamer: its video is neither H.264 "
+        "nor H.265; try --reader ffmpeg"
+    )
