@@ -68,6 +68,26 @@ class _Slot:
             b.free()
 
 
+class _Scratch:
+    """Each frame's scratch at model size, kept across steps: its ``labels`` (at the fused
+    upsample's size) and, with confidence, its ``conf`` (on the scores' own grid)."""
+
+    def __init__(self, drv: Driver, upsample: int) -> None:
+        self.drv, self.upsample = drv, upsample
+        self.buffers: dict[tuple[str, int], DeviceBuffer] = {}
+
+    def ptr(self, i: int, model_hw: tuple[int, int], what: str = "labels") -> int:
+        if (what, i) not in self.buffers:
+            k = self.upsample if what == "labels" else 1
+            self.buffers[(what, i)] = self.drv.mem_alloc(scratch_bytes(model_hw, k))
+        return self.buffers[(what, i)].ptr
+
+    def free(self) -> None:
+        for buf in self.buffers.values():
+            buf.free()
+        self.buffers.clear()
+
+
 @dataclass
 class _Step:
     """What one enqueue of a batch needs."""
@@ -165,7 +185,7 @@ class GpuPipeline:
         self.graph_kind = backend.caps.graph if cuda_graph else None
         self.graphs = _Graphs(self.graph_kind, self.drv, backend)
         self._slots: dict[tuple[int, tuple[int, int]], _Slot] = {}
-        self._scratch: dict[tuple[str, int], DeviceBuffer] = {}
+        self._scratch = _Scratch(self.drv, backend.upsample)
         self._smooth: dict[int, SmoothState] = {}  # states holding device buffers of this pipeline
 
     # -- buffers
@@ -177,14 +197,6 @@ class GpuPipeline:
                 self.graphs.drop()
             self._slots[(i, hw)] = _Slot(self.drv, hw, self.confidence)
         return self._slots[(i, hw)]
-
-    def _scratch_ptr(self, i: int, model_hw: tuple[int, int], what: str = "labels") -> int:
-        """Frame ``i``'s scratch at model size: its ``labels`` (at the fused upsample's size)
-        or, with confidence, its ``conf`` (on the scores' own grid)."""
-        if (what, i) not in self._scratch:
-            k = self.backend.upsample if what == "labels" else 1
-            self._scratch[(what, i)] = self.drv.mem_alloc(scratch_bytes(model_hw, k))
-        return self._scratch[(what, i)].ptr
 
     def _smooth_buffers(self, state: SmoothState, io: DeviceIO) -> dict:
         """``state``'s device buffers (see :func:`smooth_buffers`), tracked for close()."""
@@ -262,7 +274,7 @@ class GpuPipeline:
                 stream=s,
                 upsample=self.backend.upsample,
                 conf=slot.d_conf,
-                small_conf=self._scratch_ptr(i, model_hw, "conf") if slot.d_conf else 0,
+                small_conf=self._scratch.ptr(i, model_hw, "conf") if slot.d_conf else 0,
             )
             self.drv.memcpy_dtoh(slot.h_labels, slot.d_labels, s)
             if slot.d_conf:
@@ -299,7 +311,7 @@ class GpuPipeline:
         step = _Step(
             io,
             slots,
-            [self._scratch_ptr(i, io.output_shape[-2:]) for i in range(len(frames))],
+            [self._scratch.ptr(i, io.output_shape[-2:]) for i in range(len(frames))],
             table,
             overlay,
             smooth,
@@ -376,9 +388,7 @@ class GpuPipeline:
         for slot in self._slots.values():
             slot.free()
         self._slots.clear()
-        for buf in self._scratch.values():
-            buf.free()
-        self._scratch.clear()
+        self._scratch.free()
         for state in self._smooth.values():
             free_smooth(state)
         self._smooth.clear()
