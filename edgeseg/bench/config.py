@@ -52,7 +52,7 @@ class BenchConfig:
         False,
         "also watts and joules per frame over the pipeline's frames: tegrastats on a Jetson, "
         "NVML on other NVIDIA GPUs, RAPL for the CPU (the whole board or package, not just "
-        "edgeseg)",
+        "edgeseg), and per frame above the idle draw measured for a second before",
     )
     zoo: bool = setting(False, "every registered model: val mIoU against latency")
     data: str | None = setting(None, "--zoo: dataset for the val mIoU", metavar="SPEC")

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 POWERCAP = Path("/sys/class/powercap")
 TEGRASTATS_INTERVAL_MS = 100
 NVML_INTERVAL_S = 0.05
+IDLE_S = 1.0  # the idle draw measured before a metered run
 
 # name 1234mW/1234mW (JetPack 5 and 6), name 1234/1234 (JetPack 4), a third /value on newer
 # releases; the lookahead keeps "RAM 1313/30697MB" out.
@@ -66,13 +67,20 @@ class PowerReading:
     seconds: float
     source: str
 
-    def row(self, frames: int) -> dict[str, Any]:
-        """The bench row's fields for ``frames`` frames timed in the interval."""
-        return {
+    def row(self, frames: int, idle_watts: float | None = None) -> dict[str, Any]:
+        """The bench row's fields for ``frames`` frames timed in the interval; with the draw
+        of the same device idle, also the joules a frame costs above it (what running the
+        model adds; a board's whole draw keeps its fans, memory and radios too)."""
+        row: dict[str, Any] = {
             "watts": round(self.watts, 3),
             "joules_per_frame": round(self.joules / frames, 5) if frames else None,
             "power_source": self.source,
         }
+        if idle_watts is not None:
+            above = max(0.0, self.joules - idle_watts * self.seconds)
+            row["idle_watts"] = round(idle_watts, 3)
+            row["joules_per_frame_above_idle"] = round(above / frames, 5) if frames else None
+        return row
 
 
 class PowerMeter(Protocol):
@@ -312,6 +320,18 @@ def _gpu_index(device: str) -> int:
     ``CUDA_DEVICE_ORDER=PCI_BUS_ID``."""
     _, _, n = device.partition(":")
     return int(n) if n.isdigit() else 0
+
+
+def idle_watts(device: str, seconds: float = IDLE_S) -> float | None:
+    """The mean draw of ``device``'s power source over ``seconds`` of this process doing
+    nothing (a meter of its own, before the run); None where there is no power source."""
+    try:
+        meter = open_meter(device)
+        meter.start()
+        time.sleep(seconds)
+        return meter.stop().watts
+    except NoPower:
+        return None
 
 
 def open_meter(device: str, powercap: Path | None = None) -> PowerMeter:

@@ -64,15 +64,19 @@ def _result_row(r: dict[str, Any]) -> list[str]:
     ]
 
 
-POWER_COLUMNS = ("W", "J/frame")
+POWER_COLUMNS = ("W", "J/frame", "J/frame over idle")
 
 
 def _power_cells(r: dict[str, Any]) -> list[str]:
-    """Mean watts and joules per frame over the pipeline's frames; ``-`` where the row has none
-    (the reason is printed below the table)."""
+    """Mean watts and joules per frame over the pipeline's frames, and per frame above the
+    idle draw; ``-`` where the row has none (the reason is printed below the table)."""
     if "skipped" in r:
-        return ["", ""]
-    return [_fmt(r.get("watts"), 2), _fmt(r.get("joules_per_frame"), 4)]
+        return ["", "", ""]
+    return [
+        _fmt(r.get("watts"), 2),
+        _fmt(r.get("joules_per_frame"), 4),
+        _fmt(r.get("joules_per_frame_above_idle"), 4),
+    ]
 
 
 def power_lines(report: dict[str, Any]) -> list[str]:

@@ -264,9 +264,11 @@ def _pipeline(seg, source: str, frames: int, power: bool) -> tuple[dict, dict[st
 def _metered(pipe, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipeline's report, and its ``watts``, ``joules_per_frame`` and ``power_source`` (or
     ``power_none_why``) measured over the same frames: the end-to-end cost of a frame, decode
-    and encode included, as a robot pays it."""
-    from edgeseg.bench.power import NoPower, open_meter
+    and encode included, as a robot pays it; and above the device's idle draw, measured for a
+    second before (``idle_watts``, ``joules_per_frame_above_idle``)."""
+    from edgeseg.bench.power import NoPower, idle_watts, open_meter
 
+    idle = idle_watts(device)
     try:
         meter = open_meter(device)
         meter.start()
@@ -281,7 +283,7 @@ def _metered(pipe, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
             reading = e
     if isinstance(reading, NoPower):
         return report, {"power_none_why": str(reading)}
-    return report, reading.row(report["frames_out"])
+    return report, reading.row(report["frames_out"], idle)
 
 
 def _complexity(path: Path, spec) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from edgeseg.bench import power
 from edgeseg.bench.power import (
     NoPower,
     NvmlMeter,
+    PowerReading,
     RaplMeter,
     TegrastatsMeter,
     board_power,
@@ -254,6 +255,25 @@ def test_open_meter_for_the_cpu_uses_rapl(tmp_path, monkeypatch):
         open_meter("cpu")
 
 
+def test_idle_draw_is_measured_apart_and_subtracted_per_frame(on_path):
+    _fake_tegrastats(on_path, [ORIN_NANO_JP6])  # the same draw idle and running here
+    idle = power.idle_watts("cpu", seconds=0.3)
+    assert idle == pytest.approx(17.946)
+    reading = PowerReading(watts=20.0, joules=40.0, seconds=2.0, source="tegrastats VDD_IN")
+    row = reading.row(100, idle)
+    assert row["idle_watts"] == 17.946
+    # 40 J in 2 s, of which 2 s x 17.946 W the device draws anyway: 4.108 J over 100 frames
+    assert row["joules_per_frame_above_idle"] == pytest.approx(0.04108)
+    assert "idle_watts" not in reading.row(100)
+    assert reading.row(100, 25.0)["joules_per_frame_above_idle"] == 0.0  # never below zero
+
+
+def test_idle_draw_without_a_power_source_is_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(power.shutil, "which", lambda name: None)
+    monkeypatch.setattr(power, "POWERCAP", tmp_path / "absent")
+    assert power.idle_watts("cpu", seconds=0.01) is None
+
+
 # ---------------------------------------------------------------------------- NVML
 
 
@@ -342,6 +362,9 @@ def test_bench_power_adds_watts_and_joules_per_frame(tiny_onnx, on_path, tmp_pat
     assert row["watts"] == pytest.approx(17.946) and row["power_source"] == "tegrastats VDD_IN"
     assert row["pipeline"]["frames"] == 6 and 0 < row["joules_per_frame"]
     assert "power_none_why" not in row
+    # the fake board draws the same idle: a frame costs nothing above it, give or take timing
+    assert row["idle_watts"] == pytest.approx(17.946) and "J/frame over idle" in table
+    assert 0 <= row["joules_per_frame_above_idle"] < row["joules_per_frame"]
 
 
 def test_bench_row_without_a_source_says_why(tiny_onnx, tmp_path, monkeypatch):
