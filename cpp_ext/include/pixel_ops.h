@@ -220,8 +220,10 @@ ES_HD float exp_nonpositive(float x) {
 }
 
 // The top class's softmax probability as uint8, round(255 / sum) with sum = the exp of every
-// class's score minus the best (the best's own term is exactly 1, so sum >= 1).
-ES_HD u8 confidence_u8(float sum) { return (u8)(int)(255.0f / sum + 0.5f); }
+// class's score minus the best (the best's own term is exactly 1, so sum >= 1). A best score
+// that is NaN or infinite leaves no such term (sum 0 or NaN): confidence 0, not a float-to-int
+// conversion out of range (which x86, CUDA and Arm would each answer differently).
+ES_HD u8 confidence_u8(float sum) { return sum >= 1.0f ? (u8)(int)(255.0f / sum + 0.5f) : (u8)0; }
 
 // Confidence of one pixel from ``C`` class scores ``stride`` elements apart: the max, then the
 // sum in class order (the order NumPy's reference adds in).

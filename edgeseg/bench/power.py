@@ -322,14 +322,15 @@ def _gpu_index(device: str) -> int:
     return int(n) if n.isdigit() else 0
 
 
-def idle_watts(device: str, seconds: float = IDLE_S) -> float | None:
+def idle_watts(device: str, seconds: float = IDLE_S) -> tuple[float, str] | None:
     """The mean draw of ``device``'s power source over ``seconds`` of this process doing
-    nothing (a meter of its own, before the run); None where there is no power source."""
+    nothing, and that source (a meter's ``source``); None where there is none. Measured
+    before any model is loaded, so that clocks raised by a warm-up do not count as idle."""
     try:
         meter = open_meter(device)
         meter.start()
         time.sleep(seconds)
-        return meter.stop().watts
+        return meter.stop().watts, meter.source
     except NoPower:
         return None
 

@@ -192,6 +192,7 @@ def measure_config(
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.timing import summarize, time_calls
 
+    idle = _idle(device) if power else None
     rss_start = rss_mb()
     # Model-only: the file's whole graph, as any runtime would run it (the pipeline below lets
     # the post-processing kernel do an ONNX model's final resize instead).
@@ -213,7 +214,7 @@ def measure_config(
         seg = whole
     for _ in range(min(warmup, 5)):
         seg(frame, overlay_alpha=0.5)
-    report, energy = _pipeline(seg, source, frames, power)
+    report, energy = _pipeline(seg, source, frames, power, idle)
     complexity = _complexity(Path(path), spec)
     res = {
         "backend": seg.backend.name,
@@ -244,7 +245,17 @@ def measure_config(
     return res
 
 
-def _pipeline(seg, source: str, frames: int, power: bool) -> tuple[dict, dict[str, Any]]:
+def _idle(device: str) -> tuple[float, str] | None:
+    """The idle draw of the power source ``device`` will be metered by (:func:`_metered`)."""
+    from edgeseg.bench.power import idle_watts
+    from edgeseg.device import resolve_device
+
+    return idle_watts(str(resolve_device(device)) if device == "auto" else device)
+
+
+def _pipeline(
+    seg, source: str, frames: int, power: bool, idle: tuple[float, str] | None = None
+) -> tuple[dict, dict[str, Any]]:
     """The stream pipeline end to end over ``frames`` frames of ``source`` (decode to encode):
     its report, and with ``power`` its energy figures (:func:`_metered`)."""
     from edgeseg.streaming.pipeline import StreamPipeline
@@ -258,19 +269,21 @@ def _pipeline(seg, source: str, frames: int, power: bool) -> tuple[dict, dict[st
             mode="every-frame",
             max_frames=frames,
         )
-        return _metered(pipe, seg.backend.device) if power else (pipe.run(), {})
+        return _metered(pipe, seg.backend.device, idle) if power else (pipe.run(), {})
 
 
-def _metered(pipe, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _metered(
+    pipe, device: str, idle: tuple[float, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipeline's report, and its ``watts``, ``joules_per_frame`` and ``power_source`` (or
     ``power_none_why``) measured over the same frames: the end-to-end cost of a frame, decode
-    and encode included, as a robot pays it; and above the device's idle draw, measured for a
-    second before (``idle_watts``, ``joules_per_frame_above_idle``)."""
-    from edgeseg.bench.power import NoPower, idle_watts, open_meter
+    and encode included, as a robot pays it; with ``idle`` (:func:`_idle`, from the same
+    source), also above the idle draw (``idle_watts``, ``joules_per_frame_above_idle``)."""
+    from edgeseg.bench.power import NoPower, open_meter
 
-    idle = idle_watts(device)
     try:
         meter = open_meter(device)
+        idle_w = idle[0] if idle is not None and idle[1] == meter.source else None
         meter.start()
     except NoPower as e:
         return pipe.run(), {"power_none_why": str(e)}
@@ -283,7 +296,7 @@ def _metered(pipe, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
             reading = e
     if isinstance(reading, NoPower):
         return report, {"power_none_why": str(reading)}
-    return report, reading.row(report["frames_out"], idle)
+    return report, reading.row(report["frames_out"], idle_w)
 
 
 def _complexity(path: Path, spec) -> dict[str, Any]:

@@ -29,7 +29,11 @@ class SegResult:
             return self.vis
         if self.frame is None:
             raise ValueError("this result holds no frame to draw on")
-        return kernels.overlay(self.frame, self.labels, self.spec.palette, alpha)
+        vis = kernels.overlay(self.frame, self.labels, self.spec.palette, alpha)
+        unsure = self.labels == self.spec.ignore_index  # --min-confidence: no class, no colour
+        if unsure.any():
+            np.copyto(vis, self.frame, where=unsure[..., None])
+        return vis
 
     def colorize(self) -> np.ndarray:
         """The label map painted in the palette (BGR uint8)."""

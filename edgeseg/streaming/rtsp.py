@@ -10,7 +10,8 @@ decoder (``nvv4l2decoder``) where there is one, and ``avdec_h264``/``avdec_h265`
 OpenCV has GStreamer, else through ``gst-launch-1.0`` (:mod:`.gst_launch`) — and FFmpeg
 otherwise. The codec is not known before connecting: H.264 is tried first, H.265 when the
 camera's stream does not link to H.264's depayloader (a quick refusal, not a timeout), and the
-codec that worked is remembered for that URL's reconnects.
+codec that worked is remembered for that URL's reconnects. Through OpenCV, which reports no
+reason for a failure, ``decodebin`` picks depayloader, parser and decoder instead.
 """
 
 from __future__ import annotations
@@ -76,17 +77,27 @@ def gstreamer_missing() -> str | None:
     return f"GStreamer lacks {', '.join(missing)}" if missing else None
 
 
-def pipeline(url: str, codec: str, transport: str = "tcp") -> str:
-    """The GStreamer description that reads ``url`` (``codec`` over ``transport``) into BGR
-    frames at an ``appsink``. ``latency=0``: no jitter buffer delay (rtspsrc's default is 2 s);
-    ``sync=false``: frames go out as soon as they are decoded."""
+def pipeline(url: str, codec: str | None, transport: str = "tcp") -> str:
+    """The GStreamer description that reads ``url`` (``codec`` over ``transport``; None:
+    ``decodebin`` picks depayloader, parser and decoder) into BGR frames at an ``appsink``.
+    Jitter buffer: none over TCP (rtspsrc's default holds 2 s), 50 ms over UDP to put packets
+    that arrive out of order back in order. ``sync=false``: frames go out once decoded."""
     location = url.replace('"', "%22")  # quoted: '!' or ',' in a URL stay the URL's
+    latency = 50 if transport == "udp" else 0
+    decode = f"rtp{codec}depay ! {codec}parse ! {decoder(codec)}" if codec else _decodebin()
     return (
-        f'rtspsrc location="{location}" protocols={transport} latency=0 '
-        f"tcp-timeout={TCP_TIMEOUT_US} "
-        f"! rtp{codec}depay ! {codec}parse ! {decoder(codec)} ! videoconvert "
+        f'rtspsrc location="{location}" protocols={transport} latency={latency} '
+        f"tcp-timeout={TCP_TIMEOUT_US} ! {decode} ! videoconvert "
         "! video/x-raw,format=BGR ! appsink sync=false max-buffers=1 drop=true"
     )
+
+
+def _decodebin() -> str:
+    """decodebin, whose hardware decoder on a Jetson hands out NVMM buffers: nvvidconv copies
+    them out (it takes system memory too, should decodebin pick a software decoder)."""
+    if has_element("nvvidconv"):
+        return "decodebin ! nvvidconv ! video/x-raw,format=BGRx"
+    return "decodebin"
 
 
 def use_gstreamer(reader: str) -> bool:
@@ -108,7 +119,10 @@ def use_gstreamer(reader: str) -> bool:
 def open_gstreamer(url: str, transport: str, open_pipeline: Callable[..., Source]) -> Source:
     """``url`` read through GStreamer, trying its last good codec first; one error naming the
     stream when neither codec gives a frame. ``open_pipeline(description, name=, spec=)`` runs
-    a pipeline (:func:`edgeseg.streaming.sources.open_pipeline`)."""
+    a pipeline (:func:`edgeseg.streaming.sources.open_pipeline`). Through OpenCV, which says
+    nothing of why a pipeline failed, ``decodebin`` chooses the decoder in one try."""
+    if opencv_has_gstreamer():
+        return _open(url, pipeline(url, None, transport), open_pipeline)
     first = _learned.get(url, CODECS[0])
     order = [first, *(c for c in CODECS if c != first)]
     errors: list[str] = []
@@ -136,17 +150,20 @@ def _open(url: str, description: str, open_pipeline: Callable[..., Source]) -> S
     except GstPipelineError as e:
         if any("not-linked" in line for line in e.log):
             raise _NotThisCodec("its video is neither H.264 nor H.265") from None
-        why = next((ln for ln in e.log if ln.startswith("ERROR")), str(e))
-        why = re.sub(r"^ERROR: (from element \S+: )?", "", why)
-        why = why.rstrip(".")
+        why = next((ln for ln in e.log if ln.startswith(("ERROR", "WARNING"))), str(e))
+        why = re.sub(r"^(ERROR|WARNING): (from element \S+: )?", "", why).rstrip(".")
+        fix = (
+            f"install GStreamer's plugins (sudo apt-get install {PACKAGES}) or use --reader ffmpeg"
+            if "no element" in why
+            else "check the address, credentials and network"
+        )
         raise EdgesegError(
-            f"cannot open stream {name} (GStreamer: {why[:1].lower()}{why[1:]}): check the "
-            "address, credentials and network"
+            f"cannot open stream {name} (GStreamer: {why[:1].lower()}{why[1:]}): {fix}"
         ) from None
-    except EdgesegError as e:  # OpenCV's GStreamer says nothing of why: the next codec may fit
-        raise _NotThisCodec(
-            "OpenCV's GStreamer opened it neither as H.264 nor as H.265 (check the address, "
-            "credentials and network)"
+    except EdgesegError as e:  # through OpenCV, which gives no reason
+        raise EdgesegError(
+            f"cannot open stream {name} through GStreamer: check the address, credentials and "
+            "network, or try --reader ffmpeg"
         ) from e
-    source.via = "gstreamer " + description.split(" ! ")[3]  # the decoder
+    source.via = "gstreamer " + description.split(" ! ")[3]  # the decoder (or decodebin)
     return source

@@ -352,7 +352,7 @@ def open_source(
     if text == "synthetic" or text.startswith("synthetic:"):
         size, fps = _parse_synthetic(text)
         return SyntheticSource(size, fps, max_frames=max_frames)
-    if _URL.match(text):  # before pipelines: a URL may hold a '!'
+    if _URL.match(text) and " ! " not in text:  # before pipelines: a URL may hold a '!'
         if rtsp_transport not in RTSP_TRANSPORTS:
             raise EdgesegError(
                 f"rtsp_transport must be one of {', '.join(RTSP_TRANSPORTS)}, got "

@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--slices", action="store_true", help="several slices a frame")
     p.add_argument("--codec", choices=("h264", "h265"), default="h264")
     p.add_argument(
-        "--record", default=None, help="also write the H.264 stream as sent to this file"
+        "--record", default=None, help="also write the encoded stream as sent to this file"
     )
     return p.parse_args()
 

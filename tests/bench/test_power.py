@@ -257,15 +257,26 @@ def test_open_meter_for_the_cpu_uses_rapl(tmp_path, monkeypatch):
 
 def test_idle_draw_is_measured_apart_and_subtracted_per_frame(on_path):
     _fake_tegrastats(on_path, [ORIN_NANO_JP6])  # the same draw idle and running here
-    idle = power.idle_watts("cpu", seconds=0.3)
-    assert idle == pytest.approx(17.946)
+    watts, source = power.idle_watts("cpu", seconds=0.3)
+    assert watts == pytest.approx(17.946) and source == "tegrastats"
     reading = PowerReading(watts=20.0, joules=40.0, seconds=2.0, source="tegrastats VDD_IN")
-    row = reading.row(100, idle)
+    row = reading.row(100, watts)
     assert row["idle_watts"] == 17.946
     # 40 J in 2 s, of which 2 s x 17.946 W the device draws anyway: 4.108 J over 100 frames
     assert row["joules_per_frame_above_idle"] == pytest.approx(0.04108)
     assert "idle_watts" not in reading.row(100)
     assert reading.row(100, 25.0)["joules_per_frame_above_idle"] == 0.0  # never below zero
+
+
+def test_an_idle_draw_of_another_source_is_not_subtracted(on_path):
+    from edgeseg.bench.runner import _metered
+
+    _fake_tegrastats(on_path, [ORIN_NANO_JP6])
+    pipe = types.SimpleNamespace(run=lambda: {"frames_out": 10})
+    _, row = _metered(pipe, "cpu", (5.0, "RAPL package-0"))
+    assert row["power_source"] == "tegrastats VDD_IN" and "idle_watts" not in row
+    _, row = _metered(pipe, "cpu", (5.0, "tegrastats"))
+    assert row["idle_watts"] == 5.0 and row["joules_per_frame_above_idle"] >= 0
 
 
 def test_idle_draw_without_a_power_source_is_none(tmp_path, monkeypatch):

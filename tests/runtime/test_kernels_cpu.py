@@ -140,6 +140,30 @@ def test_confidence_equals_the_reference_bit_for_bit(h, w, k, C, mode, half, tie
     np.testing.assert_array_equal(labels, kernels.postprocess(scores, hw, mode=mode, upsample=k))
 
 
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_confidence_of_nan_and_infinite_scores_equals_the_reference(dtype, mode):
+    """A model that overflows (float16 engines can) gives NaN or inf scores: the kernels and
+    the reference agree on every pixel (a NaN after the first class is passed over, as the
+    argmax passes it; a best score that is NaN or infinite gives confidence 0)."""
+    rng = np.random.default_rng(5)
+    scores = (3 * rng.standard_normal((1, 5, 6, 40))).astype(dtype)
+    scores[0, 0, 0, :20] = np.nan  # the first class NaN: the best stays NaN
+    scores[0, 2, 1, :] = np.nan  # a later class NaN: passed over
+    scores[0, 3, 2, :] = np.inf
+    scores[0, :, 3, :] = -np.inf
+    scores[0, 1, 4, 5:30] = -np.inf
+    hw = (12, 80) if mode == "bilinear" else (6, 40)
+    conf = np.empty(hw, np.uint8)
+    with np.errstate(invalid="ignore"):
+        kernels.postprocess(scores, hw, mode=mode, conf_out=conf)
+        want = ref.confidence(scores, hw, mode)
+    np.testing.assert_array_equal(conf, want)
+    if mode == "nearest":
+        assert (conf[0, :20] == 0).all() and (conf[2] == 0).all() and (conf[3] == 0).all()
+        assert (conf[1] > 0).all() and (conf[4] > 0).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_confidence_is_the_softmax_of_the_winning_class(dtype):
     """Against the softmax computed in float64 with NumPy's exp: round(255 p) of the top class,

@@ -142,6 +142,9 @@ def test_min_confidence_gives_unsure_pixels_the_ignore_label(tiny_onnx, frame):
     plain = Segmenter(tiny_onnx)(frame, overlay_alpha=0.5)
     np.testing.assert_array_equal(drawn.vis[unsure], frame[unsure])
     np.testing.assert_array_equal(drawn.vis[~unsure], plain.vis[~unsure])
+    redrawn = drawn.overlay(0.7)  # another alpha: drawn again from the labels, alike
+    np.testing.assert_array_equal(redrawn[unsure], frame[unsure])
+    np.testing.assert_array_equal(redrawn[~unsure], plain.overlay(0.7)[~unsure])
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.errors import EdgesegError
 from edgeseg.streaming import rtsp
-from edgeseg.streaming.gst_launch import GstLaunchSource
+from edgeseg.streaming.gst_launch import GstLaunchSource, opencv_has_gstreamer
 from edgeseg.streaming.sources import open_source
 from edgeseg.testing import read_stamp
 
@@ -36,7 +36,8 @@ def _decode(recording, reader: str, codec: str) -> dict[int | None, np.ndarray]:
             frames[read_stamp(got[1])] = got[1]
         cap.release()
         return frames
-    desc = f'filesrc location="{recording}" ! {codec}parse ! avdec_{codec} ! videoconvert ! appsink'
+    decode = rtsp.decoder(codec)  # the reader's own decoder (a Jetson's hardware one there)
+    desc = f'filesrc location="{recording}" ! {codec}parse ! {decode} ! videoconvert ! appsink'
     with GstLaunchSource(desc) as src:
         while (f := src.read()) is not None:
             frames[read_stamp(f.image)] = f.image
@@ -67,6 +68,22 @@ def gstreamer_reader():
         pytest.skip(f"no GStreamer reader here: {why}")
 
 
+@pytest.fixture(autouse=True)
+def no_codec_remembered(monkeypatch):
+    """Each test starts with no codec learned (a port may be reused)."""
+    monkeypatch.setattr(rtsp, "_learned", {})
+
+
+@pytest.fixture
+def h265(gstreamer_reader):
+    missing = [e for e in ("x265enc", "rtph265pay", "rtph265depay", "h265parse", "avdec_h265")
+               if not rtsp.has_element(e)]  # fmt: skip
+    if missing:
+        pytest.skip(f"no H.265 in this GStreamer: {', '.join(missing)}")
+    if opencv_has_gstreamer():
+        pytest.skip("through OpenCV's GStreamer, decodebin picks the codec: nothing to retry")
+
+
 def test_gstreamer_reads_multi_slice_h264_exactly_where_ffmpeg_garbles_it(
     rtsp_server, gstreamer_reader, tmp_path
 ):
@@ -87,7 +104,7 @@ def test_both_readers_decode_single_slice_h264_exactly(
 
 
 def test_an_h265_camera_is_read_after_h264_is_refused_and_remembered(
-    rtsp_server, gstreamer_reader, tmp_path, monkeypatch
+    rtsp_server, h265, tmp_path, monkeypatch
 ):
     frames, decoded = _served(rtsp_server, tmp_path, "gstreamer", codec="h265")
     assert _exact(frames, decoded) == FRAMES
@@ -103,7 +120,7 @@ def test_an_h265_camera_is_read_after_h264_is_refused_and_remembered(
 def test_auto_reads_rtsp_through_gstreamer_and_names_the_stream(rtsp_server, gstreamer_reader):
     server = rtsp_server(size=(320, 180))
     with open_source(server.url) as src:
-        assert isinstance(src, GstLaunchSource) and src.spec == server.url
+        assert src.via.startswith("gstreamer ") and src.spec == server.url
         assert src.name == server.url and src.read().image.shape == (180, 320, 3)
 
 
@@ -137,8 +154,10 @@ def test_reader_choice_without_gstreamer(monkeypatch):
         open_source("rtsp://127.0.0.1:9/cam", reader="vlc")
 
 
-def test_a_camera_of_another_codec_is_one_line_after_both_tries():
+def test_a_camera_of_another_codec_is_one_line_after_both_tries(monkeypatch):
     from edgeseg.streaming.gst_launch import GstPipelineError
+
+    monkeypatch.setattr(rtsp, "opencv_has_gstreamer", lambda: False)
 
     tried = []
 
@@ -155,3 +174,31 @@ def test_a_camera_of_another_codec_is_one_line_after_both_tries():
         "cannot open stream rtsp://***@cam/mjpeg through GStreamer: its video is neither H.264 "
         "nor H.265; try --reader ffmpeg"
     )
+
+
+def test_a_missing_plugin_is_named_with_the_package_to_install(monkeypatch):
+    from edgeseg.streaming.gst_launch import GstPipelineError
+
+    monkeypatch.setattr(rtsp, "opencv_has_gstreamer", lambda: False)
+
+    def lacks(description, name, spec):
+        log = ['WARNING: erroneous pipeline: no element "rtph265depay"']
+        raise GstPipelineError("cannot run the GStreamer pipeline", log)
+
+    with pytest.raises(EdgesegError, match=r"no element .rtph265depay.\): install GStreamer's"):
+        rtsp.open_gstreamer("rtsp://cam/x", "tcp", lacks)
+
+
+def test_through_opencvs_gstreamer_decodebin_picks_the_codec_in_one_try(monkeypatch):
+    monkeypatch.setattr(rtsp, "opencv_has_gstreamer", lambda: True)
+    monkeypatch.setattr(rtsp, "has_element", lambda name: False)
+    tried = []
+
+    def refuses(description, name, spec):
+        tried.append(description)
+        raise EdgesegError("cannot open the GStreamer pipeline")
+
+    with pytest.raises(EdgesegError, match="^cannot open stream rtsp://cam/x through GStreamer: "):
+        rtsp.open_gstreamer("rtsp://cam/x", "udp", refuses)
+    assert len(tried) == 1 and " ! decodebin ! videoconvert ! " in tried[0]
+    assert "latency=50" in tried[0]  # UDP: room to reorder packets

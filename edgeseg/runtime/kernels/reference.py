@@ -201,11 +201,15 @@ def top_probability_u8(scores_hwc: np.ndarray) -> np.ndarray:
     """(H, W, C) float scores -> uint8 round(255 x the top class's softmax probability): the max,
     then exp(score - max) summed in class order."""
     v = scores_hwc.astype(np.float32, copy=False)
-    best = v.max(-1)
+    best = v[..., 0]
+    for c in range(1, v.shape[-1]):  # as the kernels: a class replaces the best only when
+        best = np.where(v[..., c] > best, v[..., c], best)  # greater (a NaN never is)
     total = np.zeros(best.shape, np.float32)
-    for c in range(v.shape[-1]):
-        total += exp_nonpositive(v[..., c] - best)
-    return (np.float32(255.0) / total + np.float32(0.5)).astype(np.int32).astype(np.uint8)
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN/inf scores: confidence 0
+        for c in range(v.shape[-1]):
+            total += exp_nonpositive(v[..., c] - best)
+        conf = (np.float32(255.0) / np.maximum(total, 1) + np.float32(0.5)).astype(np.int32)
+    return np.where(total >= 1, conf, 0).astype(np.uint8)
 
 
 def confidence(
