@@ -48,6 +48,7 @@ SECTIONS = {
     "stream_8_sources_batched": True,
     "stream_8_sources_unbatched": True,
     "bisenetv2_512x1024_fp16_graph": True,
+    "confidence_fp16_graph": True,
 }
 
 
@@ -205,6 +206,36 @@ def stream(ckpt: str, sources: list[str], frames: int, batch: int | None = None)
     }
 
 
+def confidence(ckpt: str, frames: list[np.ndarray], calls: int) -> dict:
+    """What per-pixel confidence adds to a GPU step (FP16, CUDA graph; the two Segmenters
+    alternating frame by frame), and how it compares with the CPU path's where labels agree."""
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.timing import summarize
+
+    segs = {
+        "plain": Segmenter(ckpt, **gpu(precision="fp16", cuda_graph=True)),
+        "confidence": Segmenter(ckpt, **gpu(precision="fp16", cuda_graph=True), confidence=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in segs}
+    for i in range(calls):
+        for name, seg in segs.items():
+            t0 = time.perf_counter()
+            seg(frames[i % len(frames)])
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    got = segs["confidence"](frames[0])
+    want = Segmenter(ckpt, device="cpu", confidence=True)(frames[0])
+    same = got.labels == want.labels
+    diff = np.abs(got.confidence.astype(int) - want.confidence)[same]
+    out = {name: summarize(v) for name, v in times.items()}
+    return {
+        **out,
+        "extra_ms_p50": round(out["confidence"]["p50"] - out["plain"]["p50"], 4),
+        "labels_agree_with_cpu": float(same.mean()),
+        "confidence_equal_where_labels_agree": float((diff == 0).mean()),
+        "confidence_max_difference": int(diff.max()) if diff.size else 0,
+    }
+
+
 def decode_only(clip: str, frames: int | None = None) -> dict:
     from edgeseg.streaming.sources import open_source
 
@@ -266,6 +297,7 @@ def main() -> None:
             ckpt, ["synthetic:960x540@0"] * 8, n(1000), 1
         )
         section("bisenetv2_512x1024_fp16_graph", out)(bisenet)(work)
+        section("confidence_fp16_graph", out)(confidence)(ckpt, frames, n(500))
 
 
 if __name__ == "__main__":
