@@ -959,39 +959,23 @@ def _bilinear(half: bool) -> _Kernel:
     )
 
 
-def _argmax_conf(half: bool) -> _Kernel:
-    def run(gpu, ctx, scores, C, h, w, labels, conf):
-        s = gpu.device_array(scores, (1, C, h, w), np.float16 if half else np.float32, ctx)
-        cpu = _cpu()
-        out = gpu.device_array(labels, (h, w), np.uint8, ctx)
-        c = gpu.device_array(conf, (h, w), np.uint8, ctx)
-        cpu.postprocess(s, cpu.F16 if half else cpu.F32, out, False, None, None, None, 0.5, 1, c)
+def _conf_kernel(half: bool, bilinear: bool) -> _Kernel:
+    """argmax_conf_* (labels and confidence at model size) or bilinear_argmax_conf_* (at the
+    frame's, after the resize), both by the CPU extension's kernel."""
 
-    return _Kernel(
-        run,
-        extent=lambda a: (a[2], a[3]),
-        outputs=lambda a: [
-            (a[4], (a[2], a[3]), np.uint8, (0, 1)),
-            (a[5], (a[2], a[3]), np.uint8, (0, 1)),
-        ],
-    )
-
-
-def _bilinear_conf(half: bool) -> _Kernel:
-    def run(gpu, ctx, scores, C, h, w, labels, conf, H, W):
+    def run(gpu, ctx, scores, C, h, w, labels, conf, *frame_hw):
+        H, W = frame_hw if bilinear else (h, w)
         s = gpu.device_array(scores, (1, C, h, w), np.float16 if half else np.float32, ctx)
         cpu = _cpu()
         out = gpu.device_array(labels, (H, W), np.uint8, ctx)
         c = gpu.device_array(conf, (H, W), np.uint8, ctx)
-        cpu.postprocess(s, cpu.F16 if half else cpu.F32, out, True, None, None, None, 0.5, 1, c)
+        cpu.postprocess(s, cpu.F16 if half else cpu.F32, out, bilinear, None, None, None, 0.5, 1, c)
 
+    size = (lambda a: (a[6], a[7])) if bilinear else (lambda a: (a[2], a[3]))
     return _Kernel(
         run,
-        extent=lambda a: (a[6], a[7]),
-        outputs=lambda a: [
-            (a[4], (a[6], a[7]), np.uint8, (0, 1)),
-            (a[5], (a[6], a[7]), np.uint8, (0, 1)),
-        ],
+        extent=size,
+        outputs=lambda a: [(a[4], size(a), np.uint8, (0, 1)), (a[5], size(a), np.uint8, (0, 1))],
     )
 
 
@@ -1079,10 +1063,10 @@ _KERNELS = {
     "argmax_f16": _argmax(True),
     "bilinear_argmax_f32": _bilinear(False),
     "bilinear_argmax_f16": _bilinear(True),
-    "argmax_conf_f32": _argmax_conf(False),
-    "argmax_conf_f16": _argmax_conf(True),
-    "bilinear_argmax_conf_f32": _bilinear_conf(False),
-    "bilinear_argmax_conf_f16": _bilinear_conf(True),
+    "argmax_conf_f32": _conf_kernel(False, False),
+    "argmax_conf_f16": _conf_kernel(True, False),
+    "bilinear_argmax_conf_f32": _conf_kernel(False, True),
+    "bilinear_argmax_conf_f16": _conf_kernel(True, True),
     "labels_from_i64": _labels_from(np.int64),
     "labels_from_i32": _labels_from(np.int32),
     "upsample_blend": _upsample_blend,
