@@ -102,6 +102,8 @@ class SourceRunner:
         self.thread: threading.Thread | None = None
         self.abandoned: list[threading.Thread] = []
         self._lock = threading.Lock()
+        if source is not None:
+            stats.sources[sid].reader = source.via
 
     @property
     def fps(self) -> float:
@@ -219,6 +221,7 @@ class SourceRunner:
                     return None
                 self.source = src
                 self.epoch += 1
+                self.stats.sources[self.sid].reader = src.via
             if self.stats.sources[self.sid].state == "reconnecting" and self.count:
                 self.stats.reconnected(self.sid)
             self.stats.state(self.sid, "running")

@@ -122,13 +122,14 @@ def open_gstreamer(url: str, transport: str, open_pipeline: Callable[..., Source
     a pipeline (:func:`edgeseg.streaming.sources.open_pipeline`). Through OpenCV, which says
     nothing of why a pipeline failed, ``decodebin`` chooses the decoder in one try."""
     if opencv_has_gstreamer():
-        return _open(url, pipeline(url, None, transport), open_pipeline)
+        return _open(url, pipeline(url, None, transport), open_pipeline, "decodebin")
     first = _learned.get(url, CODECS[0])
     order = [first, *(c for c in CODECS if c != first)]
     errors: list[str] = []
     for codec in order:
         try:
-            source = _open(url, pipeline(url, codec, transport), open_pipeline)
+            decode = decoder(codec).split(" ! ")[0]
+            source = _open(url, pipeline(url, codec, transport), open_pipeline, decode)
         except _NotThisCodec as e:
             errors.append(str(e))
             continue
@@ -143,7 +144,7 @@ class _NotThisCodec(Exception):
     """The stream did not link to this codec's depayloader."""
 
 
-def _open(url: str, description: str, open_pipeline: Callable[..., Source]) -> Source:
+def _open(url: str, description: str, open_pipeline: Callable[..., Source], decode: str) -> Source:
     name = redact(url)
     try:
         source = open_pipeline(description, name=name, spec=url)
@@ -165,5 +166,5 @@ def _open(url: str, description: str, open_pipeline: Callable[..., Source]) -> S
             f"cannot open stream {name} through GStreamer: check the address, credentials and "
             "network, or try --reader ffmpeg"
         ) from e
-    source.via = "gstreamer " + description.split(" ! ")[3]  # the decoder (or decodebin)
+    source.via = f"gstreamer {decode}"
     return source

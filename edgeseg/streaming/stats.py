@@ -110,6 +110,7 @@ class SourceStats:
     name: str
     mode: str
     state: str = "starting"  # starting | running | reconnecting | ended | stopped | failed
+    reader: str = ""  # how a network stream is read and decoded (Source.via), "" otherwise
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0

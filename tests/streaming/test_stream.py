@@ -47,6 +47,7 @@ REPORT_KEYS = {
 SOURCE_KEYS = {
     "name",
     "mode",
+    "reader",
     "state",
     "frames_in",
     "frames_out",

@@ -206,6 +206,7 @@ def test_realtime_over_rtsp_shows_the_newest_frame_not_a_queue(rtsp_server, tiny
     time.sleep(6)
     pipe.stop()
     report = pipe.join()
+    assert report["sources"][0]["reader"].startswith(("ffmpeg", "gstreamer "))
     late = [a for a in ages[5:] if a is not None]
     assert len(late) >= 15 and report["frames_dropped"] > len(ages)
     assert max(late) < 600, late
