@@ -143,6 +143,13 @@ inline fvec exp_nonpositive_v(fvec x, ivec live) {
     return live ? p * scale : fvec{};
 }
 
+// pixel_ops.h confidence_u8 a vector of lanes at a time: one vector division instead of one
+// scalar division a pixel (IEEE division either way, so the same bits).
+inline ivec confidence_u8_v(fvec sum) {
+    const fvec q = 255.0f / sum + 0.5f;
+    return __builtin_convertvector(sum >= 1.0f ? q : fvec{}, ivec);  // no out-of-range conversion
+}
+
 // ``value(c, half)``: class c of lanes [kLanes * half, kLanes * (half + 1)). Lane l's label goes
 // to ``out[l * stride]``, and with ``conf`` its confidence (pixel_ops.h confidence_u8) to
 // ``conf[l * stride]``: a second pass over the classes, whose values are still in cache. ``Conf``
@@ -173,9 +180,10 @@ inline void argmax_block(int C, F value, u8* out, i64 stride, u8* conf = nullptr
         if (any_lane(live0)) s0 += exp_nonpositive_v(d0, live0);
         if (any_lane(live1)) s1 += exp_nonpositive_v(d1, live1);
     }
+    const ivec q0 = confidence_u8_v(s0), q1 = confidence_u8_v(s1);
     for (int l = 0; l < kLanes; ++l) {
-        conf[l * stride] = confidence_u8(s0[l]);
-        conf[(l + kLanes) * stride] = confidence_u8(s1[l]);
+        conf[l * stride] = (u8)q0[l];
+        conf[(l + kLanes) * stride] = (u8)q1[l];
     }
 }
 
@@ -214,6 +222,46 @@ void cast_labels(const T* s, i64 n, u8* labels) {
     for (i64 i = 0; i < n; ++i) labels[i] = (u8)s[i];  // wraps like NumPy's astype(uint8)
 }
 
+// Nearest taps of one row as 16-byte shuffles: output bytes [16 i, 16 i + 16) are source bytes
+// base[i] + mask[i][l]. While the image grows (or shrinks a little), 16 neighbouring taps span
+// fewer than 16 source bytes, and a row's gather is one load, shuffle and store per 16 bytes
+// instead of a byte at a time (GCC's __builtin_shuffle: pshufb on x86-64, tbl on aarch64).
+// Chunks whose taps spread wider, or whose 16-byte load would pass the source row's end, and
+// the row's last W % 16 bytes, use the taps one by one; ``n_vec`` chunks lead the row.
+typedef u8 u8x16 __attribute__((vector_size(16)));
+
+struct ShuffleTaps {
+    std::vector<int> base;
+    std::vector<u8x16> mask;
+    int n_vec = 0;
+};
+
+void shuffle_taps(ShuffleTaps& st, const std::vector<int>& tx, int w) {
+    const int W = (int)tx.size();
+    st.base.resize(W / 16);
+    st.mask.resize(W / 16);
+    st.n_vec = 0;
+    for (int i = 0; i < W / 16; ++i, ++st.n_vec) {
+        const int b = tx[16 * i];
+        if (tx[16 * i + 15] - b >= 16 || b + 16 > w) break;  // taps only grow: the rest too
+        st.base[i] = b;
+        for (int l = 0; l < 16; ++l) st.mask[i][l] = (u8)(tx[16 * i + l] - b);
+    }
+}
+
+// One output row of nearest taps: ``dst[x] = src[tx[x]]``.
+inline void gather_row(const u8* src, const int* tx, const ShuffleTaps& st, int W, u8* dst) {
+    const int* base = st.base.data();
+    const u8x16* mask = st.mask.data();
+    for (int i = 0; i < st.n_vec; ++i) {
+        u8x16 v;
+        std::memcpy(&v, src + base[i], 16);
+        v = __builtin_shuffle(v, mask[i]);
+        std::memcpy(dst + 16 * i, &v, 16);
+    }
+    for (int x = 16 * st.n_vec; x < W; ++x) dst[x] = src[tx[x]];
+}
+
 // The colour term of every byte of a row: one 8-byte store a pixel (3 colour lanes + one that
 // the next pixel overwrites; ``krow`` has one spare lane at the end).
 inline void colour_row(const u8* labels, int W, const u16* colour_q, u16* krow) {
@@ -236,10 +284,13 @@ void upsample_and_blend_impl(const u8* small, int h, int w, u8* labels, int H, i
                              i64 frame_pitch, u8* overlay, const u16* colour_q, u16 keep_q,
                              const u8* conf_small, u8* conf) {
     thread_local std::vector<int> ty, tx;
+    thread_local ShuffleTaps stx;
     nearest_taps(ty, h, H);
     nearest_taps(tx, w, W);
+    shuffle_taps(stx, tx, w);
     const int* typ = ty.data();
     const int* txp = tx.data();
+    const ShuffleTaps* st = &stx;  // a plain pointer into the parallel region: one TLS lookup
 #pragma omp parallel num_threads(num_threads_for((i64)H * W))
     {
         thread_local std::vector<u8> lrow, crow;
@@ -253,15 +304,9 @@ void upsample_and_blend_impl(const u8* small, int h, int w, u8* labels, int H, i
             u8* l = labels + (i64)y * W;
             if (typ[y] != last) {
                 last = typ[y];
-                const u8* src = small + (i64)last * w;
-                u8* lr = lrow.data();
-                for (int x = 0; x < W; ++x) lr[x] = src[txp[x]];
-                if (overlay != nullptr) colour_row(lr, W, colour_q, krow.data());
-                if constexpr (Conf) {  // through a plain pointer: a thread_local's operator[] is a TLS lookup
-                    const u8* csrc = conf_small + (i64)last * w;
-                    u8* cr = crow.data();
-                    for (int x = 0; x < W; ++x) cr[x] = csrc[txp[x]];
-                }
+                gather_row(small + (i64)last * w, txp, *st, W, lrow.data());
+                if (overlay != nullptr) colour_row(lrow.data(), W, colour_q, krow.data());
+                if constexpr (Conf) gather_row(conf_small + (i64)last * w, txp, *st, W, crow.data());
             }
             std::memcpy(l, lrow.data(), W);
             if constexpr (Conf) std::memcpy(conf + (i64)y * W, crow.data(), W);

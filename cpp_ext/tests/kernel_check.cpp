@@ -154,6 +154,9 @@ int main() {
     check_preprocess(37, 53, 16, 24);
     check_preprocess(90, 160, 96, 128);
     check_upsample_blend(11, 17, 45, 70);
+    // row gathers 16 bytes a shuffle: upscales, a downscale, widths around 16, tails
+    for (int w : {1, 15, 16, 17, 60, 240})
+        for (int W : {16, 31, 48, 200, 961}) check_upsample_blend(3, w, 5, W);
     check_blend_only(23, 41);
     std::printf("lanes %d%s: %d checks, %d failures\n", kLanes,
 #if defined(__ARM_NEON)

@@ -235,6 +235,36 @@ def test_label_inputs(dtype):
     check_postprocess(labels, frame, rng.integers(0, 256, (19, 3)))
 
 
+@pytest.mark.parametrize(
+    "w,W",
+    [
+        (1, 16),
+        (15, 16),
+        (16, 16),
+        (17, 33),
+        (100, 250),
+        (240, 960),
+        (240, 961),
+        (480, 960),
+        (240, 200),
+        (20, 17),
+        (64, 65),
+    ],
+)
+def test_nearest_rows_at_the_edges_of_the_16_byte_shuffles(w, W):
+    """Row gathers go 16 output bytes at a time where 16 taps fit in one 16-byte load: widths
+    around 16, upscales, tiny downscales and tails all land where the taps say."""
+    rng = np.random.default_rng(w * 1000 + W)
+    labels = rng.integers(0, 256, (1, 3, w)).astype(np.uint8)
+    frame = _frame(rng, 5, W)
+    check_postprocess(labels, frame, rng.integers(0, 256, (256, 3)))
+    scores = rng.standard_normal((1, 7, 3, w)).astype(np.float32)
+    conf, want = np.empty((5, W), np.uint8), np.empty((5, W), np.uint8)
+    kernels.postprocess(scores, (5, W), conf_out=conf)
+    ref.postprocess(scores, (5, W), conf_out=want)
+    np.testing.assert_array_equal(conf, want)
+
+
 def test_non_contiguous_inputs():
     rng = np.random.default_rng(2)
     big = _frame(rng, 100, 160)
