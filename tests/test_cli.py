@@ -258,6 +258,8 @@ def test_every_train_setting_is_a_flag():
         "2",
         "--distill-temperature",
         "4",
+        "--teacher-logits",
+        "live",
         "--model-kwargs",
         '{"width_mult": 0.75}',
         "--boundary-weight",

@@ -81,7 +81,8 @@ def test_train(tiny_run, tmp_path, monkeypatch):
             "--seed", "3", "--val-every", "1", "--ema", "0.99", "--freeze-bn", "0.5",
             "--init-from", ckpt, "--teacher", ckpt, "--unlabeled", str(clip),
             "--consistency-weight", "2", "--confidence", "0.8", "--freeze-encoder", "1",
-            "--distill-weight", "0.5", "--distill-temperature", "3", "--model-kwargs",
+            "--distill-weight", "0.5", "--distill-temperature", "3", "--teacher-logits",
+            "live", "--model-kwargs",
             '{"dropout": 0.2}', "--quiet"]  # fmt: skip
     not_walked = {
         "minutes": "the alternative to epochs: tests/train/test_trainer.py (budget tests)",

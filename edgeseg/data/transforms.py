@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -66,6 +67,20 @@ def _check_hw(name: str, hw) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise EdgesegError(f"{name} must be positive, got {hw!r}; pass two positive integers")
     return h, w
+
+
+# Stored teacher logits are warped to 1/SOFT_STRIDE of the crop: soft targets vary smoothly, and
+# the distillation loss resizes them to the student's output.
+SOFT_STRIDE = 2
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """One sample's geometry: ``m`` maps crop pixels to source pixels (an inverse warp), and
+    ``valid`` = (y0, y1, x0, x1) is the part of the crop on the image (the rest is padding)."""
+
+    m: np.ndarray
+    valid: tuple[int, int, int, int]
 
 
 class TrainTransform:
@@ -140,9 +155,15 @@ class TrainTransform:
             f"photometric={self.photometric})"
         )
 
-    def __call__(self, img: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, img: np.ndarray, mask: np.ndarray, soft: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(image, mask), and with ``soft`` (a teacher's (h, w, C) logits over the whole
+        image, any resolution) also those logits through the same scale, crop and flip:
+        float32 (C, crop_h / SOFT_STRIDE, crop_w / SOFT_STRIDE), NaN where the crop is padding."""
         rng = self._generator()
-        out_img, out_mask = self.crop(img, mask, rng)
+        geo = self._draw(img, mask, rng)
+        out_img, out_mask = self._warp(img, mask, geo)
         gains, noise = (1.0, 1.0, 1.0), 0.0
         if self.photometric:
             out_img, gains, noise = camera_changes(out_img, rng)
@@ -154,13 +175,19 @@ class TrainTransform:
                 )
         else:
             image = _planes_to_normalized(cv2.split(out_img), self.mean, self.std)
-        return torch.from_numpy(image), _mask_tensor(out_mask)
+        if soft is None:
+            return torch.from_numpy(image), _mask_tensor(out_mask)
+        warped = self._warp_soft(soft, geo, img.shape[:2])
+        return torch.from_numpy(image), _mask_tensor(out_mask), torch.from_numpy(warped)
 
     def crop(
         self, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The geometric part alone: random scale, crop and flip of image and mask (uint8)."""
-        rng = rng or self._generator()
+        return self._warp(img, mask, self._draw(img, mask, rng or self._generator()))
+
+    def _draw(self, img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> _Crop:
+        """The random scale, crop origin and flip of one sample."""
         h0, w0 = img.shape[:2]
         if mask.shape[:2] != (h0, w0):
             raise ValueError(f"image is {w0}x{h0} but mask is {mask.shape[1]}x{mask.shape[0]}")
@@ -173,7 +200,6 @@ class TrainTransform:
         ox = int(rng.integers(min(0, ws - cw), max(0, ws - cw) + 1))
         flip = self.hflip and rng.random() < 0.5
         ky, kx = hs / h0, ws / w0
-
         # Inverse map crop pixel -> source pixel with cv2.resize's half-pixel-centre convention.
         if flip:
             m = np.array(
@@ -181,19 +207,24 @@ class TrainTransform:
             )
         else:
             m = np.array([[1 / kx, 0, (ox + 0.5) / kx - 0.5], [0, 1 / ky, (oy + 0.5) / ky - 0.5]])
-        flags = cv2.WARP_INVERSE_MAP
-        # Replicate, then blank the padding explicitly: a constant border would bleed black into
-        # the outermost image pixels through bilinear interpolation.
-        out_img = cv2.warpAffine(
-            img, m, (cw, ch), flags=flags | cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-        out_mask = cv2.warpAffine(
-            mask, m, (cw, ch), flags=flags | cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
-        )
         y0, y1 = max(0, -oy), min(ch, hs - oy)  # rows of the crop that lie on the scaled image
         x0, x1 = max(0, -ox), min(cw, ws - ox)
         if flip:
             x0, x1 = cw - x1, cw - x0
+        return _Crop(m, (y0, y1, x0, x1))
+
+    def _warp(self, img: np.ndarray, mask: np.ndarray, geo: _Crop) -> tuple[np.ndarray, np.ndarray]:
+        ch, cw = self.crop_hw
+        flags = cv2.WARP_INVERSE_MAP
+        # Replicate, then blank the padding explicitly: a constant border would bleed black into
+        # the outermost image pixels through bilinear interpolation.
+        out_img = cv2.warpAffine(
+            img, geo.m, (cw, ch), flags=flags | cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        out_mask = cv2.warpAffine(
+            mask, geo.m, (cw, ch), flags=flags | cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
+        )
+        y0, y1, x0, x1 = geo.valid
         if y0 > 0 or y1 < ch or x0 > 0 or x1 < cw:
             for arr, fill in ((out_img, 0), (out_mask, self.ignore_index)):
                 arr[:y0] = fill
@@ -201,6 +232,33 @@ class TrainTransform:
                 arr[:, :x0] = fill
                 arr[:, x1:] = fill
         return out_img, out_mask
+
+    def _warp_soft(self, soft: np.ndarray, geo: _Crop, src_hw: tuple[int, int]) -> np.ndarray:
+        """``soft`` (h, w, C) over the whole source image -> (C, oh, ow) over the crop at
+        1/SOFT_STRIDE of its size: output pixel -> crop pixel -> source pixel (``geo.m``) ->
+        logit cell, each step with half-pixel centres, composed into one warp."""
+        ch, cw = self.crop_hw
+        oh, ow = max(1, ch // SOFT_STRIDE), max(1, cw // SOFT_STRIDE)
+        gh, gw = soft.shape[:2]
+        sy, sx = ch / oh, cw / ow
+        to_crop = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        ky, kx = gh / src_hw[0], gw / src_hw[1]
+        to_cell = np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1]])
+        m = (to_cell @ np.vstack([geo.m, [0, 0, 1]]) @ to_crop)[:2]
+        out = cv2.warpAffine(
+            np.ascontiguousarray(soft, np.float32),
+            m,
+            (ow, oh),
+            flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        out = out.reshape(oh, ow, -1)  # OpenCV drops a single channel's axis
+        # Cells whose centre falls on the crop's padding: no teacher opinion there.
+        y0, y1, x0, x1 = geo.valid
+        cy, cx = (np.arange(oh) + 0.5) * sy - 0.5, (np.arange(ow) + 0.5) * sx - 0.5
+        out[(cy < y0 - 0.5) | (cy > y1 - 0.5)] = np.nan
+        out[:, (cx < x0 - 0.5) | (cx > x1 - 0.5)] = np.nan
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
 
     def _jitter(
         self, img: np.ndarray, rng: np.random.Generator, gains=(1.0, 1.0, 1.0)

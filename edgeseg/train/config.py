@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeseg._config import setting
 from edgeseg.errors import EdgesegError
-from edgeseg.train import LOSSES, MIXES
+from edgeseg.train import LOSSES, MIXES, TEACHER_LOGITS
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -104,6 +104,13 @@ class TrainConfig:
     )
     freeze_encoder: int = setting(0, "keep the encoder fixed for the first N epochs", metavar="N")
     distill_weight: float = setting(1.0, "weight of the distillation loss")
+    teacher_logits: str = setting(
+        "auto",
+        "how --teacher's predictions are made: stored (once per training image, then cropped "
+        "with each sample: cheap), live (a teacher pass every batch), auto (stored on a CPU "
+        "unless --mix, live on a GPU)",
+        choices=TEACHER_LOGITS,
+    )
     distill_temperature: float = setting(
         2.0, "softmax temperature of the distillation (higher: more of the teacher's runners-up)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from edgeseg.data import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, build_dataset
 from edgeseg.data.datasets import DatasetInfo, SegDataset
@@ -48,6 +48,32 @@ class Data:
         return len(self.info.classes)
 
 
+def train_loader(
+    dataset: Dataset,
+    sampler: DistributedSampler | None,
+    batch_size: int,
+    workers: int,
+    world: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The loader of training batches (``batch_size`` split over ``world`` processes)."""
+    per_proc = max(1, batch_size // world)
+    return DataLoader(
+        dataset,
+        per_proc,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=len(dataset) // world >= per_proc,
+        worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        # Forked workers inherit OpenCV's thread pool half-alive and hang in it; spawned ones
+        # start clean (a one-off start-up cost: the workers persist).
+        multiprocessing_context="spawn" if workers > 0 else None,
+    )
+
+
 def build_data(
     cfg: TrainConfig,
     dist_info: DistInfo | None = None,
@@ -86,24 +112,11 @@ def build_data(
         val_set.preload()
     world, rank = dist_info.world, dist_info.rank
     sampler = DistributedSampler(train_set, world, rank, seed=seed) if world > 1 else None
-    per_proc = max(1, batch_size // world)
-    loader = DataLoader(
-        train_set,
-        per_proc,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=len(train_set) // world >= per_proc,
-        worker_init_fn=_seed_worker,
-        persistent_workers=workers > 0,
-        pin_memory=pin_memory,
-        # Forked workers inherit OpenCV's thread pool half-alive and hang in it; spawned ones
-        # start clean (a one-off start-up cost: the workers persist).
-        multiprocessing_context="spawn" if workers > 0 else None,
-    )
+    loader = train_loader(train_set, sampler, batch_size, workers, world, pin_memory)
     shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
     val_loader = DataLoader(shard, 1, shuffle=False, num_workers=0)
     frames = None
+    per_proc = max(1, batch_size // world)
     if unlabeled:
         views = TrainTransform(crop_hw, scale=scale, ignore_index=ignore, mean=mean, std=std)
         unlabeled_set = semi.UnlabeledFrames(unlabeled, views, input_hw[0])

@@ -213,11 +213,16 @@ def _labeled(outputs, n: int):
 
 
 def _step_loss(
-    loop: Loop, img: torch.Tensor, targets: Targets, views: tuple | None = None
+    loop: Loop,
+    img: torch.Tensor,
+    targets: Targets,
+    views: tuple | None = None,
+    soft: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The step's loss: supervised on each mixed target (weighted), distillation from a fixed
-    teacher, and Mean Teacher's consistency on unlabeled ``views`` (weak, strong) — the strong
-    views run in the same forward pass as the labeled images."""
+    teacher (its stored logits ``soft``, or its pass over ``img``), and Mean Teacher's
+    consistency on unlabeled ``views`` (weak, strong) — the strong views run in the same forward
+    pass as the labeled images."""
     n = img.shape[0]
     x = img if views is None else torch.cat([img, views[1]])
     with torch.autocast(loop.device.type, dtype=torch.float16, enabled=loop.amp):
@@ -227,10 +232,11 @@ def _step_loss(
         for mask, weight in targets:
             part, main = segmentation_loss(labeled, mask, loop.criterion, loop.aux_weight)
             loss = loss + weight * part
-        if loop.teacher is not None:
-            with torch.no_grad():
-                target = loop.teacher(img)
-            kd = distillation_loss(main.float(), target.float(), loop.distill_temperature)
+        if soft is not None or loop.teacher is not None:
+            if soft is None:
+                with torch.no_grad():
+                    soft = loop.teacher(img)
+            kd = distillation_loss(main.float(), soft.float(), loop.distill_temperature)
             loss = loss + loop.distill_weight * kd
         if views is not None:
             student = semi.unlabeled_part(outputs, n)
@@ -240,8 +246,9 @@ def _step_loss(
     return loss
 
 
-def _batch(loop: Loop, img: torch.Tensor, mask: torch.Tensor):
-    """The step's inputs on the device: images (mixed), targets, unlabeled views."""
+def _batch(loop: Loop, img: torch.Tensor, mask: torch.Tensor, *soft: torch.Tensor):
+    """The step's inputs on the device: images (mixed), targets, unlabeled views, and the
+    stored teacher logits when the loader gives them."""
     img = img.to(loop.device, non_blocking=True)
     mask = mask.to(loop.device, non_blocking=True)
     img, targets = mix_batch(img, mask, loop.mix, loop.mix_prob, loop.ignore_index)
@@ -252,7 +259,8 @@ def _batch(loop: Loop, img: torch.Tensor, mask: torch.Tensor):
             v.to(loop.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             for v in (weak, strong)
         )
-    return img.contiguous(memory_format=torch.channels_last), targets, views
+    stored = soft[0].to(loop.device, non_blocking=True) if soft else None
+    return img.contiguous(memory_format=torch.channels_last), targets, views, stored
 
 
 def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
@@ -279,7 +287,7 @@ def train_one_epoch(
     if loop.freeze_encoder_epochs:
         set_encoder_frozen(loop.model, epoch < loop.freeze_encoder_epochs)
     loss_sum, n = 0.0, 0
-    for img, mask in loader:
+    for batch in loader:  # (image, mask), and stored teacher logits when distilling from them
         if loop.on_step is not None:
             loop.on_step(loop.it)
         progress = loop.progress(loop.it)
@@ -288,7 +296,7 @@ def train_one_epoch(
         if not loop.bn_frozen and loop.freeze_bn_at is not None and progress >= loop.freeze_bn_at:
             freeze_batchnorm(loop.model)
             loop.bn_frozen = True
-        loss = _step_loss(loop, *_batch(loop, img, mask))
+        loss = _step_loss(loop, *_batch(loop, *batch))
         if not torch.isfinite(loss):
             raise EdgesegError(
                 f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower lr (now "

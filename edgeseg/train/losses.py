@@ -160,16 +160,18 @@ def distillation_loss(
 ) -> torch.Tensor:
     """Pixel-wise KL divergence from the teacher's softened class distribution to the student's
     (Hinton et al., 2015), scaled by T² so its gradients keep their size as T changes; averaged
-    over pixels, void ones included (the teacher has an opinion there, the labels do not)."""
+    over pixels, void ones included (the teacher has an opinion there, the labels do not).
+    Pixels where ``teacher`` is NaN (stored logits over a crop's padding) do not count."""
     if student.shape != teacher.shape:
         teacher = F.interpolate(
             teacher, size=student.shape[-2:], mode="bilinear", align_corners=False
         )
+    valid = torch.isfinite(teacher).all(1)
     t = temperature
     log_p = F.log_softmax(student / t, dim=1)
-    log_q = F.log_softmax(teacher / t, dim=1)
+    log_q = F.log_softmax(torch.where(valid[:, None], teacher, 0.0) / t, dim=1)
     kl = (log_q.exp() * (log_q - log_p)).sum(1)
-    return kl.mean() * t * t
+    return (kl * valid).sum() / valid.sum().clamp(min=1) * t * t
 
 
 def segmentation_loss(

@@ -33,6 +33,7 @@ from edgeseg._table import console as make_console
 from edgeseg.device import resolve_device
 from edgeseg.models.encoders import load_pretrained
 from edgeseg.spec import ModelSpec
+from edgeseg.train import distill
 from edgeseg.train.checkpointing import (
     RunState,
     _model_kwargs,
@@ -44,7 +45,7 @@ from edgeseg.train.checkpointing import (
     save_run,
 )
 from edgeseg.train.config import TrainConfig
-from edgeseg.train.data import Data, build_data
+from edgeseg.train.data import Data, build_data, train_loader
 from edgeseg.train.distributed import DistInfo, seed_everything, setup_distributed
 from edgeseg.train.loop import Loop, build_loop, train_one_epoch, validate
 from edgeseg.train.metrics import SegMetrics
@@ -227,11 +228,32 @@ def _start(
     t0 = time.perf_counter() - (resume.get("elapsed_s", 0.0) if resume else 0.0)
     loop = build_loop(cfg, model, data, device, dist_info, _budget(cfg, len(data.loader), t0))
     state = restore(loop, resume, len(data.loader))
+    teacher_note = _store_teacher(cfg, data, loop, dist_info, device)
+    if teacher_note:
+        console.print(teacher_note)
     out = Path(cfg.out)
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
     spec = model_spec(cfg, data, model)
     return Run(cfg, dist_info, data, loop, state, spec, out, console, t0), init_note
+
+
+def _store_teacher(
+    cfg: TrainConfig, data: Data, loop: Loop, dist_info: DistInfo, device: torch.device
+) -> str | None:
+    """With a teacher whose logits are stored (``--teacher-logits``): its logits for every
+    training image, once, and a loader that crops them with each sample; a line saying so."""
+    if loop.teacher is None or not distill.stored_mode(cfg.teacher_logits, device, cfg.mix):
+        return None
+    t0 = time.perf_counter()
+    logits = distill.store_teacher_logits(loop.teacher, data.train_set, data.input_hw, device)
+    dataset = distill.WithTeacherLogits(data.train_set, logits)
+    pin = device.type == "cuda"
+    data.loader = train_loader(
+        dataset, data.sampler, cfg.batch_size, cfg.workers, dist_info.world, pin
+    )
+    loop.teacher = None  # its answers are stored: no pass per batch
+    return distill.stored_teacher_note(logits, time.perf_counter() - t0)
 
 
 def _banner(cfg: TrainConfig, data: Data, device: torch.device, dist_info: DistInfo) -> str:

@@ -251,3 +251,46 @@ def test_photometric_changes_vary_the_image_only_and_each_one_happens(monkeypatc
         transforms, "PHOTOMETRIC", {k: (0.0, r) for k, (_, r) in transforms.PHOTOMETRIC.items()}
     )
     assert torch.allclose(run(True)[0], plain, atol=1e-5)
+
+
+def test_stored_teacher_logits_follow_the_crop_of_the_pixels() -> None:
+    """Soft targets stored over the whole image are scaled, cropped and flipped with the pixels:
+    logits that are the source coordinates come out as the coordinates the crop's pixels show,
+    NaN over the padding, and the random draws are those of the same sample without them."""
+    h0, w0, gh, gw = 40, 60, 10, 15
+    yy, xx = np.mgrid[0:h0, 0:w0]
+    img = np.dstack([xx, yy, np.zeros_like(xx)]).astype(np.uint8)  # R = column, G = row
+    mask = np.zeros((h0, w0), np.uint8)
+    cy, cx = (np.arange(gh) + 0.5) * h0 / gh - 0.5, (np.arange(gw) + 0.5) * w0 / gw - 0.5
+    soft = np.dstack(np.broadcast_arrays(cx[None, :], cy[:, None])).astype(np.float16)
+    mean, std = (np.asarray(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    cells = lambda a: a.reshape(12, 2, 20, 2).mean((1, 3))  # noqa: E731  2x2 crop pixels a cell
+    padded = set()
+    for seed in range(16):
+
+        def make(seed=seed):
+            return TrainTransform(
+                (24, 40),
+                scale=(0.3, 1.2),
+                jitter=0,
+                ignore_index=IGNORE,
+                rng=np.random.default_rng(seed),
+            )
+
+        x, y, s = make()(img, mask, soft=soft)
+        x0, y0 = make()(img, mask)
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+        assert s.shape == (2, 12, 20) and s.dtype == torch.float32
+        pad = cells((y == IGNORE).numpy().astype(float))
+        padded |= {"rows"} if (pad.min(1) == 1).any() else set()
+        padded |= {"columns"} if (pad.min(0) == 1).any() else set()
+        nan = torch.isnan(s).all(0).numpy()
+        assert nan[pad == 1].all() and not nan[pad == 0].any()
+        rgb = x.numpy() * std + mean
+        want = np.stack([cells(rgb[0]), cells(rgb[1])])
+        # where both lie on the linear part of the ramps (between the outermost cell centres)
+        inner = (pad == 0) & (want[0] > cx[0]) & (want[0] < cx[-1])
+        inner &= (want[1] > cy[0]) & (want[1] < cy[-1])
+        assert inner.sum() >= 4
+        np.testing.assert_allclose(s.numpy()[:, inner], want[:, inner], atol=0.6)
+    assert padded == {"rows", "columns"}

@@ -78,3 +78,15 @@ def test_boundary_weighting_matches_a_hand_computed_mean_and_reduces_to_ce():
     want = (ce * w).sum() / w.sum()
     got = BoundaryWeightedCE(255, cw, boundary_weight=3.0)(logits, target)
     assert got == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_distillation_skips_pixels_without_a_teacher_opinion():
+    """Stored logits are NaN over a crop's padding: those pixels neither count nor poison the
+    mean, and a teacher with no opinion anywhere gives no loss (not NaN)."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 8, 8), torch.randn(2, 5, 8, 8)
+    holed = teacher.clone()
+    holed[:, :, :, 4:] = float("nan")
+    part = distillation_loss(student, holed)
+    assert part == pytest.approx(distillation_loss(student[..., :4], teacher[..., :4]).item())
+    assert distillation_loss(student, torch.full_like(teacher, float("nan"))) == 0

@@ -276,3 +276,50 @@ def test_freezing_a_model_without_an_encoder_is_refused(tmp_path):
                 **dict(TINY, model="bisenetv2"), out=str(tmp_path), epochs=1, freeze_encoder=1
             )
         )
+
+
+@pytest.mark.parametrize("mode", ["stored", "live"])
+def test_a_teacher_runs_once_per_image_when_its_logits_are_stored(
+    tiny_run, tmp_path, monkeypatch, mode
+):
+    """Stored: the teacher's passes happen before the first step, one per batch of 8 training
+    images, and each step distils from the crop's share of them (half the crop's size);
+    live: one pass per step, on the step's images."""
+    from edgeseg.train import loop as loop_mod
+
+    calls, seen = [], []
+    real_load, real_loss = loop_mod.load_teacher, loop_mod.distillation_loss
+
+    def counting_teacher(*args):
+        teacher = real_load(*args)
+        teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+        return teacher
+
+    def spy(student, teacher, t):
+        seen.append(tuple(teacher.shape[-2:]))
+        return real_loss(student, teacher, t)
+
+    monkeypatch.setattr(loop_mod, "load_teacher", counting_teacher)
+    monkeypatch.setattr(loop_mod, "distillation_loss", spy)
+    cfg = TrainConfig(
+        out=str(tmp_path), epochs=1, teacher=str(tiny_run / "best.pt"), teacher_logits=mode, **TINY
+    )
+    res = train(cfg)
+    assert 0 <= res["val_miou"] <= 1 and len(seen) == 4  # 16 images, batch 4
+    if mode == "stored":
+        assert calls == [8, 8] and set(seen) == {(32, 64)}
+    else:
+        assert calls == [4] * 4 and set(seen) == {(64, 128)}
+
+
+def test_stored_teacher_logits_cannot_follow_mixed_batches(tiny_run, tmp_path):
+    cfg = TrainConfig(
+        out=str(tmp_path),
+        epochs=1,
+        teacher=str(tiny_run / "best.pt"),
+        teacher_logits="stored",
+        mix="cutmix",
+        **TINY,
+    )
+    with pytest.raises(EdgesegError, match="--teacher-logits live"):
+        train(cfg)
