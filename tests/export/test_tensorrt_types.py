@@ -100,13 +100,16 @@ def _mypy(stubs: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def stubs(request) -> Path:
+def stubs(request, tmp_path_factory) -> Path:
     pytest.importorskip("mypy", reason="mypy is not installed: pip install -e '.[dev]'")
     src = stubs_dir()
     if src is None:
         pytest.skip(f"TensorRT's stubs are not installed: {INSTALL}")
     key = hashlib.sha256((src / FILES[2]).read_bytes()).hexdigest()[:12]
-    dst = Path(request.config.cache.mkdir(f"tensorrt-stubs-{key}"))  # stable: mypy's cache holds
+    name = f"tensorrt-stubs-{key}"
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    # a stable path where pytest's cache is on, so mypy's own cache stays valid between runs
+    dst = Path(cache.mkdir(name)) if cache is not None else tmp_path_factory.mktemp(name)
     mended = repaired_stubs(src, dst)
     assert mended, "the stubs parse as they are now: repaired_stubs can go"
     return dst
