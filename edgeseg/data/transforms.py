@@ -245,8 +245,9 @@ class TrainTransform:
         ky, kx = gh / src_hw[0], gw / src_hw[1]
         to_cell = np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1]])
         m = (to_cell @ np.vstack([geo.m, [0, 0, 1]]) @ to_crop)[:2]
+        src = torch.from_numpy(np.ascontiguousarray(soft)).float().numpy()  # F16C: NumPy's is slow
         out = cv2.warpAffine(
-            np.ascontiguousarray(soft, np.float32),
+            src,
             m,
             (ow, oh),
             flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,

@@ -155,17 +155,31 @@ def build_loss(
     )
 
 
+def _area_down(x: torch.Tensor, hw) -> torch.Tensor:
+    """``x`` area-averaged to ``hw`` (a plain average pool where the sizes divide: faster)."""
+    ky, kx = x.shape[-2] // hw[0], x.shape[-1] // hw[1]
+    if (ky * hw[0], kx * hw[1]) == tuple(x.shape[-2:]):
+        return F.avg_pool2d(x, (ky, kx))
+    return F.interpolate(x, size=tuple(hw), mode="area")
+
+
 def distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0
 ) -> torch.Tensor:
     """Pixel-wise KL divergence from the teacher's softened class distribution to the student's
     (Hinton et al., 2015), scaled by T² so its gradients keep their size as T changes; averaged
     over pixels, void ones included (the teacher has an opinion there, the labels do not).
-    Pixels where ``teacher`` is NaN (stored logits over a crop's padding) do not count."""
-    if student.shape != teacher.shape:
-        teacher = F.interpolate(
-            teacher, size=student.shape[-2:], mode="bilinear", align_corners=False
-        )
+    Pixels where ``teacher`` is NaN (stored logits over a crop's padding) do not count.
+    Logits of two sizes are compared on the coarser grid (the finer one area-averaged down, or a
+    finer teacher resized): per-pixel softmaxes over 11+ classes at full size would cost a CPU
+    step more than the student's own pass."""
+    if student.shape[-2:] != teacher.shape[-2:]:
+        if teacher.shape[-2] * teacher.shape[-1] < student.shape[-2] * student.shape[-1]:
+            student = _area_down(student, teacher.shape[-2:])
+        else:
+            teacher = F.interpolate(
+                teacher, size=student.shape[-2:], mode="bilinear", align_corners=False
+            )
     valid = torch.isfinite(teacher).all(1)
     t = temperature
     log_p = F.log_softmax(student / t, dim=1)

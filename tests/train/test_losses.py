@@ -90,3 +90,14 @@ def test_distillation_skips_pixels_without_a_teacher_opinion():
     part = distillation_loss(student, holed)
     assert part == pytest.approx(distillation_loss(student[..., :4], teacher[..., :4]).item())
     assert distillation_loss(student, torch.full_like(teacher, float("nan"))) == 0
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (3, 5)])
+def test_distillation_compares_on_the_coarser_grid(hw):
+    """A coarser teacher (stored logits) is compared with the student's logits averaged down to
+    its grid, a plain pool where the sizes divide and area interpolation where they do not."""
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 5, 8, 8), torch.randn(2, 5, *hw)
+    pooled = torch.nn.functional.interpolate(student, size=hw, mode="area")
+    want = distillation_loss(pooled, teacher)
+    assert distillation_loss(student, teacher).item() == pytest.approx(want.item(), rel=1e-5)
