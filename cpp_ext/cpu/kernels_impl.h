@@ -243,7 +243,8 @@ void shuffle_taps(ShuffleTaps& st, const std::vector<int>& tx, int w) {
     st.n_vec = 0;
     for (int i = 0; i < W / 16; ++i, ++st.n_vec) {
         const int b = tx[16 * i];
-        if (tx[16 * i + 15] - b >= 16 || b + 16 > w) break;  // taps only grow: the rest too
+        // the first chunk that cannot (its taps spread, or the row ends) ends the vector part
+        if (tx[16 * i + 15] - b >= 16 || b + 16 > w) break;
         st.base[i] = b;
         for (int l = 0; l < 16; ++l) st.mask[i][l] = (u8)(tx[16 * i + l] - b);
     }
